@@ -1,0 +1,81 @@
+"""Application settings (pydantic-settings). Every field can be overridden by an
+environment variable `LIKENESS_<FIELD>` (e.g. `LIKENESS_DEVICE=cpu`); invalid
+values raise `BadInput` naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import BadInput
+
+DEMO_BANNER = "demo models: random weights"
+
+
+def _default_home() -> Path:
+    return Path.cwd()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LIKENESS_", extra="forbid", validate_default=True)
+
+    models_dir: Path = Field(default_factory=lambda: _default_home() / "models")
+    loras_dir: Path = Field(default_factory=lambda: _default_home() / "loras")
+    outputs_dir: Path = Field(default_factory=lambda: _default_home() / "outputs")
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    offload: Literal["none", "model", "sequential"] = "none"
+    vae_tiling: bool = False
+    attention: Literal["sdpa", "xformers"] = "sdpa"
+    compile: bool = False
+    demo: bool = False
+    accept_research_licenses: bool = False
+    max_image_pixels: int = Field(default=64_000_000, ge=1_000_000, le=400_000_000)
+    max_photo_side: int = Field(default=2048, ge=256, le=8192)
+
+    @field_validator("models_dir", "loras_dir", "outputs_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return Path(v).expanduser()
+
+    @property
+    def demo_models_dir(self) -> Path:
+        return self.models_dir / "demo"
+
+    def resolve_device(self) -> str:
+        """The torch device string for `device=auto` (probed lazily, never at import)."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+
+    def resolve_dtype(self, device: str | None = None):
+        import torch
+
+        device = device or self.resolve_device()
+        if self.dtype == "auto":
+            return torch.float16 if device in ("cuda", "mps") else torch.float32
+        return getattr(torch, self.dtype)
+
+
+def load_settings(**overrides) -> Settings:
+    """Build settings from the environment plus explicit overrides; turn
+    validation errors into one clear `BadInput` naming the field/variable."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        raise BadInput(
+            f"setting {field} (env LIKENESS_{field.upper()}) is invalid: {err.get('msg')}"
+            f" (got {err.get('input')!r})."
+        ) from None

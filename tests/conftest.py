@@ -1,0 +1,88 @@
+"""Shared fixtures. Tests are offline: HF_HUB_OFFLINE=1, and any socket connection
+to a non-loopback address fails the test."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _is_loopback(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded_connect(self, address):
+    if not _is_loopback(address):
+        raise AssertionError(f"test tried to reach the network: {address!r}")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    if not _is_loopback(address):
+        raise AssertionError(f"test tried to reach the network: {address!r}")
+    return _real_connect_ex(self, address)
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """One models dir per test session; tiny packs are built into its demo/ folder
+    on first use and shared by every test."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture()
+def demo_settings(tiny_models_dir, tmp_path):
+    from pipelines.settings import load_settings
+
+    return load_settings(
+        models_dir=tiny_models_dir,
+        loras_dir=tmp_path / "loras",
+        outputs_dir=tmp_path / "outputs",
+        device="cpu",
+        dtype="float32",
+        demo=True,
+        accept_research_licenses=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def photos_dir(tmp_path_factory) -> Path:
+    """Real photos that ship inside wheels, written as files."""
+    import shutil
+
+    import insightface
+    from PIL import Image
+    from skimage import data
+
+    d = tmp_path_factory.mktemp("photos")
+    Image.fromarray(data.astronaut()).save(d / "astronaut.png")
+    Image.fromarray(data.chelsea()).save(d / "chelsea.png")
+    t1 = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
+    shutil.copy(t1, d / "t1.jpg")
+    return d
