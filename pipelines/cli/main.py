@@ -1,0 +1,98 @@
+"""Argument parsing, settings, error → exit-code mapping."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+
+from ..errors import LikenessError
+from ..settings import DEMO_BANNER, load_settings
+
+# command modules, registered in this order; each adds its own sub-commands
+COMMAND_MODULES = (
+    "pipelines.cli.ui",
+    "pipelines.cli.models",
+    "pipelines.cli.generate",
+    "pipelines.cli.poses",
+    "pipelines.cli.presets",
+    "pipelines.cli.train",
+    "pipelines.cli.batch",
+    "pipelines.cli.evaluate",
+    "pipelines.cli.wplus",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="launch.py", description="Likeness: personalised portraits from a few photos.")
+    p.add_argument("--demo", action="store_true", help="use tiny offline models with random weights (also LIKENESS_DEMO=1)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--models-dir", help="where models are stored (LIKENESS_MODELS_DIR)")
+    p.add_argument("--loras-dir", help="LoRA folder (LIKENESS_LORAS_DIR)")
+    p.add_argument("--outputs-dir", help="output folder (LIKENESS_OUTPUTS_DIR)")
+    p.add_argument("--device", help="auto, cuda, mps or cpu (LIKENESS_DEVICE)")
+    p.add_argument("--dtype", help="auto, float16, bfloat16 or float32 (LIKENESS_DTYPE)")
+    p.add_argument("--offload", help="none, model or sequential (LIKENESS_OFFLOAD)")
+    p.add_argument("--accept-license", action="store_true", help="accept research-only / non-commercial model licences")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for mod in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod:  # command not part of this build
+                continue
+            raise
+        module.register(sub)
+    return p
+
+
+def settings_from_args(args: argparse.Namespace):
+    demo = bool(args.demo) or _truthy(os.environ.get("LIKENESS_DEMO"))
+    return load_settings(
+        demo=demo or None,
+        models_dir=args.models_dir,
+        loras_dir=args.loras_dir,
+        outputs_dir=args.outputs_dir,
+        device=args.device,
+        dtype=args.dtype,
+        offload=args.offload,
+        accept_research_licenses=True if args.accept_license else None,
+    )
+
+
+def run(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `python launch.py` = the web UI
+        args = parser.parse_args([*argv, "ui"])
+    try:
+        settings = settings_from_args(args)
+        if settings.demo:
+            print(f"[{DEMO_BANNER}]", file=sys.stderr)
+        return int(args.func(args, settings) or 0)
+    except LikenessError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # unexpected: one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        else:
+            msg = " ".join(str(exc).split())[:300]
+            print(f"error: unexpected {type(exc).__name__}: {msg} (run with --debug for a traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,350 @@
+"""The Engine: one facade that owns loaded models and keeps them resident between
+requests (base pipeline, identity methods and their extra models, face analysers,
+identities). Front doors (CLI, UI, batch) only build requests and call it.
+
+Invariants:
+- One base pipeline is resident; identity methods are swapped on it without
+  reloading it, and a method's `unload` leaves it exactly as it was.
+- ControlNet pipelines are views over the resident components (no copies).
+- Each image has its own seed and a CPU generator, so pixels are reproducible
+  from the recipe alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import BadInput, Cancelled, ModelError
+from .identity import get_method_class
+from .identity.base import Conditioning, ControlUnit, IdentityMethod
+from .requests import GenerateRequest
+from .samplers import SDXL_BUCKETS, SD15_BUCKETS, demo_size, make_scheduler
+from .settings import DEMO_BANNER, Settings
+
+StepCallback = Callable[[dict], None]
+
+
+@dataclass
+class GeneratedImage:
+    path: Path
+    seed: int
+    image: Any  # PIL.Image
+    recipe: dict
+
+
+@dataclass
+class GenerateResult:
+    images: list[GeneratedImage]
+    identity: Any = None
+    excluded: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Engine:
+    def __init__(self, settings: Settings, store=None):
+        from .models.store import ModelStore
+
+        self.settings = settings
+        self.store = store or ModelStore(settings)
+        self.device = settings.resolve_device()
+        self.dtype = settings.resolve_dtype(self.device)
+        self._lock = threading.RLock()
+        self._base_name: str | None = None
+        self._pipe = None
+        self._base_scheduler_config = None
+        self._method: IdentityMethod | None = None
+        self._methods: dict[str, IdentityMethod] = {}
+        self._analyzers: dict[str, Any] = {}
+        self._identities: dict[str, Any] = {}
+        self._cn_pipes: dict[tuple, Any] = {}
+        self.load_count = 0  # how many times a base pipeline was loaded (tests/bench)
+
+    # ----------------------------------------------------------------- models
+    def base_family(self, base_name: str) -> str:
+        if base_name in self.store.user_checkpoints():
+            return "sdxl"
+        kind = self.store.catalog.get(base_name).kind
+        if kind not in ("sdxl", "sd15"):
+            raise BadInput(f"base_model {base_name!r} is a {kind} model, not an SDXL or SD1.5 base.")
+        return kind
+
+    def pipeline(self, base_name: str = "sdxl-base", vae: str = "auto"):
+        """The resident base pipeline (loaded once; reloaded only when the base changes)."""
+        with self._lock:
+            key = f"{base_name}|{vae}"
+            if self._pipe is not None and self._base_name == key:
+                return self._pipe
+            self.release_base()
+            self._pipe = self._load_base(base_name, vae)
+            self._base_name = key
+            self._base_scheduler_config = dict(self._pipe.scheduler.config)
+            self.load_count += 1
+            return self._pipe
+
+    def _load_base(self, base_name: str, vae: str):
+        import diffusers
+        import torch
+
+        family = self.base_family(base_name)
+        cls = diffusers.StableDiffusionXLPipeline if family == "sdxl" else diffusers.StableDiffusionPipeline
+        user = self.store.user_checkpoints()
+        if base_name in user:
+            config_dir = self.store.ensure("sdxl-base")  # configs + tokenizers for the single file
+            pipe = cls.from_single_file(
+                str(user[base_name]), config=str(config_dir), torch_dtype=self.dtype, local_files_only=True
+            )
+        else:
+            entry = self.store.catalog.get(base_name)
+            folder = self.store.ensure(base_name)
+            pipe = cls.from_pretrained(
+                folder, variant=entry.variant, torch_dtype=self.dtype, local_files_only=True,
+                use_safetensors=True,
+            )
+        if family == "sd15" and getattr(pipe, "safety_checker", None) is not None:
+            pipe.safety_checker = None
+        use_fix = vae == "fp16-fix" or (vae == "auto" and family == "sdxl" and self.dtype == torch.float16)
+        if use_fix:
+            fix = diffusers.AutoencoderKL.from_pretrained(
+                self.store.ensure("sdxl-vae-fp16-fix"), torch_dtype=self.dtype, local_files_only=True
+            )
+            pipe.register_modules(vae=fix)
+        pipe.set_progress_bar_config(disable=True)
+        self._place(pipe)
+        return pipe
+
+    def _place(self, pipe) -> None:
+        s = self.settings
+        on_accel = self.device in ("cuda", "mps")
+        if s.offload == "model" and on_accel:
+            pipe.enable_model_cpu_offload(device=self.device)
+        elif s.offload == "sequential" and on_accel:
+            pipe.enable_sequential_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        if s.vae_tiling:
+            pipe.vae.enable_tiling()
+        if s.attention == "xformers" and self.device == "cuda":
+            try:
+                pipe.enable_xformers_memory_efficient_attention()
+            except Exception as exc:  # optional: SDPA stays the default
+                raise ModelError(f"xformers could not be enabled ({exc}); unset LIKENESS_ATTENTION.") from None
+        if s.compile:
+            pipe.unet.compile()
+
+    def release_base(self) -> None:
+        with self._lock:
+            if self._pipe is not None and self._method is not None:
+                self._method.unload(self._pipe)
+            self._method = None
+            self._pipe = None
+            self._base_name = None
+            self._cn_pipes.clear()
+            _free_memory()
+
+    # --------------------------------------------------------------- identity
+    def analyzer(self, pack: str):
+        from .faces.analysis import FaceAnalyzer
+
+        with self._lock:
+            if pack not in self._analyzers:
+                self._analyzers[pack] = FaceAnalyzer(self.store, self.settings, pack)
+            return self._analyzers[pack]
+
+    def identity(self, photos: list[str] | None = None, card: str | None = None, packs: tuple[str, ...] = ()):
+        """An identity from photos (analysed once, cached by content) or a saved card."""
+        from .faces.identity import build_identity, load_card
+        from .imageio import load_photo_array
+
+        if card:
+            return load_card(card)
+        if not photos:
+            raise BadInput("photos: give at least one photo of the person.")
+        h = hashlib.sha256()
+        for p in photos:
+            h.update(_file_digest(p).encode())
+        key = h.hexdigest() + "|" + ",".join(sorted(packs))
+        with self._lock:
+            if key in self._identities:
+                return self._identities[key]
+        loaded, failed = [], []
+        for p in photos:
+            try:
+                loaded.append((str(p), load_photo_array(p, max_pixels=self.settings.max_image_pixels,
+                                                         max_side=self.settings.max_photo_side)))
+            except BadInput as exc:
+                failed.append({"file": str(p), "reason": str(exc)})
+        if not loaded:
+            raise BadInput(failed[0]["reason"] if len(failed) == 1 else
+                           "no usable photo: " + "; ".join(f["reason"] for f in failed))
+        analyzers = {pk: self.analyzer(pk) for pk in packs}
+        report = build_identity(loaded, analyzers)
+        for f in failed:
+            report.excluded.append(f)
+        with self._lock:
+            self._identities[key] = report
+        return report
+
+    # ----------------------------------------------------------------- methods
+    def use_method(self, name: str, pipe) -> IdentityMethod | None:
+        """Make `name` the loaded identity method on `pipe` (unloading the previous)."""
+        with self._lock:
+            if self._method is not None and self._method.name == name:
+                return self._method
+            if self._method is not None:
+                self._method.unload(pipe)
+                self._method = None
+                self._cn_pipes.clear()
+            if name == "none":
+                return None
+            if name not in self._methods:
+                self._methods[name] = get_method_class(name)(self.store, self.device, self.dtype)
+            method = self._methods[name]
+            method.load(pipe)
+            self._method = method
+            return method
+
+    def _controlnet_pipe(self, pipe, units: list[ControlUnit]):
+        import diffusers
+
+        key = tuple(id(u.model) for u in units)
+        if key not in self._cn_pipes:
+            family_sdxl = isinstance(pipe, diffusers.StableDiffusionXLPipeline)
+            cls = (diffusers.StableDiffusionXLControlNetPipeline if family_sdxl
+                   else diffusers.StableDiffusionControlNetPipeline)
+            models = [u.model for u in units]
+            comps = {k: v for k, v in pipe.components.items() if k in _init_params(cls)}
+            cn = models[0] if len(models) == 1 else models  # a list becomes MultiControlNetModel
+            cn_pipe = cls(**comps, controlnet=cn)
+            cn_pipe.set_progress_bar_config(disable=True)
+            self._cn_pipes[key] = cn_pipe
+        return self._cn_pipes[key]
+
+    # ---------------------------------------------------------------- generate
+    def resolve_size(self, req: GenerateRequest, family: str) -> tuple[int, int]:
+        buckets = SDXL_BUCKETS if family == "sdxl" else SD15_BUCKETS
+        w, h = req.width, req.height
+        if w is None or h is None:
+            bw, bh = buckets[0]
+            if self.settings.demo:
+                bw, bh = demo_size(bw, bh)
+            w, h = w or bw, h or bh
+        return w, h
+
+    def generate(self, req: GenerateRequest, on_step: StepCallback | None = None,
+                 cancel: threading.Event | None = None) -> GenerateResult:
+        import torch
+
+        from .outputs import build_recipe, write_image
+
+        t0 = time.perf_counter()
+        with self._lock:
+            family = self.base_family(req.base_model)
+            method_cls = get_method_class(req.method) if req.method != "none" else None
+            if method_cls is not None and method_cls.base != family:
+                raise BadInput(
+                    f"method {req.method!r} runs on {method_cls.base.upper()} bases; "
+                    f"base_model {req.base_model!r} is {family.upper()}."
+                )
+            identity = None
+            if method_cls is not None:
+                packs = (method_cls.recognizer,) if method_cls.recognizer else ()
+                identity = self.identity(req.photos or None, req.identity_card, packs)
+            pipe = self.pipeline(req.base_model, req.vae)
+            method = self.use_method(req.method, pipe)
+            width, height = self.resolve_size(req, family)
+            seed0 = req.seed if req.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
+            cond = method.conditioning(pipe, identity, req, width, height) if method else Conditioning()
+            units = list(cond.controlnets)
+            run = self._controlnet_pipe(pipe, units) if units else pipe
+            run.scheduler = make_scheduler(req.sampler, self._base_scheduler_config)
+            images: list[GeneratedImage] = []
+            for i in range(req.count):
+                seed = (seed0 + i) % 2**32
+                kwargs = self._call_kwargs(req, cond, units, width, height, seed, on_step, cancel, i)
+                out = run(**kwargs)
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"cancelled after {len(images)} of {req.count} images.")
+                image = out.images[0]
+                recipe = build_recipe(self, req, cond, identity, seed, width, height)
+                path = write_image(self.settings, req, image, recipe, index=len(images))
+                images.append(GeneratedImage(path=path, seed=seed, image=image, recipe=recipe))
+            excluded = list(getattr(identity, "excluded", []) or [])
+            return GenerateResult(images=images, identity=identity, excluded=excluded,
+                                  seconds=time.perf_counter() - t0)
+
+    def _call_kwargs(self, req, cond: Conditioning, units, width, height, seed, on_step, cancel, index):
+        import torch
+
+        kwargs: dict[str, Any] = dict(
+            prompt=(req.prompt + cond.prompt_suffix),
+            negative_prompt=req.negative or None,
+            num_inference_steps=req.steps,
+            guidance_scale=req.cfg,
+            width=width,
+            height=height,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="pil",
+        )
+        kwargs.update(cond.call_kwargs)
+        if cond.cross_attention_kwargs:
+            kwargs["cross_attention_kwargs"] = dict(cond.cross_attention_kwargs)
+        if units:
+            if len(units) == 1:
+                u = units[0]
+                kwargs.update(image=u.image, controlnet_conditioning_scale=u.scale,
+                              control_guidance_start=u.start, control_guidance_end=u.end)
+            else:
+                kwargs.update(image=[u.image for u in units],
+                              controlnet_conditioning_scale=[u.scale for u in units],
+                              control_guidance_start=[u.start for u in units],
+                              control_guidance_end=[u.end for u in units])
+        steps = req.steps
+
+        def _on_step_end(pipe, step, timestep, cb_kwargs):
+            if on_step is not None:
+                on_step({"image_index": index, "step": step + 1, "steps": steps, "latents": cb_kwargs.get("latents")})
+            if cancel is not None and cancel.is_set():
+                pipe._interrupt = True
+            return cb_kwargs
+
+        kwargs["callback_on_step_end"] = _on_step_end
+        kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
+        return kwargs
+
+
+def _init_params(cls) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
+def _file_digest(path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as exc:
+        raise BadInput(f"photo {path} cannot be read: {exc.strerror}.") from None
+    return h.hexdigest()
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+__all__ = ["Engine", "GenerateResult", "GeneratedImage", "DEMO_BANNER"]

@@ -1,0 +1,73 @@
+"""The identity-method interface.
+
+A method injects a person's identity into a resident diffusers pipeline. Its life
+is symmetric (diffusers `loaders/ip_adapter.py`): `load` attaches its modules to
+the pipeline, `conditioning` turns an `Identity` into pipeline-call kwargs for one
+request, and `unload` leaves the pipeline exactly as it was before `load` (same
+output as a fresh pipeline for the same seed). The engine keeps one method loaded
+at a time and swaps methods without reloading the base.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass
+class Conditioning:
+    """What a method adds to one pipeline call.
+
+    `call_kwargs` go straight to the pipeline's `__call__` (e.g.
+    `ip_adapter_image_embeds`); `controlnets` are (model, control_image, scale,
+    start, end) the engine combines with any pose ControlNet; `cross_attention_kwargs`
+    are merged into the call's dict; `callbacks` are run per step (e.g. delayed
+    conditioning)."""
+
+    call_kwargs: dict[str, Any] = field(default_factory=dict)
+    controlnets: list["ControlUnit"] = field(default_factory=list)
+    cross_attention_kwargs: dict[str, Any] = field(default_factory=dict)
+    prompt_suffix: str = ""
+    recipe: dict[str, Any] = field(default_factory=dict)  # what to record in the PNG recipe
+
+
+@dataclass
+class ControlUnit:
+    name: str
+    model: Any  # diffusers ControlNetModel
+    image: Any  # PIL.Image at the output size
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+
+class IdentityMethod(ABC):
+    #: registry name, used on the command line (`--method`)
+    name: ClassVar[str]
+    #: base model family it runs on: "sdxl" or "sd15"
+    base: ClassVar[str] = "sdxl"
+    #: catalog names of the models it needs (downloaded/built by the store)
+    required_models: ClassVar[tuple[str, ...]] = ()
+    #: the insightface pack whose embedding it conditions on ("buffalo_l", "antelopev2")
+    recognizer: ClassVar[str | None] = None
+    #: default adapter scale
+    default_scale: ClassVar[float] = 0.8
+
+    def __init__(self, store, device: str, dtype):
+        self.store = store
+        self.device = device
+        self.dtype = dtype
+        self.loaded = False
+
+    @abstractmethod
+    def load(self, pipe) -> None:
+        """Attach adapters/processors to `pipe` (idempotent)."""
+
+    @abstractmethod
+    def unload(self, pipe) -> None:
+        """Remove everything `load` added; `pipe` must behave exactly as before."""
+
+    @abstractmethod
+    def conditioning(self, pipe, identity, request, width: int, height: int) -> Conditioning:
+        """Per-request conditioning for `identity` (see `pipelines.faces.Identity`)."""

@@ -1,0 +1,64 @@
+"""Samplers (A1111-style names → diffusers schedulers) and SDXL size buckets."""
+
+from __future__ import annotations
+
+from .errors import BadInput
+
+# name -> (scheduler class name, extra config); created from the base scheduler's config
+SAMPLERS: dict[str, tuple[str, dict]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "dpmpp_2m_sde_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "ddim": ("DDIMScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+
+SAMPLER_TITLES = {
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras",
+    "ddim": "DDIM",
+    "unipc": "UniPC",
+}
+
+# SDXL training buckets (width, height), ~1 megapixel each
+SDXL_BUCKETS: list[tuple[int, int]] = [
+    (1024, 1024),
+    (1152, 896),
+    (896, 1152),
+    (1216, 832),
+    (832, 1216),
+    (1344, 768),
+    (768, 1344),
+    (1536, 640),
+    (640, 1536),
+]
+SD15_BUCKETS: list[tuple[int, int]] = [(512, 512), (512, 768), (768, 512), (576, 448), (448, 576)]
+
+
+def make_scheduler(name: str, base_config):
+    import diffusers
+
+    try:
+        cls_name, extra = SAMPLERS[name]
+    except KeyError:
+        raise BadInput(f"sampler {name!r} is unknown; choose one of: {', '.join(SAMPLERS)}.") from None
+    cls = getattr(diffusers, cls_name)
+    return cls.from_config(base_config, **extra)
+
+
+def nearest_bucket(width: int, height: int, buckets=SDXL_BUCKETS) -> tuple[int, int]:
+    aspect = width / max(height, 1)
+    return min(buckets, key=lambda b: abs(b[0] / b[1] - aspect))
+
+
+def demo_size(width: int, height: int) -> tuple[int, int]:
+    """The demo-mode stand-in for a bucket: 1/8 of each side (tiny models on CPU)."""
+    return max(64, (width // 8) // 8 * 8), max(64, (height // 8) // 8 * 8)
