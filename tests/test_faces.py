@@ -1,0 +1,438 @@
+"""Face analysis, identities and identity cards, on the tiny insightface packs
+(loaded through the real `insightface.app.FaceAnalysis`) and real photos
+(astronaut: one face; chelsea: a cat; t1.jpg: a group)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.errors import BadInput, FaceQualityError, ModelMissing, NoFaceFound
+from pipelines.faces import (
+    Face,
+    FaceAnalyzer,
+    Identity,
+    build_identity,
+    embeddings_hash,
+    expected_files,
+    find_outliers,
+    load_card,
+    save_card,
+)
+from pipelines.settings import load_settings
+from pipelines.tiny import MARKER, build_pack
+from pipelines.tiny.insightface_pack import TINY_DET_SCORE
+
+PACKS = ("buffalo_l", "antelopev2")
+
+
+class PackStore:
+    """Stand-in for the model store: builds the tiny pack where the store puts
+    it in demo mode (<models>/demo/insightface/models/<name>) and counts calls."""
+
+    def __init__(self, models_dir: Path):
+        self.root = models_dir / "demo"
+        self.calls: list[str] = []
+
+    def ensure(self, name: str) -> Path:
+        self.calls.append(name)
+        folder = self.root / "insightface" / "models" / name
+        build_pack(f"insightface-{name}", folder)
+        return folder
+
+
+class FixedStore:
+    """A store whose folder for every name is `folder` (for broken layouts)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def ensure(self, name: str) -> Path:
+        return self.folder
+
+
+def rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def store(tiny_models_dir) -> PackStore:
+    return PackStore(tiny_models_dir)
+
+
+@pytest.fixture(scope="session")
+def demo(tiny_models_dir):
+    return load_settings(models_dir=tiny_models_dir, device="cpu", demo=True)
+
+
+@pytest.fixture(scope="session")
+def real(tiny_models_dir):
+    return load_settings(models_dir=tiny_models_dir, device="cpu", demo=False)
+
+
+@pytest.fixture(scope="session")
+def analyzers(store, demo) -> dict[str, FaceAnalyzer]:
+    return {p: FaceAnalyzer(store, demo, p) for p in PACKS}
+
+
+@pytest.fixture(scope="session")
+def astronaut(photos_dir) -> np.ndarray:
+    return rgb(photos_dir / "astronaut.png")
+
+
+def cosine(a, b) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# -- tiny packs --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pack", PACKS)
+def test_tiny_pack_loads_through_faceanalysis(store, photos_dir, pack):
+    from insightface.app import FaceAnalysis
+
+    folder = store.ensure(pack)
+    written = sorted(p.name for p in folder.iterdir() if p.name != MARKER)
+    assert written == sorted(expected_files(pack))  # exactly the catalog's files
+
+    app = FaceAnalysis(name=pack, root=str(store.root / "insightface"), providers=["CPUExecutionProvider"])
+    kinds = {task: type(m).__name__ for task, m in app.models.items()}
+    assert kinds == {
+        "detection": "SCRFD",
+        "recognition": "ArcFaceONNX",
+        "landmark_3d_68": "Landmark",
+        "landmark_2d_106": "Landmark",
+        "genderage": "Attribute",
+    }
+    assert app.models["recognition"].input_size == (112, 112)
+    assert app.models["recognition"].input_mean == 127.5  # routed as a PyTorch ArcFace export
+    app.prepare(ctx_id=-1, det_size=(640, 640))
+    faces = app.get(rgb(photos_dir / "astronaut.png")[..., ::-1].copy())
+    # the tiny SCRFD: exactly one face, at the centre of the square image
+    assert len(faces) == 1
+    f = faces[0]
+    assert f.det_score == pytest.approx(TINY_DET_SCORE)
+    assert np.allclose(((f.bbox[0] + f.bbox[2]) / 2, f.kps[2][1]), (256, 256), atol=1)
+    assert f.kps[0][0] < f.kps[1][0] and f.kps[2][1] < f.kps[3][1]  # eyes left->right, mouth below nose
+    assert f.embedding.shape == (512,) and np.isfinite(f.embedding).all()
+
+
+def test_tiny_packs_are_deterministic(store, tmp_path):
+    first = store.ensure("antelopev2")
+    again = build_pack("insightface-antelopev2", tmp_path / "antelopev2")
+    for name in expected_files("antelopev2"):
+        assert (first / name).read_bytes() == (again / name).read_bytes(), name
+
+
+def test_tiny_recogniser_is_a_function_of_the_pixels(analyzers, astronaut, photos_dir):
+    an = analyzers["buffalo_l"]
+    a1 = an.analyze(astronaut, "astronaut.png")
+    a2 = an.analyze(astronaut.copy(), "again.png")
+    assert np.array_equal(a1.embedding, a2.embedding)  # same input, same embedding
+    others = an.detect_all(rgb(photos_dir / "t1.jpg"), "t1.jpg")
+    sims = [cosine(a1.embedding, o.embedding) for o in others]
+    assert max(sims) < 0.9  # different faces, clearly different embeddings
+    assert len({o.embedding.tobytes() for o in others}) == len(others)
+    # the two packs are two different recognisers, embedding the same face
+    b = analyzers["antelopev2"].embed_detection(astronaut, a1, "astronaut.png")
+    assert np.array_equal(b.kps, a1.kps) and cosine(a1.embedding, b.embedding) < 0.9
+
+
+# -- analysis ----------------------------------------------------------------
+
+
+def test_astronaut_one_face(analyzers, astronaut):
+    face = analyzers["buffalo_l"].analyze(astronaut, "astronaut.png")
+    assert isinstance(face, Face) and face.n_faces == 1
+    h, w = astronaut.shape[:2]
+    cx, cy = (face.bbox[0] + face.bbox[2]) / 2, (face.bbox[1] + face.bbox[3]) / 2
+    assert 0.25 * w < cx < 0.75 * w and cy < 0.5 * h  # the face is upper middle
+    assert 64 <= face.size and face.area < 0.25 * w * h
+    x1, y1, x2, y2 = face.bbox
+    assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in face.kps)
+    assert face.kps[0][0] < face.kps[1][0]  # left eye (image left) first
+    assert face.embedding.shape == (512,) and face.normed_embedding.shape == (512,)
+    assert np.linalg.norm(face.normed_embedding) == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(face.normed_embedding, face.embedding / np.linalg.norm(face.embedding), atol=1e-6)
+    assert face.aligned.shape == (224, 224, 3) and face.aligned.dtype == np.uint8
+    assert face.aligned_112.shape == (112, 112, 3) and face.aligned_112.dtype == np.uint8
+    assert face.aligned.std() > 10  # a real crop, not the black border
+    assert face.image_size == (w, h) and face.source == "astronaut.png" and face.pack == "buffalo_l"
+
+
+def test_cat_has_no_face(analyzers, photos_dir):
+    with pytest.raises(NoFaceFound, match="chelsea.png") as exc:
+        analyzers["buffalo_l"].analyze(rgb(photos_dir / "chelsea.png"), str(photos_dir / "chelsea.png"))
+    assert exc.value.exit_code == 2
+
+
+def test_group_photo_picks_largest_by_area(analyzers, photos_dir):
+    an = analyzers["buffalo_l"]
+    img = rgb(photos_dir / "t1.jpg")
+    dets = an.detect(img, "t1.jpg")
+    assert len(dets) >= 5
+    largest = max(dets, key=lambda d: (d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1]))
+    # InstantID's key `(x2-x1)*y2-y1` picks another face on this photo, so the
+    # assertion below tells the two apart
+    buggy = max(dets, key=lambda d: (d.bbox[2] - d.bbox[0]) * d.bbox[3] - d.bbox[1])
+    assert not np.array_equal(buggy.bbox, largest.bbox)
+    face = an.analyze(img, "t1.jpg")
+    assert np.array_equal(face.bbox, largest.bbox)
+    assert face.n_faces == len(dets)
+    assert len(an.detect_all(img, "t1.jpg")) == len(dets)
+
+
+def test_larger_face_lower_in_frame_is_chosen(analyzers, astronaut):
+    import cv2
+
+    crop = astronaut[20:230, 130:320]
+    canvas = np.full((1024, 768, 3), 128, np.uint8)
+    small = cv2.resize(crop, None, fx=0.7, fy=0.7, interpolation=cv2.INTER_AREA)
+    big = cv2.resize(crop, None, fx=1.5, fy=1.5, interpolation=cv2.INTER_CUBIC)
+    canvas[40 : 40 + small.shape[0], 400 : 400 + small.shape[1]] = small  # top right, small
+    canvas[1024 - 40 - big.shape[0] : 1024 - 40, 60 : 60 + big.shape[1]] = big  # bottom left, large
+    an = analyzers["buffalo_l"]
+    dets = an.detect(canvas, "two.png")
+    assert len(dets) == 2
+    face = an.analyze(canvas, "two.png")
+    assert face.bbox[1] > 512 and face.bbox[0] < 384  # the lower, larger one
+    assert face.area == pytest.approx(max(d.area for d in dets))
+    assert face.n_faces == 2
+
+
+def test_tiny_face_is_rejected_with_measured_size(analyzers, astronaut):
+    small = np.asarray(Image.fromarray(astronaut).resize((256, 256), Image.LANCZOS))
+    an = analyzers["buffalo_l"]
+    (det,) = an.detect(small, "small.png")
+    assert det.size < 64
+    with pytest.raises(FaceQualityError) as exc:
+        an.analyze(small, "small.png")
+    msg = str(exc.value)
+    assert f"{det.width:.0f}x{det.height:.0f} px" in msg and "64 px" in msg and "small.png" in msg
+    # the gate is a setting: a lower minimum accepts the same photo
+    assert FaceAnalyzer(an.store, an.settings, "buffalo_l", min_face_px=32).analyze(small, "s.png").size < 64
+
+
+def test_real_mode_uses_the_pack_scrfd_and_gates_the_score(store, real, astronaut):
+    an = FaceAnalyzer(store, real, "antelopev2")
+    face = an.analyze(astronaut, "astronaut.png")
+    # the tiny SCRFD's fixed face (centre of the square image), not MTCNN's
+    assert face.det_score == pytest.approx(TINY_DET_SCORE)
+    assert np.allclose(face.kps[2], (256, 256), atol=1)
+    strict = FaceAnalyzer(store, real, "antelopev2", min_det_score=0.95)
+    with pytest.raises(FaceQualityError, match=f"score {TINY_DET_SCORE:.2f}.*0.95"):
+        strict.analyze(astronaut, "astronaut.png")
+
+
+def test_models_load_lazily_and_stay_resident(tiny_models_dir, demo, astronaut):
+    counting = PackStore(tiny_models_dir)
+    an = FaceAnalyzer(counting, demo, "buffalo_l")
+    assert counting.calls == [] and not an.loaded
+    an.analyze(astronaut, "a.png")
+    model = an.recognizer.model
+    an.analyze(astronaut, "b.png")
+    assert counting.calls == ["buffalo_l"] and an.recognizer.model is model
+    an.unload()
+    assert not an.loaded
+
+
+def test_rejects_non_rgb_arrays(analyzers):
+    with pytest.raises(BadInput, match="gray.png"):
+        analyzers["buffalo_l"].analyze(np.zeros((64, 64), np.uint8), "gray.png")
+
+
+# -- broken model folders (BAD_INPUTS row 22) ---------------------------------
+
+
+def test_nested_pack_folder_names_expected_path(store, demo, tmp_path):
+    folder = tmp_path / "insightface" / "models" / "antelopev2"
+    shutil.copytree(store.ensure("antelopev2"), folder / "antelopev2")
+    with pytest.raises(ModelMissing) as exc:
+        FaceAnalyzer(FixedStore(folder), demo, "antelopev2").analyze(np.zeros((64, 64, 3), np.uint8), "x.png")
+    msg = str(exc.value)
+    assert str(folder / "antelopev2") in msg and str(folder) in msg
+    assert all(name in msg for name in expected_files("antelopev2"))
+
+
+def test_missing_onnx_files_are_named(store, demo, tmp_path):
+    folder = tmp_path / "buffalo_l"
+    shutil.copytree(store.ensure("buffalo_l"), folder)
+    (folder / "w600k_r50.onnx").unlink()
+    (folder / "det_10g.onnx").write_bytes(b"")  # partial download
+    with pytest.raises(ModelMissing) as exc:
+        FaceAnalyzer(FixedStore(folder), demo, "buffalo_l").analyze(np.zeros((64, 64, 3), np.uint8), "x.png")
+    msg = str(exc.value)
+    assert str(folder) in msg and "w600k_r50.onnx" in msg and "det_10g.onnx" in msg
+    assert exc.value.exit_code == 2
+    with pytest.raises(ModelMissing, match="not found"):
+        FaceAnalyzer(FixedStore(tmp_path / "nowhere"), demo, "buffalo_l").analyze(
+            np.zeros((64, 64, 3), np.uint8), "x.png"
+        )
+
+
+# -- outliers and identities ----------------------------------------------------
+
+
+def _near(base: np.ndarray, rng, noise: float) -> np.ndarray:
+    v = base + rng.standard_normal(base.shape) * noise
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def test_find_outliers_on_constructed_embeddings():
+    rng = np.random.default_rng(0)
+    person, stranger = rng.standard_normal(512), rng.standard_normal(512)
+    vecs = np.stack([_near(person, rng, 0.03) for _ in range(4)] + [_near(stranger, rng, 0.03)])
+    kept, outliers, sims = find_outliers(vecs, threshold=0.3)
+    assert kept == [0, 1, 2, 3] and list(outliers) == [4]
+    assert outliers[4] < 0.3 and all(s > 0.9 for s in sims.values())
+    # with two photos there is no majority: nothing is left out
+    kept2, out2, _ = find_outliers(vecs[[0, 4]], threshold=0.3)
+    assert kept2 == [0, 1] and out2 == {}
+    # a photo is an outlier if any recogniser disagrees
+    other = np.stack([_near(person, rng, 0.03) for _ in range(5)])
+    other[1] = _near(stranger, rng, 0.03)
+    kept3, out3, _ = find_outliers({"a": np.stack([_near(person, rng, 0.03) for _ in range(5)]), "b": other})
+    assert list(out3) == [1] and kept3 == [0, 2, 3, 4]
+
+
+class StubAnalyzer:
+    """An analyzer whose faces carry constructed embeddings, keyed by source."""
+
+    def __init__(self, vectors: dict[str, np.ndarray], pack: str):
+        self.vectors, self.pack = vectors, pack
+
+    def analyze(self, rgb, source):
+        if source not in self.vectors:
+            raise NoFaceFound(f"no face found in {source}.")
+        return self._face(source)
+
+    def embed_detection(self, rgb, det, source, n_faces=1):
+        return self._face(source)
+
+    def _face(self, source):
+        raw = self.vectors[source] * 7.0
+        return Face(
+            bbox=np.array([10, 10, 110, 130], np.float32),
+            kps=np.array([[40, 50], [80, 50], [60, 70], [45, 95], [75, 95]], np.float32),
+            det_score=0.99,
+            embedding=raw.astype(np.float32),
+            normed_embedding=(raw / np.linalg.norm(raw)).astype(np.float32),
+            aligned=np.full((224, 224, 3), len(source), np.uint8),
+            aligned_112=np.zeros((112, 112, 3), np.uint8),
+            source=source,
+            image_size=(200, 300),
+            pack=self.pack,
+        )
+
+
+def test_build_identity_excludes_outliers_and_faceless_photos():
+    rng = np.random.default_rng(1)
+    person, stranger = rng.standard_normal(512), rng.standard_normal(512)
+    vecs = {f"p{i}.jpg": _near(person, rng, 0.05) for i in range(4)}
+    vecs["stranger.jpg"] = _near(stranger, rng, 0.05)
+    analyzers = {"buffalo_l": StubAnalyzer(vecs, "buffalo_l"), "antelopev2": StubAnalyzer(vecs, "antelopev2")}
+    names = ["p0.jpg", "cat.jpg", "p1.jpg", "stranger.jpg", "p2.jpg", "p3.jpg"]
+    photos = [(n, np.zeros((8, 8, 3), np.uint8)) for n in names]
+    report = build_identity(photos, analyzers, name="jane")
+    ident = report.identity
+    assert [p.source for p in report.used] == ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg"]
+    left = {p.source: p.reason for p in report.excluded}
+    assert set(left) == {"cat.jpg", "stranger.jpg"}
+    assert "no face" in left["cat.jpg"] and "does not match" in left["stranger.jpg"]
+    assert ident.used == ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg"] and dict(ident.excluded) == left
+    used = np.stack([vecs[n] for n in ident.used])
+    mean = used.mean(axis=0)
+    assert np.allclose(ident.embeddings["buffalo_l"], mean / np.linalg.norm(mean), atol=1e-6)
+    assert np.allclose(ident.raw_embeddings["antelopev2"], (used * 7.0).mean(axis=0), atol=1e-5)
+    assert len(ident.crops) == 4 and ident.image_size == (200, 300)
+    assert any("stranger.jpg" in line for line in report.lines())
+
+
+def test_build_identity_from_real_photos(analyzers, astronaut, photos_dir):
+    cat = rgb(photos_dir / "chelsea.png")
+    photos = [("astronaut.png", astronaut), ("chelsea.png", cat), ("flipped.png", astronaut[:, ::-1].copy())]
+    report = build_identity(photos, analyzers, name="eileen")
+    ident = report.identity
+    assert ident.used == ["astronaut.png", "flipped.png"]
+    assert ident.excluded[0][0] == "chelsea.png" and "chelsea.png" in ident.excluded[0][1]
+    for pack in PACKS:
+        assert ident.embeddings[pack].shape == (512,) and ident.raw_embeddings[pack].shape == (512,)
+        assert np.linalg.norm(ident.embeddings[pack]) == pytest.approx(1.0, abs=1e-5)
+    ref = analyzers["buffalo_l"].analyze(astronaut, "astronaut.png")
+    assert np.array_equal(ident.kps, ref.kps) and ident.image_size == (512, 512)
+    assert len(ident.crops) == 2 and ident.crops[0].shape == (224, 224, 3)
+
+
+def test_build_identity_without_any_usable_photo(analyzers, astronaut, photos_dir):
+    cat = rgb(photos_dir / "chelsea.png")
+    with pytest.raises(NoFaceFound, match="chelsea.png"):
+        build_identity([("chelsea.png", cat)], analyzers)
+    small = np.asarray(Image.fromarray(astronaut).resize((256, 256), Image.LANCZOS))
+    with pytest.raises(FaceQualityError, match="small.png"):  # one photo: its own error
+        build_identity([("small.png", small)], analyzers)
+    with pytest.raises(NoFaceFound) as exc:
+        build_identity([("chelsea.png", cat), ("small.png", small)], analyzers)
+    assert "chelsea.png" in str(exc.value) and "small.png" in str(exc.value)
+
+
+# -- identity cards --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def identity(analyzers, astronaut) -> Identity:
+    return build_identity([("astronaut.png", astronaut)], analyzers, name="eileen").identity
+
+
+def test_identity_card_round_trip(identity, tmp_path):
+    written = save_card(identity, tmp_path / "eileen")
+    assert written == tmp_path / "eileen.safetensors" and written.is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name != "eileen.safetensors"]  # no temp left
+    back = load_card(tmp_path / "eileen")
+    assert back.hash == identity.hash
+    assert back.name == "eileen" and back.used == identity.used and back.excluded == identity.excluded
+    assert back.image_size == identity.image_size
+    for pack in PACKS:
+        assert np.array_equal(back.embeddings[pack], identity.embeddings[pack])
+        assert np.array_equal(back.raw_embeddings[pack], identity.raw_embeddings[pack])
+    assert np.array_equal(back.kps, identity.kps) and np.array_equal(back.bbox, identity.bbox)
+    assert all(np.array_equal(a, b) for a, b in zip(back.crops, identity.crops))
+    assert load_card(written).hash == identity.hash  # with the suffix too
+
+
+def test_identity_hash_is_stable_and_tracks_embeddings(identity):
+    assert identity.hash == embeddings_hash(identity.embeddings, identity.raw_embeddings)
+    assert len(identity.hash) == 64
+    changed = dict(identity.embeddings)
+    changed["buffalo_l"] = changed["buffalo_l"].copy()
+    changed["buffalo_l"][0] += 1e-3
+    assert embeddings_hash(changed, identity.raw_embeddings) != identity.hash
+    with pytest.raises(BadInput, match="no glint embedding"):
+        identity.embedding("glint")
+
+
+def test_broken_identity_cards_are_named(identity, tmp_path):
+    from safetensors.numpy import save
+
+    good = save_card(identity, tmp_path / "good").read_bytes()
+    cases = {
+        "truncated.safetensors": good[: len(good) // 2],
+        "empty.safetensors": b"",
+        "lfs.safetensors": b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n",
+        "other.safetensors": save({"x": np.zeros(3, np.float32)}, metadata={"format": "something"}),
+    }
+    tampered = load_card(tmp_path / "good")
+    tampered.embeddings["buffalo_l"] = -tampered.embeddings["buffalo_l"]
+    save_card(tampered, tmp_path / "tampered")
+    raw = bytearray((tmp_path / "tampered.safetensors").read_bytes())
+    raw = raw.replace(tampered.hash.encode(), identity.hash.encode())  # keep the old hash
+    cases["tampered.safetensors"] = bytes(raw)
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(BadInput, match=name):
+            load_card(tmp_path / name)
+    with pytest.raises(BadInput, match="does not exist"):
+        load_card(tmp_path / "missing")
