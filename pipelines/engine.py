@@ -182,12 +182,11 @@ class Engine:
             raise BadInput(failed[0]["reason"] if len(failed) == 1 else
                            "no usable photo: " + "; ".join(f["reason"] for f in failed))
         analyzers = {pk: self.analyzer(pk) for pk in packs}
-        report = build_identity(loaded, analyzers)
-        for f in failed:
-            report.excluded.append(f)
+        identity = build_identity(loaded, analyzers).identity
+        identity.excluded.extend((f["file"], f["reason"]) for f in failed)
         with self._lock:
-            self._identities[key] = report
-        return report
+            self._identities[key] = identity
+        return identity
 
     # ----------------------------------------------------------------- methods
     def use_method(self, name: str, pipe) -> IdentityMethod | None:
@@ -273,7 +272,7 @@ class Engine:
                 recipe = build_recipe(self, req, cond, identity, seed, width, height)
                 path = write_image(self.settings, req, image, recipe, index=len(images))
                 images.append(GeneratedImage(path=path, seed=seed, image=image, recipe=recipe))
-            excluded = list(getattr(identity, "excluded", []) or [])
+            excluded = [{"file": f, "reason": r} for f, r in (identity.excluded if identity else [])]
             return GenerateResult(images=images, identity=identity, excluded=excluded,
                                   seconds=time.perf_counter() - t0)
 

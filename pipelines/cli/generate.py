@@ -1,0 +1,84 @@
+"""`launch.py generate`: portraits from photos (or an identity card) and a prompt."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate portraits of a person")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--photo", action="append", default=[], metavar="FILE", help="a photo of the person (repeatable)")
+    src.add_argument("--identity", metavar="CARD", help="a saved identity card instead of photos")
+    src.add_argument("--recipe", metavar="PNG", help="reproduce the image a Likeness PNG was made from")
+    p.add_argument("--prompt")
+    p.add_argument("--negative")
+    p.add_argument("--method", choices=["faceid", "instantid", "wplus", "none"])
+    p.add_argument("-n", "--count", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--cfg", type=float)
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--sampler")
+    p.add_argument("--scale", type=float, help="identity adapter scale")
+    p.add_argument("--s-scale", type=float, help="FaceID Plus v2 face-structure weight")
+    p.add_argument("--identitynet-scale", type=float, help="InstantID IdentityNet conditioning scale")
+    p.add_argument("--base-model", help="catalog name or a registered single-file checkpoint")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: outputs/<date>)")
+    p.add_argument("--save-identity", metavar="CARD", help="also save the analysed identity as a card")
+    p.set_defaults(func=cmd_generate)
+
+
+_FIELDS = {
+    "prompt": "prompt", "negative": "negative", "method": "method", "count": "count", "seed": "seed",
+    "steps": "steps", "cfg": "cfg", "width": "width", "height": "height", "sampler": "sampler",
+    "scale": "scale", "s_scale": "s_scale", "identitynet_scale": "identitynet_scale",
+    "base_model": "base_model",
+}
+
+
+def request_from_args(args, settings) -> dict:
+    from ..errors import BadInput
+
+    data: dict = {}
+    if args.recipe:
+        from ..metadata import read_recipe
+
+        recipe = read_recipe(args.recipe)
+        data.update(recipe["request"])
+        ident = recipe.get("identity")
+        if ident:
+            data["identity_card"] = ident["card"]
+    for arg, field in _FIELDS.items():
+        v = getattr(args, arg, None)
+        if v is not None:
+            data[field] = v
+    if args.photo:
+        data["photos"] = list(args.photo)
+    if args.identity:
+        data["identity_card"] = args.identity
+    if args.out:
+        data["out_dir"] = args.out
+    if "prompt" not in data:
+        raise BadInput("--prompt is required (or --recipe PNG).")
+    return data
+
+
+def cmd_generate(args, settings) -> int:
+    from ..engine import Engine
+    from ..requests import GenerateRequest, validate_request
+
+    req = validate_request(GenerateRequest, request_from_args(args, settings), "generate")
+    engine = Engine(settings)
+    result = engine.generate(req)
+    for ex in result.excluded:
+        print(f"left out {ex.get('file')}: {ex.get('reason')}", file=sys.stderr)
+    if args.save_identity and result.identity is not None:
+        from ..faces.identity import save_card
+
+        save_card(result.identity, args.save_identity)
+        print(f"identity card: {args.save_identity}", file=sys.stderr)
+    for img in result.images:
+        print(img.path)
+    return 0

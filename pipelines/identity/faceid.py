@@ -1,0 +1,134 @@
+"""IP-Adapter FaceID Plus v2 for SDXL, through diffusers `load_ip_adapter`.
+
+Conditioning = the buffalo_l normed ArcFace embedding (4 ID tokens through the
+projection MLP) + CLIP ViT-H penultimate features of the aligned face (perceiver
+resampler), with `shortcut` and `s_scale` (face-structure weight) set on the
+projection layer. The .bin also carries a LoRA on attention that diffusers loads as
+the peft adapter `faceid_0`; `unload` deletes it (diffusers' `unload_ip_adapter`
+does not), so the base pipeline is left exactly as before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BadInput
+from .base import Conditioning, IdentityMethod
+
+MODEL = "ip-adapter-faceid-plusv2-sdxl"
+ENCODER = "clip-vit-h-image-encoder"
+WEIGHTS = "ip-adapter-faceid-plusv2_sdxl.bin"
+LORA_NAME = "faceid_0"
+
+
+class FaceIDPlusV2(IdentityMethod):
+    name = "faceid"
+    base = "sdxl"
+    required_models = (MODEL, ENCODER)
+    recognizer = "buffalo_l"
+    default_scale = 0.8
+
+    def __init__(self, store, device, dtype):
+        super().__init__(store, device, dtype)
+        self._encoder = None
+        self._processor = None
+
+    # ------------------------------------------------------------------ life
+    def load(self, pipe) -> None:
+        if self.loaded:
+            return
+        folder = self.store.ensure(MODEL)
+        weights = self.store.file_path(MODEL, WEIGHTS)  # the converted .safetensors
+        pipe.load_ip_adapter(str(folder), subfolder="", weight_name=weights.name, image_encoder_folder=None)
+        self._ensure_encoder()
+        self.loaded = True
+
+    def unload(self, pipe) -> None:
+        if not self.loaded:
+            return
+        pipe.unload_ip_adapter()
+        if LORA_NAME in getattr(pipe.unet, "peft_config", {}):
+            pipe.delete_adapters([LORA_NAME])
+        _drop_empty_peft(pipe.unet)
+        self.loaded = False
+
+    def _ensure_encoder(self):
+        if self._encoder is None:
+            from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+            folder = self.store.ensure(ENCODER) / "models" / "image_encoder"
+            self._encoder = CLIPVisionModelWithProjection.from_pretrained(
+                folder, torch_dtype=self.dtype, local_files_only=True
+            ).to(self.device).eval()
+            size = self._encoder.config.image_size
+            self._processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        return self._encoder
+
+    def set_lora_weight(self, pipe, weight: float) -> None:
+        """Weight of the FaceID attention LoRA; other active LoRAs (user LoRAs set by
+        the engine in `pipe.likeness_lora_weights`) keep theirs."""
+        _set_faceid_weight(pipe, weight, getattr(pipe, "likeness_lora_weights", None))
+
+    # ---------------------------------------------------------- conditioning
+    def clip_features(self, crops: list[np.ndarray]):
+        """Penultimate CLIP hidden states of aligned face crops, averaged over photos,
+        and of a blank image (the unconditional side)."""
+        import torch
+
+        enc = self._ensure_encoder()
+        size = enc.config.image_size
+        blank = np.zeros((size, size, 3), dtype=np.uint8)
+        with torch.no_grad():
+            pix = self._processor(images=[*crops, blank], return_tensors="pt").pixel_values
+            hs = enc(pix.to(self.device, self.dtype), output_hidden_states=True).hidden_states[-2]
+        cond = hs[:-1].mean(dim=0, keepdim=True)
+        return hs[-1:], cond
+
+    def conditioning(self, pipe, identity, request, width, height) -> Conditioning:
+        import torch
+
+        emb = identity.embeddings.get(self.recognizer) if identity is not None else None
+        if emb is None:
+            raise BadInput(f"the identity has no {self.recognizer} embedding (needed by FaceID); re-create it from photos.")
+        scale = request.scale if request.scale is not None else self.default_scale
+        pipe.set_ip_adapter_scale(scale)
+        # the attention LoRA is part of the adapter: full weight at the default scale,
+        # fading to 0 with it, so scale 0 is exactly the base model
+        lora_weight = min(scale / self.default_scale, 1.0)
+        self.set_lora_weight(pipe, lora_weight)
+        id_pos = torch.as_tensor(np.asarray(emb), dtype=self.dtype).reshape(1, 1, 1, -1)
+        uncond_clip, cond_clip = self.clip_features(list(identity.crops))
+        do_cfg = request.cfg > 1.0
+        proj = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+        if do_cfg:
+            embeds = torch.cat([torch.zeros_like(id_pos), id_pos])
+            clip = torch.cat([uncond_clip, cond_clip]).unsqueeze(1)
+        else:
+            embeds = id_pos
+            clip = cond_clip.unsqueeze(1)
+        proj.clip_embeds = clip.to(self.device, self.dtype)
+        proj.shortcut = bool(request.shortcut)
+        proj.shortcut_scale = float(request.s_scale)
+        return Conditioning(
+            call_kwargs={"ip_adapter_image_embeds": [embeds.to(self.device)]},
+            recipe={"scale": scale, "lora_weight": round(lora_weight, 4), "s_scale": request.s_scale, "shortcut": request.shortcut,
+                    "recognizer": self.recognizer},
+        )
+
+
+def _set_faceid_weight(pipe, weight: float, others: dict[str, float] | None = None) -> None:
+    names = [LORA_NAME, *(others or {})]
+    weights = [weight, *(others or {}).values()]
+    pipe.set_adapters(names, adapter_weights=weights)
+
+
+def _drop_empty_peft(unet) -> None:
+    """After the last adapter is deleted peft leaves an empty config; remove it so the
+    UNet is as it was before the FaceID load."""
+    cfg = getattr(unet, "peft_config", None)
+    if cfg is not None and len(cfg) == 0:
+        try:
+            del unet.peft_config
+        except AttributeError:
+            pass
+        unet._hf_peft_config_loaded = False
