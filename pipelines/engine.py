@@ -258,7 +258,13 @@ class Engine:
             width, height = self.resolve_size(req, family)
             seed0 = req.seed if req.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
             cond = method.conditioning(pipe, identity, req, width, height) if method else Conditioning()
+            self._apply_loras(pipe, req, cond)
             units = list(cond.controlnets)
+            pose_unit = self._pose_unit(req, family, width, height)
+            if pose_unit is not None:
+                units.append(pose_unit)
+                cond.recipe["pose"] = {"pose": req.pose, "scale": req.pose_scale,
+                                       "start": req.pose_start, "end": req.pose_end}
             run = self._controlnet_pipe(pipe, units) if units else pipe
             run.scheduler = make_scheduler(req.sampler, self._base_scheduler_config)
             images: list[GeneratedImage] = []
@@ -270,11 +276,64 @@ class Engine:
                     raise Cancelled(f"cancelled after {len(images)} of {req.count} images.")
                 image = out.images[0]
                 recipe = build_recipe(self, req, cond, identity, seed, width, height)
+                image = self._postprocess(image, req, identity, recipe)
                 path = write_image(self.settings, req, image, recipe, index=len(images))
                 images.append(GeneratedImage(path=path, seed=seed, image=image, recipe=recipe))
+            images = self._keep_best(images, req)
             excluded = [{"file": f, "reason": r} for f, r in (identity.excluded if identity else [])]
             return GenerateResult(images=images, identity=identity, excluded=excluded,
                                   seconds=time.perf_counter() - t0)
+
+    # ------------------------------------------------------- feature hooks
+    def _apply_loras(self, pipe, req, cond: Conditioning) -> None:
+        """Activate exactly the requested user LoRAs (kohya .safetensors from loras/),
+        alongside any adapter LoRA of the identity method; add trigger words."""
+        if not req.loras and not getattr(pipe, "likeness_lora_weights", None):
+            return
+        from .lora.manager import LoraManager
+
+        if getattr(self, "_loras", None) is None:
+            self._loras = LoraManager(self.settings, self.store)
+        applied = self._loras.apply(pipe, req.loras)
+        if self._method is not None and hasattr(self._method, "refresh_adapters"):
+            self._method.refresh_adapters(pipe)
+        missing = [t for t in applied.triggers if t and t not in req.prompt]
+        if missing:
+            cond.prompt_suffix += ", " + ", ".join(missing)
+        if applied.weights:
+            cond.recipe["loras"] = [{"name": n, "weight": w, "sha256": applied.hashes.get(n)}
+                                    for n, w in applied.weights.items()]
+
+    def _pose_unit(self, req, family: str, width: int, height: int):
+        if not req.pose:
+            return None
+        from .pose.control import PoseControl
+
+        if getattr(self, "_pose", None) is None:
+            self._pose = PoseControl(self.store, self.device, self.dtype)
+        return self._pose.unit(req, family, width, height)
+
+    def _postprocess(self, image, req, identity, recipe: dict):
+        """Face restore, then the likeness score (both recorded in the recipe)."""
+        if req.restore != "none":
+            from .restore.stage import restore_output
+
+            image, report = restore_output(self, image, req)
+            recipe["restore"] = {"model": req.restore, "strength": req.restore_strength,
+                                 "fidelity": req.codeformer_fidelity if req.restore == "codeformer" else None,
+                                 "faces": report}
+        if identity is not None:
+            from .scoring import score_image
+
+            recipe["likeness"] = score_image(self, image, identity, req.method)
+        return image
+
+    def _keep_best(self, images: list[GeneratedImage], req) -> list[GeneratedImage]:
+        if req.keep is None or req.keep >= len(images):
+            return images
+        from .scoring import keep_best
+
+        return keep_best(self.settings, images, req.keep)
 
     def _call_kwargs(self, req, cond: Conditioning, units, width, height, seed, on_step, cancel, index):
         import torch

@@ -13,6 +13,26 @@ from .samplers import SAMPLERS
 MethodName = Literal["faceid", "instantid", "wplus", "none"]
 
 
+class LoraSpec(BaseModel):
+    """A LoRA from the loras folder by name (file stem), with its weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    weight: float = Field(default=1.0, ge=-2.0, le=2.0)
+
+    @classmethod
+    def parse(cls, text: str) -> "LoraSpec":
+        """`NAME` or `NAME:WEIGHT` (command line form)."""
+        name, sep, weight = text.rpartition(":") if ":" in text else (text, "", "")
+        if not sep:
+            return cls(name=text)
+        try:
+            return cls(name=name, weight=float(weight))
+        except ValueError:
+            raise ValueError(f"LoRA weight in {text!r} is not a number; use NAME or NAME:WEIGHT") from None
+
+
 class GenerateRequest(BaseModel):
     """One generation job: an identity (photos or a card), a prompt, settings."""
 
@@ -34,6 +54,17 @@ class GenerateRequest(BaseModel):
     s_scale: float = Field(default=1.0, ge=0.0, le=3.0)  # FaceID Plus v2 face-structure weight
     shortcut: bool = True  # FaceID Plus v2
     identitynet_scale: float = Field(default=0.8, ge=0.0, le=2.0)  # InstantID ControlNet
+    # LoRAs (issue: LoRA training), pose ControlNet, face restore, best-of-N, W+ edits
+    loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
+    pose: str | None = None  # a template name from assets/poses, or a .json / .png file
+    pose_scale: float = Field(default=0.8, ge=0.0, le=2.0)
+    pose_start: float = Field(default=0.0, ge=0.0, le=1.0)
+    pose_end: float = Field(default=1.0, ge=0.0, le=1.0)
+    restore: Literal["none", "gfpgan", "codeformer"] = "none"
+    restore_strength: float = Field(default=0.7, ge=0.0, le=1.0)
+    codeformer_fidelity: float = Field(default=0.5, ge=0.0, le=1.0)
+    keep: int | None = Field(default=None, ge=1, le=64)  # best-of-N: keep the most alike
+    edits: list[str] = Field(default_factory=list, max_length=16)  # W+ attribute edits, "age=+2"
     base_model: str = "sdxl-base"
     vae: Literal["auto", "base", "fp16-fix"] = "auto"
     out_dir: str | None = None
@@ -59,6 +90,12 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"method {self.method!r} needs photos or an identity card")
         if self.photos and self.identity_card:
             raise ValueError("give photos or an identity card, not both")
+        if self.pose_end < self.pose_start:
+            raise ValueError(f"pose_end {self.pose_end} is before pose_start {self.pose_start}")
+        if self.keep is not None and self.keep > self.count:
+            raise ValueError(f"keep {self.keep} is more than count {self.count}")
+        if self.edits and self.method != "wplus":
+            raise ValueError("edits need method 'wplus'")
         return self
 
 
