@@ -24,6 +24,11 @@ def register(sub) -> None:
     p.add_argument("--scale", type=float, help="identity adapter scale")
     p.add_argument("--s-scale", type=float, help="FaceID Plus v2 face-structure weight")
     p.add_argument("--identitynet-scale", type=float, help="InstantID IdentityNet conditioning scale")
+    p.add_argument("--pose", metavar="NAME|FILE", help="pose template name, or a .json template / reference .png photo")
+    p.add_argument("--pose-scale", type=float, help="pose ControlNet conditioning scale")
+    p.add_argument("--restore", choices=["none", "gfpgan", "codeformer"], help="face restoration")
+    p.add_argument("--restore-strength", type=float, help="blend of the restored face, 0-1")
+    p.add_argument("--codeformer-fidelity", type=float, help="CodeFormer fidelity weight w, 0-1")
     p.add_argument("--base-model", help="catalog name or a registered single-file checkpoint")
     p.add_argument("--out", metavar="DIR", help="output folder (default: outputs/<date>)")
     p.add_argument("--save-identity", metavar="CARD", help="also save the analysed identity as a card")
@@ -34,7 +39,8 @@ _FIELDS = {
     "prompt": "prompt", "negative": "negative", "method": "method", "count": "count", "seed": "seed",
     "steps": "steps", "cfg": "cfg", "width": "width", "height": "height", "sampler": "sampler",
     "scale": "scale", "s_scale": "s_scale", "identitynet_scale": "identitynet_scale",
-    "base_model": "base_model",
+    "base_model": "base_model", "pose": "pose", "pose_scale": "pose_scale", "restore": "restore",
+    "restore_strength": "restore_strength", "codeformer_fidelity": "codeformer_fidelity",
 }
 
 

@@ -71,9 +71,24 @@ def settings_from_args(args: argparse.Namespace):
     )
 
 
+def quiet_libraries() -> None:
+    """Keep library chatter (load progress bars, deprecation notes) off the
+    terminal; --debug shows everything. Runs when a command runs, never at import."""
+    import warnings
+
+    for var in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
+        os.environ.setdefault(var, "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    for cat in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=cat)
+
+
 def run(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        quiet_libraries()
     if args.command is None:  # `python launch.py` = the web UI
         args = parser.parse_args([*argv, "ui"])
     try:
