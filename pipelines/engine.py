@@ -310,7 +310,7 @@ class Engine:
         from .pose.control import PoseControl
 
         if getattr(self, "_pose", None) is None:
-            self._pose = PoseControl(self.store, self.device, self.dtype)
+            self._pose = PoseControl(self.store, self.device, self.dtype, self.settings)
         return self._pose.unit(req, family, width, height)
 
     def _postprocess(self, image, req, identity, recipe: dict):
@@ -333,7 +333,7 @@ class Engine:
             return images
         from .scoring import keep_best
 
-        return keep_best(self.settings, images, req.keep)
+        return keep_best(self.settings, images, req.keep, rejects=req.rejects)
 
     def _call_kwargs(self, req, cond: Conditioning, units, width, height, seed, on_step, cancel, index):
         import torch

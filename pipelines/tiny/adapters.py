@@ -203,7 +203,7 @@ def build_clip_vision_pack(dest: Path) -> None:
     build_clip_vision().save_pretrained(Path(dest) / IMAGE_ENCODER_DIR, safe_serialization=True)
 
 
-@pack("instantid", version=1)
+@pack("instantid", version=2)
 def build_instantid(dest: Path) -> None:
     dest = Path(dest)
     _torch_save(instantid_state_dict(), dest / INSTANTID_FILE)

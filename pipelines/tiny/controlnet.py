@@ -42,7 +42,12 @@ def build_controlnet(seed: int):
     torch.manual_seed(seed)  # the layers from_unet does not copy from the UNet
     net = ControlNetModel.from_unet(unet)
     gen = torch.Generator().manual_seed(seed)
-    _randomise_(net.controlnet_cond_embedding.conv_out, gen, gain=1.0)
+    # the conditioning embedding must carry the control image with a usable gain, or
+    # the residual would be a near-constant and different poses would look the same
+    emb = net.controlnet_cond_embedding
+    for conv in (emb.conv_in, *emb.blocks):
+        _randomise_(conv, gen, gain=2.0)
+    _randomise_(emb.conv_out, gen, gain=3.0)
     for conv in net.controlnet_down_blocks:
         _randomise_(conv, gen, RESIDUAL_GAIN)
     _randomise_(net.controlnet_mid_block, gen, RESIDUAL_GAIN)
@@ -54,6 +59,6 @@ def write_controlnet(dest: Path, seed: int) -> None:
     to_half(build_controlnet(seed)).save_pretrained(Path(dest), safe_serialization=True)
 
 
-@pack("controlnet-openpose-sdxl", version=1)
+@pack("controlnet-openpose-sdxl", version=2)
 def build_openpose_controlnet(dest: Path) -> None:
     write_controlnet(Path(dest), SEED_OPENPOSE)
