@@ -27,6 +27,7 @@ from .samplers import SDXL_BUCKETS, SD15_BUCKETS, demo_size, make_scheduler
 from .settings import DEMO_BANNER, Settings
 
 StepCallback = Callable[[dict], None]
+DEFAULT_BASE = {"sdxl": "sdxl-base", "sd15": "sd15-base"}
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Engine:
             raise BadInput(f"base_model {base_name!r} is a {kind} model, not an SDXL or SD1.5 base.")
         return kind
 
-    def pipeline(self, base_name: str = "sdxl-base", vae: str = "auto"):
+    def pipeline(self, base_name: str = DEFAULT_BASE["sdxl"], vae: str = "auto"):
         """The resident base pipeline (loaded once; reloaded only when the base changes)."""
         with self._lock:
             key = f"{base_name}|{vae}"
@@ -242,8 +243,11 @@ class Engine:
 
         t0 = time.perf_counter()
         with self._lock:
-            family = self.base_family(req.base_model)
             method_cls = get_method_class(req.method) if req.method != "none" else None
+            if req.base_model is None:
+                base = DEFAULT_BASE[method_cls.base if method_cls else "sdxl"]
+                req = req.model_copy(update={"base_model": base})
+            family = self.base_family(req.base_model)
             if method_cls is not None and method_cls.base != family:
                 raise BadInput(
                     f"method {req.method!r} runs on {method_cls.base.upper()} bases; "
@@ -363,7 +367,11 @@ class Engine:
                               control_guidance_end=[u.end for u in units])
         steps = req.steps
 
+        chain = list(cond.callbacks)
+
         def _on_step_end(pipe, step, timestep, cb_kwargs):
+            for cb in chain:
+                cb_kwargs = cb(pipe, step, timestep, cb_kwargs)
             if on_step is not None:
                 on_step({"image_index": index, "step": step + 1, "steps": steps, "latents": cb_kwargs.get("latents")})
             if cancel is not None and cancel.is_set():

@@ -71,6 +71,7 @@ def atomic_path(dest: Path | str, suffix: str = "") -> Iterator[Path]:
         yield tmp_p
         with open(tmp_p, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_p, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp_p, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -64,8 +64,9 @@ class GenerateRequest(BaseModel):
     restore_strength: float = Field(default=0.7, ge=0.0, le=1.0)
     codeformer_fidelity: float = Field(default=0.5, ge=0.0, le=1.0)
     keep: int | None = Field(default=None, ge=1, le=64)  # best-of-N: keep the most alike
+    rejects: bool = False  # best-of-N: move the others into rejects/ instead of deleting them
     edits: list[str] = Field(default_factory=list, max_length=16)  # W+ attribute edits, "age=+2"
-    base_model: str = "sdxl-base"
+    base_model: str | None = None  # default: sdxl-base, or sd15-base for SD1.5 methods (wplus)
     vae: Literal["auto", "base", "fp16-fix"] = "auto"
     out_dir: str | None = None
     name_prefix: str = Field(default="likeness", max_length=60)

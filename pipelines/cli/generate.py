@@ -11,6 +11,8 @@ def register(sub) -> None:
     src.add_argument("--photo", action="append", default=[], metavar="FILE", help="a photo of the person (repeatable)")
     src.add_argument("--identity", metavar="CARD", help="a saved identity card instead of photos")
     src.add_argument("--recipe", metavar="PNG", help="reproduce the image a Likeness PNG was made from")
+    p.add_argument("--preset", metavar="NAME", help="start from a portrait preset (`presets list`); --prompt then "
+                   "describes the subject and other flags override the preset")
     p.add_argument("--prompt")
     p.add_argument("--negative")
     p.add_argument("--method", choices=["faceid", "instantid", "wplus", "none"])
@@ -29,7 +31,15 @@ def register(sub) -> None:
     p.add_argument("--restore", choices=["none", "gfpgan", "codeformer"], help="face restoration")
     p.add_argument("--restore-strength", type=float, help="blend of the restored face, 0-1")
     p.add_argument("--codeformer-fidelity", type=float, help="CodeFormer fidelity weight w, 0-1")
+    p.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
+                   help="W+ attribute edit, e.g. age=+2 or smile=+1 (repeatable; method wplus)")
     p.add_argument("--base-model", help="catalog name or a registered single-file checkpoint")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
+                   help="a LoRA from the loras folder, weight default 1 (repeatable)")
+    p.add_argument("--keep", type=int, metavar="K",
+                   help="best-of-N: keep the K images that look most like the person, delete the rest")
+    p.add_argument("--rejects", action="store_true",
+                   help="with --keep: move the other images into a rejects/ folder instead of deleting them")
     p.add_argument("--out", metavar="DIR", help="output folder (default: outputs/<date>)")
     p.add_argument("--save-identity", metavar="CARD", help="also save the analysed identity as a card")
     p.set_defaults(func=cmd_generate)
@@ -53,22 +63,53 @@ def request_from_args(args, settings) -> dict:
 
         recipe = read_recipe(args.recipe)
         data.update(recipe["request"])
+        for key in ("keep", "rejects"):  # a replay makes one image: no best-of-N
+            data.pop(key, None)
         ident = recipe.get("identity")
         if ident:
             data["identity_card"] = ident["card"]
+    preset = getattr(args, "preset", None)
+    if preset:
+        from ..presets import load_preset
+
+        data.update(load_preset(preset, subject=args.prompt, demo=settings.demo))
     for arg, field in _FIELDS.items():
         v = getattr(args, arg, None)
-        if v is not None:
+        if v is not None and not (preset and field == "prompt"):  # with a preset, --prompt is the subject
             data[field] = v
     if args.photo:
         data["photos"] = list(args.photo)
+    if getattr(args, "edit", None):
+        data["edits"] = list(args.edit)
     if args.identity:
         data["identity_card"] = args.identity
     if args.out:
         data["out_dir"] = args.out
+    if getattr(args, "lora", None):
+        data["loras"] = [_lora_spec(text) for text in args.lora]
+    if args.keep is not None:
+        data["keep"] = args.keep
+    if args.rejects:
+        if args.keep is None:
+            raise BadInput("--rejects needs --keep K (it moves the images best-of-N did not keep).")
+        data["rejects"] = True
     if "prompt" not in data:
-        raise BadInput("--prompt is required (or --recipe PNG).")
+        raise BadInput("--prompt is required (or --preset NAME, or --recipe PNG).")
     return data
+
+
+def _lora_spec(text: str) -> dict:
+    from pydantic import ValidationError
+
+    from ..errors import BadInput
+    from ..requests import LoraSpec
+
+    try:
+        return LoraSpec.parse(text).model_dump()
+    except ValidationError as exc:
+        raise BadInput(f"--lora {text!r}: {exc.errors()[0]['msg']}.") from None
+    except ValueError as exc:
+        raise BadInput(f"--lora: {exc}.") from None
 
 
 def cmd_generate(args, settings) -> int:
@@ -85,6 +126,13 @@ def cmd_generate(args, settings) -> int:
 
         save_card(result.identity, args.save_identity)
         print(f"identity card: {args.save_identity}", file=sys.stderr)
+    from ..scoring import REJECTS_DIR, describe
+
+    if req.keep is not None and req.keep < req.count:
+        where = f"moved to {REJECTS_DIR}/" if req.rejects else "deleted"
+        print(f"best-of-{req.count}: kept the {req.keep} most alike; the others were {where}", file=sys.stderr)
     for img in result.images:
+        if "identity" in img.recipe:
+            print(f"{img.path.name}: {describe(img.recipe.get('likeness'))}", file=sys.stderr)
         print(img.path)
     return 0

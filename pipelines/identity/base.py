@@ -28,6 +28,7 @@ class Conditioning:
     call_kwargs: dict[str, Any] = field(default_factory=dict)
     controlnets: list["ControlUnit"] = field(default_factory=list)
     cross_attention_kwargs: dict[str, Any] = field(default_factory=dict)
+    callbacks: list[Any] = field(default_factory=list)  # callback_on_step_end chain
     prompt_suffix: str = ""
     recipe: dict[str, Any] = field(default_factory=dict)  # what to record in the PNG recipe
 

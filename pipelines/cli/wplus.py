@@ -1,0 +1,43 @@
+"""`launch.py train-wplus`: train a W+ adapter (adapter only, base frozen) on a
+folder of faces, for SD1.5 or SDXL (no public SDXL weights exist)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-wplus", help="train a W+ adapter on a folder of face photos")
+    p.add_argument("--faces", required=True, metavar="DIR", help="folder of face photos")
+    p.add_argument("--base", choices=["sd15", "sdxl"], default="sd15")
+    p.add_argument("--name", required=True, help="adapter name (letters, digits, '.', '_', '-')")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-face-px", type=float, help="smallest face kept (default 160; 64 in demo mode)")
+    p.set_defaults(func=cmd_train_wplus)
+
+
+def cmd_train_wplus(args, settings) -> int:
+    from ..errors import BadInput
+    from ..models.store import ModelStore
+    from ..paths import check_name, confine
+    from ..wplus.adapter import load_adapter_file
+    from ..wplus.train import train_wplus
+
+    check_name(args.name, "--name")
+    if not 1 <= args.steps <= 1_000_000:
+        raise BadInput(f"--steps {args.steps} is out of range 1-1000000.")
+    out_dir = settings.models_dir / "wplus-trained"
+    out = confine(out_dir, f"{args.name}.safetensors", "--name")
+    min_px = args.min_face_px if args.min_face_px is not None else (64 if settings.demo else 160)
+    result = train_wplus(args.faces, args.base, args.steps, out, ModelStore(settings), settings,
+                         lr=args.lr, seed=args.seed, min_face_px=min_px,
+                         progress=lambda d: print(f"step {d.get('step')}/{d.get('steps')} loss {d.get('loss', 0):.4f}",
+                                                  file=sys.stderr))
+    for ex in result.excluded:
+        print(f"left out {ex.get('file', ex)}: {ex.get('reason', '')}", file=sys.stderr)
+    keys = load_adapter_file(result.path)  # proves the result loads
+    print(f"trained {result.steps} steps on {len(result.used)} faces; {len(keys)} tensors", file=sys.stderr)
+    print(result.path)
+    return 0
