@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+REJECTS_DIR = "rejects"
+
 # conditioning recogniser -> independent scoring recogniser
 INDEPENDENT = {"buffalo_l": "antelopev2", "antelopev2": "buffalo_l", None: "antelopev2"}
 
@@ -55,7 +57,7 @@ def score_array(engine, rgb: np.ndarray, refs: np.ndarray, pack: str) -> dict:
     if not faces:
         return {"recognizer": pack, "face_found": False, "mean": None, "max": None}
     face = analyzer.embed_detection(rgb, faces[0], "output", n_faces=len(faces))
-    sims = refs @ _unit(face.embedding)
+    sims = np.clip(refs @ _unit(face.embedding), -1.0, 1.0)  # cosines; clip float error
     return {"recognizer": pack, "face_found": True, "mean": round(float(sims.mean()), 4),
             "max": round(float(sims.max()), 4), "references": int(len(refs))}
 
@@ -67,21 +69,50 @@ def score_image(engine, image, identity, method: str) -> dict:
 
 
 def sort_key(recipe: dict) -> float:
+    """Ranking key for best-of-N: the mean likeness; an output without a face
+    ranks below every output with one."""
     s = recipe.get("likeness") or {}
-    return s["mean"] if s.get("face_found") else float("-inf")
+    mean = s.get("mean") if s.get("face_found") else None
+    return float(mean) if mean is not None else float("-inf")
+
+
+def describe(likeness: dict | None) -> str:
+    """One line for the user: `likeness 0.62 (max 0.70, antelopev2)` or why there is none."""
+    if not likeness:
+        return "likeness not scored (no identity)"
+    if not likeness.get("face_found"):
+        return f"likeness: no face found in the output ({likeness.get('recognizer')})"
+    return f"likeness {likeness['mean']:.3f} (max {likeness['max']:.3f}, {likeness.get('recognizer')})"
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """`folder/name`, or `folder/<stem>-N<suffix>` when a file of that name is there
+    (a rejected file never overwrites an earlier one)."""
+    dest = folder / name
+    stem, suffix = Path(name).stem, Path(name).suffix
+    n = 1
+    while dest.exists():
+        dest = folder / f"{stem}-{n}{suffix}"
+        n += 1
+    return dest
 
 
 def keep_best(settings, images: list, keep: int, rejects: bool = False) -> list:
-    """Keep the `keep` images with the highest likeness; delete the rest, or move them
-    into a `rejects/` folder beside them when `rejects` is set."""
+    """Keep the `keep` images with the highest likeness (ties and faceless outputs
+    keep generation order); delete the rest, or move them into a `rejects/` folder
+    beside them when `rejects` is set. Returns the kept images in generation order."""
+    if keep < 1:
+        raise ValueError("keep must be at least 1")
     ranked = sorted(images, key=lambda g: sort_key(g.recipe), reverse=True)
     kept, dropped = ranked[:keep], ranked[keep:]
     for g in dropped:
         path = Path(g.path)
         if rejects:
-            dest = path.parent / "rejects"
+            dest = path.parent / REJECTS_DIR
             dest.mkdir(exist_ok=True)
-            shutil.move(str(path), dest / path.name)
+            target = _free_name(dest, path.name)
+            shutil.move(str(path), target)
+            g.path = target
         else:
             path.unlink(missing_ok=True)
     order = {id(g): i for i, g in enumerate(images)}
