@@ -582,6 +582,8 @@ def _check_six_item_outcome(job_path: Path, out: Path) -> None:
             recipe = read_recipe(out / name)
             assert (recipe["seed"], recipe["steps"], recipe["width"], recipe["height"]) == (it.seed, 2, 64, 64)
             assert recipe["method"] == "faceid" and recipe["prompt"].startswith("a portrait photo")
+            # the manifest carries each output's likeness score (same as its recipe)
+            assert r["likeness"] == [recipe["likeness"]] and "face_found" in r["likeness"][0]
     assert len(pngs(out)) == 3 and not stray(out)
     assert not list(out.glob("manifest.*.jsonl"))
 

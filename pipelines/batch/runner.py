@@ -317,6 +317,7 @@ def run_item(engine, item: BatchItem, ident: IdentityOutcome | None, out_dir: Pa
             update.update(photos=[], identity_card=ident.card)
         result = engine.generate(item.request.model_copy(update=update))
         record["outputs"] = _publish(result.images, item, out_dir)
+        record["likeness"] = [img.recipe.get("likeness") for img in result.images]
         record["status"] = "ok"
     except Cancelled:
         raise
