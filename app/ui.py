@@ -1,36 +1,88 @@
-"""The Gradio Blocks app. Reaches the engine only through `pipelines`' public API."""
+"""The Gradio Blocks app. Reaches the engine only through `pipelines`' public API:
+widgets become typed requests (`app.requests_map`), engine errors become
+`gr.Error`. The engine itself is created on first use, not here."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import gradio as gr
 
 from pipelines.settings import DEMO_BANNER, Settings
 
+from .api import build_api
+from .history import HistoryTab
+from .jobs import CancelRegistry, EngineHolder
+from .models_tab import build_models
+from .portrait import PortraitTab
+from .widgets import build_portrait
 
-def model_rows(settings: Settings) -> list[list[str]]:
-    from pipelines.models.store import ModelStore
-
-    store = ModelStore(settings)
-    rows = []
-    for e in store.catalog:
-        st = store.status(e.name)
-        state = "verified" if st.verified else ("present" if st.present else "missing")
-        rows.append([e.name, e.kind, e.license, "yes" if e.research_only else "no", state])
-    return rows
+PORTRAIT_TAB = "portrait"
+CSS = """
+#demo-banner { background: #fff3cd; color: #664d03; border: 1px solid #ffe69c; border-radius: 6px;
+               padding: 4px 12px; }
+"""
 
 
-def build_app(settings: Settings) -> gr.Blocks:
+def has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def banner(settings: Settings) -> None:
+    if settings.demo:
+        gr.Markdown(f"**{DEMO_BANNER}** — images show the wiring, not quality.", elem_classes=["demo-note"])
+
+
+def build_app(settings: Settings, holder: EngineHolder | None = None) -> gr.Blocks:
+    """The whole UI. `holder` lets a caller share (or fake) the engine; by default
+    one is made here and the `Engine` inside it on first use."""
+    holder = holder or EngineHolder(settings)
+    cancels = CancelRegistry()
     title = "Likeness" + (f" — {DEMO_BANNER}" if settings.demo else "")
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"# {title}")
         if settings.demo:
             gr.Markdown(f"**{DEMO_BANNER}.** Images show the wiring, not quality.", elem_id="demo-banner")
-        with gr.Tab("Models"):
-            table = gr.Dataframe(
-                headers=["model", "kind", "licence", "research-only", "state"],
-                value=lambda: model_rows(settings),
-                interactive=False,
-                elem_id="model-status",
-            )
-            gr.Button("Refresh").click(lambda: model_rows(settings), outputs=table)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Portrait", id=PORTRAIT_TAB):
+                banner(settings)
+                portrait = PortraitTab(settings, holder, cancels, build_portrait(settings))
+            with gr.Tab("History", id="history"):
+                banner(settings)
+                history = HistoryTab(settings, portrait, tabs, PORTRAIT_TAB)
+                history.build()
+            train = None
+            if has_module("pipelines.lora.train"):
+                with gr.Tab("Train", id="train"):
+                    banner(settings)
+                    from .train_tab import TrainTab
+
+                    train = TrainTab(settings, holder, cancels)
+                    train.build()
+            if has_module("pipelines.batch.runner"):
+                with gr.Tab("Batch", id="batch"):
+                    banner(settings)
+                    from .batch_tab import build_batch
+
+                    build_batch(settings, holder)
+            with gr.Tab("Models", id="models"):
+                banner(settings)
+                build_models(settings, demo.load)
+        # the named API endpoints first, so no UI event can claim their names
+        build_api(settings, holder, cancels)
+        if train is not None:
+            from .train_tab import build_train_api
+
+            build_train_api(settings, holder, cancels)
+            train.wire()
+        portrait.wire()
+        history.wire(demo.load)
+    demo.likeness_holder = holder  # for tests and the server: the app's one engine holder
     return demo
+
+
+def app_css() -> str:
+    return CSS

@@ -1,0 +1,142 @@
+"""The app's resident engine and running jobs.
+
+- `EngineHolder`: one `Engine` per app, created on first use (never at import or
+  when the UI is built), so the UI starts instantly and models load once.
+- `CancelRegistry`: one cancel `Event` per browser session; the Cancel button
+  sets it and the engine stops within one sampling step.
+- `run_job`: runs an engine call in a worker thread and yields its step events
+  and its result through a queue, so a gradio generator can stream progress
+  and previews while the job runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from pipelines.settings import Settings
+
+
+class EngineHolder:
+    def __init__(self, settings: Settings, factory: Callable[[Settings], Any] | None = None):
+        self.settings = settings
+        self._factory = factory
+        self._engine = None
+        self._lock = threading.Lock()
+
+    def get(self):
+        with self._lock:
+            if self._engine is None:
+                if self._factory is not None:
+                    self._engine = self._factory(self.settings)
+                else:
+                    from pipelines.engine import Engine
+
+                    self._engine = Engine(self.settings)
+            return self._engine
+
+    @property
+    def loaded(self) -> bool:
+        return self._engine is not None
+
+
+class CancelRegistry:
+    """session id -> the cancel Event of that session's running job."""
+
+    def __init__(self):
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, session: str) -> threading.Event:
+        ev = threading.Event()
+        with self._lock:
+            self._events[session] = ev
+        return ev
+
+    def end(self, session: str, ev: threading.Event) -> None:
+        with self._lock:
+            if self._events.get(session) is ev:
+                del self._events[session]
+
+    def cancel(self, session: str) -> bool:
+        """Set the running job's event; False when this session runs nothing."""
+        with self._lock:
+            ev = self._events.get(session)
+        if ev is None:
+            return False
+        ev.set()
+        return True
+
+    def running(self, session: str) -> bool:
+        with self._lock:
+            return session in self._events
+
+
+@dataclass
+class JobEvent:
+    kind: str  # "step" | "done" | "error"
+    data: Any = None
+
+
+def run_job(call: Callable[[Callable[[dict], None], threading.Event], Any], cancel: threading.Event,
+            poll: float = 0.1, coalesce: bool = True) -> Iterator[JobEvent]:
+    """Run `call(on_step, cancel)` in a thread; yield "step" events (the engine's
+    step dicts) while it runs, then one "done" (its result) or "error" (the
+    exception). With `coalesce`, step events that queued up while the consumer
+    was busy are skipped for the newest one (a preview only needs the latest).
+    Closing the iterator early cancels the job and waits for it."""
+    events: queue.Queue[JobEvent] = queue.Queue()
+
+    def on_step(info: dict) -> None:
+        events.put(JobEvent("step", info))
+
+    def work() -> None:
+        try:
+            events.put(JobEvent("done", call(on_step, cancel)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            events.put(JobEvent("error", exc))
+
+    thread = threading.Thread(target=work, name="likeness-job", daemon=True)
+    thread.start()
+    finished = False
+    try:
+        while True:
+            try:
+                ev = events.get(timeout=poll)
+            except queue.Empty:
+                continue
+            if ev.kind == "step" and coalesce:
+                # only the newest step matters for a preview: skip stale ones
+                while True:
+                    try:
+                        nxt = events.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt.kind != "step":
+                        yield ev
+                        ev = nxt
+                        break
+                    ev = nxt
+            yield ev
+            if ev.kind in ("done", "error"):
+                finished = True
+                return
+    finally:
+        if not finished:  # the consumer went away (browser closed): stop the job
+            cancel.set()
+            thread.join()
+        free_memory()
+
+
+def free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort
+        pass

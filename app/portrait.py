@@ -1,0 +1,208 @@
+"""Portrait tab handlers: photos -> face crops, presets, generate with live
+progress and previews, cancel, reuse. Engine errors become `gr.Error`."""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from pipelines.errors import Cancelled, LikenessError
+from pipelines.settings import Settings
+
+from .jobs import CancelRegistry, EngineHolder, run_job
+from .progress import StepClock, describe_step, format_seconds, latent_preview
+from .requests_map import (
+    NONE, caption, likeness_text, lora_names, lora_rows, photo_paths, request_from_ui, ui_from_fields,
+)
+from .widgets import PortraitWidgets
+
+GPU = "gpu"  # concurrency group: one engine job at a time across every event
+PREVIEW_EVERY = 0.4  # seconds between live previews
+
+
+def user_error(exc: BaseException) -> gr.Error:
+    """An engine error as the one-sentence message the user sees."""
+    if isinstance(exc, LikenessError):
+        return gr.Error(str(exc))
+    traceback.print_exception(exc, file=sys.stderr)
+    msg = " ".join(str(exc).split())[:300]
+    return gr.Error(f"unexpected {type(exc).__name__}: {msg}")
+
+
+def session_of(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "anonymous"
+
+
+class PortraitTab:
+    def __init__(self, settings: Settings, holder: EngineHolder, cancels: CancelRegistry, w: PortraitWidgets):
+        self.settings = settings
+        self.holder = holder
+        self.cancels = cancels
+        self.w = w
+
+    # ---------------------------------------------------------------- mapping
+    def keyed(self, values: dict) -> dict[str, Any]:
+        return {self.w.fields[c]: v for c, v in values.items() if c in self.w.fields}
+
+    def updates(self, by_key: dict[str, Any]) -> dict:
+        return {self.w.by_key[k]: v for k, v in by_key.items() if k in self.w.by_key}
+
+    # ----------------------------------------------------------------- photos
+    def analyse(self, photos, method: str):
+        """Detect the face in each photo: the crops used and the photos left out."""
+        from pipelines.identity import get_method_class
+
+        try:
+            paths = photo_paths(photos)
+        except LikenessError as exc:
+            raise user_error(exc) from None
+        if not paths:
+            return [], ""
+        recognizer = get_method_class(method).recognizer if method != "none" else None
+        packs = (recognizer,) if recognizer else ("buffalo_l",)
+        try:
+            identity = self.holder.get().identity(photos=paths, packs=packs)
+        except LikenessError as exc:
+            return [], f"**No usable photo.** {exc}"
+        crops = [(crop, Path(src).name) for crop, src in zip(identity.crops, identity.used)]
+        lines = [f"Using **{len(identity.used)} of {len(paths)}** photos."]
+        lines += [f"- left out **{Path(f).name}**: {reason}" for f, reason in identity.excluded]
+        return crops, "\n".join(lines)
+
+    # ---------------------------------------------------------------- presets
+    def preset_fields(self, name: str) -> dict:
+        from pipelines.presets import load_preset
+
+        try:
+            fields = load_preset(name, demo=self.settings.demo)
+        except LikenessError as exc:
+            raise user_error(exc) from None
+        out = ui_from_fields(fields, self.settings.demo, lora_names(self.settings.loras_dir), include_prompt=False)
+        out["preset"] = name
+        return self.updates(out)
+
+    def pick_preset(self, evt: gr.SelectData):
+        return self.preset_fields(self.w.preset_names[evt.index])
+
+    def choose_preset(self, name: str):
+        if not name or name == NONE:
+            return {}
+        return self.preset_fields(name)
+
+    def pick_pose(self, evt: gr.SelectData):
+        return self.w.pose_names[evt.index]
+
+    def rescan_loras(self, rows):
+        from .requests_map import loras_from_rows
+
+        current = {lo["name"]: lo["weight"] for lo in loras_from_rows(rows)}
+        return lora_rows(lora_names(self.settings.loras_dir), current)
+
+    # --------------------------------------------------------------- generate
+    def generate(self, values: dict, request: gr.Request, progress=gr.Progress()):
+        try:
+            req = request_from_ui(self.keyed(values), self.settings.demo)
+        except LikenessError as exc:
+            raise user_error(exc) from None
+        yield from self.run(req, request, progress)
+
+    def run(self, req, request: gr.Request | None, progress):
+        w = self.w
+        session = session_of(request)
+        cancel = self.cancels.begin(session)
+        family = "sd15" if req.method == "wplus" else "sdxl"
+        clock = StepClock(req.count, req.steps)
+        progress(0, desc="loading models…")
+        yield {w.status: "Loading models and analysing the photos…", w.preview: None}
+        last_preview = 0.0
+        try:
+            engine = self.holder.get()
+            for ev in run_job(lambda on_step, c: engine.generate(req, on_step=on_step, cancel=c), cancel):
+                if ev.kind == "step":
+                    info = ev.data
+                    clock.tick(info["image_index"], info["step"])
+                    text = describe_step(info["image_index"], req.count, info["step"], info["steps"], clock.eta())
+                    progress((clock.done, clock.total), desc=text, unit="steps")
+                    now = time.monotonic()
+                    if info.get("latents") is not None and now - last_preview >= PREVIEW_EVERY:
+                        last_preview = now
+                        yield {w.status: text, w.preview: latent_preview(info["latents"], family)}
+                elif ev.kind == "error":
+                    if isinstance(ev.data, Cancelled):
+                        yield {w.status: f"**Stopped**: {ev.data} Memory freed; images already written "
+                                         "are in the History tab."}
+                        return
+                    raise user_error(ev.data)
+                else:
+                    yield self.finished(ev.data)
+        finally:
+            self.cancels.end(session, cancel)
+
+    def finished(self, result) -> dict:
+        w = self.w
+        items = [(str(g.path), caption(g.recipe)) for g in result.images]
+        lines = [f"**Done**: {len(result.images)} image(s) in {format_seconds(result.seconds)}."]
+        if self.settings.demo:
+            from pipelines.settings import DEMO_BANNER
+
+            lines[0] += f" ({DEMO_BANNER}.)"
+        lines += [f"- left out **{Path(ex['file']).name}**: {ex['reason']}" for ex in result.excluded]
+        info = [f"- `{g.path.name}`: seed {g.seed}, {likeness_text(g.recipe)}" for g in result.images]
+        return {w.status: "\n".join(lines), w.results: items, w.result_info: "\n".join(info),
+                w.results_state: [g.recipe for g in result.images], w.selected: 0}
+
+    def cancel(self, request: gr.Request):
+        if self.cancels.cancel(session_of(request)):
+            return "Cancelling… (stops within one step)"
+        return "Nothing is running in this tab."
+
+    # ------------------------------------------------------------------ reuse
+    def select_result(self, evt: gr.SelectData):
+        return evt.index
+
+    def reuse(self, index, recipes):
+        if not recipes:
+            raise gr.Error("Generate an image first, then select it and press reuse.")
+        recipe = recipes[min(int(index or 0), len(recipes) - 1)]
+        return self.recipe_updates(recipe)
+
+    def recipe_updates(self, recipe: dict, identity_card: str | None = None) -> dict:
+        fields = dict(recipe.get("request") or {})
+        if not fields:
+            raise gr.Error("This image has no Likeness recipe to reuse.")
+        out = ui_from_fields(fields, self.settings.demo, lora_names(self.settings.loras_dir))
+        if identity_card is not None:
+            out["identity_card"] = identity_card
+        return self.updates(out)
+
+    # ----------------------------------------------------------------- wiring
+    def wire(self) -> None:
+        w = self.w
+        inputs = set(w.fields)
+        outputs = [w.status, w.preview, w.results, w.result_info, w.results_state, w.selected]
+        fill = list(w.fields)
+        photos, method = w.by_key["photos"], w.by_key["method"]
+        photos.change(self.analyse, [photos, method], [w.crops, w.photo_report],
+                      concurrency_id=GPU, api_visibility="private")
+        photos.change(lambda: None, None, w.by_key["identity_card"], queue=False, api_visibility="private")
+        method.input(self.analyse, [photos, method], [w.crops, w.photo_report],
+                     concurrency_id=GPU, api_visibility="private")
+        gen = dict(fn=self.generate, inputs=inputs, outputs=outputs, concurrency_id=GPU,
+                   concurrency_limit=1, api_visibility="private", show_progress="full",
+                   show_progress_on=[w.status, w.results])
+        w.preset_gallery.select(self.pick_preset, None, fill, queue=False, api_visibility="private").then(**gen)
+        w.by_key["preset"].input(self.choose_preset, w.by_key["preset"], fill, queue=False,
+                                 api_visibility="private")
+        if w.pose_gallery is not None:
+            w.pose_gallery.select(self.pick_pose, None, w.by_key["pose"], queue=False, api_visibility="private")
+        w.lora_refresh.click(self.rescan_loras, w.by_key["loras"], w.by_key["loras"], queue=False,
+                             api_visibility="private")
+        w.generate.click(**gen)
+        w.cancel.click(self.cancel, None, w.status, queue=False, api_visibility="private")
+        w.results.select(self.select_result, None, w.selected, queue=False, api_visibility="private")
+        w.reuse.click(self.reuse, [w.selected, w.results_state], fill, queue=False, api_visibility="private")

@@ -1,0 +1,247 @@
+"""Widget values <-> typed requests, by field NAME.
+
+The UI keeps a dict from each widget to a key (`PortraitWidgets.fields`); a
+handler receives `{key: value}` and `request_from_ui` turns it into a validated
+`GenerateRequest`. The keys are `GenerateRequest` field names, plus three UI
+keys that stand for several fields or need converting:
+
+- `preset`: a preset name; the prompt box then describes the subject;
+- `size`: a bucket name (scaled down in demo mode) or "WIDTHxHEIGHT";
+- `photos`: the uploaded files.
+
+No positional lists anywhere, and no gradio here (testable alone)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from pipelines.errors import BadInput
+from pipelines.presets import SIZE_BUCKETS, get_preset
+from pipelines.requests import GenerateRequest, validate_request
+from pipelines.samplers import demo_size
+
+NONE = "(none)"
+SIZE_AUTO = "auto"
+MAX_PHOTOS = 10
+DEFAULT_SCALE = 0.8  # the identity methods' default adapter scale
+
+# UI key -> default widget value (also the set of keys the Portrait tab maps)
+UI_DEFAULTS: dict[str, Any] = {
+    "photos": None,
+    "identity_card": None,
+    "preset": NONE,
+    "prompt": "",
+    "negative": "",
+    "method": "faceid",
+    "size": SIZE_AUTO,
+    "sampler": "dpmpp_2m_karras",
+    "steps": 30,
+    "cfg": 5.0,
+    "seed": -1,
+    "count": 1,
+    "keep": 0,
+    "scale": DEFAULT_SCALE,
+    "s_scale": 1.0,
+    "identitynet_scale": 0.8,
+    "pose": NONE,
+    "pose_scale": 0.8,
+    "restore": "none",
+    "restore_strength": 0.7,
+    "codeformer_fidelity": 0.5,
+    "loras": None,
+}
+# request fields copied as they are
+_PLAIN = ("negative", "method", "sampler", "steps", "cfg", "count", "scale", "s_scale",
+          "identitynet_scale", "pose_scale", "restore", "restore_strength", "codeformer_fidelity")
+_INTS = {"steps", "count"}
+_SIZE_RE = re.compile(r"^\s*(\d{2,4})\s*[x×]\s*(\d{2,4})\s*$")
+
+
+# ------------------------------------------------------------------------ sizes
+def size_choices(demo: bool) -> list[tuple[str, str]]:
+    out = [("auto (model default)", SIZE_AUTO)]
+    for name, (w, h) in SIZE_BUCKETS.items():
+        label = f"{name} {w}×{h}"
+        if demo:
+            dw, dh = demo_size(w, h)
+            label += f" (demo: {dw}×{dh})"
+        out.append((label, name))
+    return out
+
+
+def parse_size(value: str | None, demo: bool) -> tuple[int | None, int | None]:
+    """A size widget value -> (width, height); (None, None) = the engine's default."""
+    value = (value or SIZE_AUTO).strip()
+    if value == SIZE_AUTO:
+        return None, None
+    if value in SIZE_BUCKETS:
+        w, h = SIZE_BUCKETS[value]
+        return demo_size(w, h) if demo else (w, h)
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise BadInput(f"size {value!r}: choose a size bucket or type WIDTHxHEIGHT, e.g. 896x1152.")
+    return int(m.group(1)), int(m.group(2))
+
+
+def size_value(width: int | None, height: int | None, demo: bool) -> str:
+    """The size widget value for a request's width/height (a bucket name when it is one)."""
+    if width is None or height is None:
+        return SIZE_AUTO
+    for name, (w, h) in SIZE_BUCKETS.items():
+        if (width, height) == (w, h) or (demo and (width, height) == demo_size(w, h)):
+            return name
+    return f"{width}x{height}"
+
+
+# ------------------------------------------------------------------------ LoRAs
+def lora_names(loras_dir: Path | str) -> list[str]:
+    """LoRA files the user can pick: loras/*.safetensors (pickles are never listed)."""
+    folder = Path(loras_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.safetensors") if p.is_file() and not p.name.startswith("."))
+
+
+def lora_rows(names: Iterable[str], weights: dict[str, float] | None = None) -> list[list]:
+    """Table rows [name, weight]: every LoRA on disk (weight 0 = off), plus any
+    LoRA named in `weights` that is not on disk (so a reused recipe shows it)."""
+    weights = dict(weights or {})
+    rows = [[n, float(weights.pop(n, 0.0))] for n in names]
+    rows += [[n, float(w)] for n, w in weights.items()]
+    return rows
+
+
+def loras_from_rows(rows) -> list[dict]:
+    if rows is None:
+        return []
+    if hasattr(rows, "values") and hasattr(rows, "columns"):  # a pandas frame
+        rows = rows.values.tolist()
+    out = []
+    for i, row in enumerate(rows or []):
+        if not row or row[0] is None or not str(row[0]).strip():
+            continue
+        name = str(row[0]).strip()
+        raw = row[1] if len(row) > 1 else 1.0
+        try:
+            weight = float(raw) if raw not in (None, "") else 0.0
+        except (TypeError, ValueError):
+            raise BadInput(f"LoRA {name!r}: weight {raw!r} is not a number.") from None
+        if weight != 0.0:
+            out.append({"name": name, "weight": weight})
+    return out
+
+
+# ------------------------------------------------------------------ UI -> request
+def _file_path(f) -> str:
+    for attr in ("path", "name"):
+        v = getattr(f, attr, None)
+        if isinstance(v, str):
+            return v
+    if isinstance(f, dict) and isinstance(f.get("path"), str):
+        return f["path"]
+    return str(f)
+
+
+def photo_paths(files) -> list[str]:
+    if not files:
+        return []
+    if isinstance(files, (str, Path)):
+        files = [files]
+    paths = [_file_path(f) for f in files]
+    if len(paths) > MAX_PHOTOS:
+        raise BadInput(f"photos: upload at most {MAX_PHOTOS} photos of the person (got {len(paths)}).")
+    return paths
+
+
+def _seed(value) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        seed = int(float(value))
+    except (TypeError, ValueError):
+        raise BadInput(f"seed {value!r} is not a whole number; use -1 for a random seed.") from None
+    return None if seed < 0 else seed
+
+
+def request_data(values: dict[str, Any], demo: bool) -> dict:
+    """Widget values by key -> `GenerateRequest` fields (unvalidated)."""
+    v = {**UI_DEFAULTS, **{k: x for k, x in values.items() if x is not None}}
+    data: dict[str, Any] = {k: (int(v[k]) if k in _INTS else v[k]) for k in _PLAIN}
+    prompt = str(v.get("prompt") or "").strip()
+    preset = v.get("preset") or NONE
+    if preset != NONE:
+        data["prompt"] = get_preset(preset).format_prompt(prompt)
+    elif prompt:
+        data["prompt"] = prompt
+    else:
+        raise BadInput("prompt is empty: describe the portrait, or pick a preset.")
+    photos = photo_paths(values.get("photos"))
+    if photos:
+        data["photos"] = photos
+    elif v.get("identity_card"):
+        data["identity_card"] = str(v["identity_card"])
+    elif data["method"] != "none":
+        raise BadInput("photos: upload 1 to 10 photos of the person (or choose method 'none').")
+    data["seed"] = _seed(v.get("seed"))
+    keep = int(v.get("keep") or 0)
+    if keep > 0:
+        data["keep"] = keep
+    pose = v.get("pose") or NONE
+    if pose != NONE:
+        data["pose"] = pose
+    data["width"], data["height"] = parse_size(v.get("size"), demo)
+    data["loras"] = loras_from_rows(v.get("loras"))
+    if data["method"] == "wplus":  # the W+ adapter exists for SD1.5 only
+        data["base_model"] = "sd15-base"
+        if v.get("size") in SIZE_BUCKETS:  # SDXL buckets do not apply
+            data["width"] = data["height"] = None
+    return data
+
+
+def request_from_ui(values: dict[str, Any], demo: bool) -> GenerateRequest:
+    """Widget values by key -> a validated request (BadInput names the field)."""
+    return validate_request(GenerateRequest, request_data(values, demo), "request")
+
+
+# ------------------------------------------------------------------ request -> UI
+def ui_from_fields(fields: dict[str, Any], demo: bool, lora_on_disk: Iterable[str] = (),
+                   include_prompt: bool = True) -> dict[str, Any]:
+    """`GenerateRequest` fields (a preset's, or a recipe's `request`) -> widget
+    values by key. Keys the fields do not mention are left out (unchanged)."""
+    out: dict[str, Any] = {}
+    for k in _PLAIN:
+        if k in fields and fields[k] is not None:
+            out[k] = fields[k]
+    if "scale" in fields:
+        out["scale"] = DEFAULT_SCALE if fields["scale"] is None else fields["scale"]
+    if include_prompt and "prompt" in fields:
+        out["prompt"] = fields["prompt"]
+        out["preset"] = NONE
+    if "seed" in fields:
+        out["seed"] = -1 if fields["seed"] is None else int(fields["seed"])
+    if "keep" in fields:
+        out["keep"] = fields["keep"] or 0
+    if "pose" in fields:
+        out["pose"] = fields["pose"] or NONE
+    if "width" in fields or "height" in fields:
+        out["size"] = size_value(fields.get("width"), fields.get("height"), demo)
+    if "loras" in fields:
+        weights = {lo["name"]: lo.get("weight", 1.0) for lo in fields["loras"] or []}
+        out["loras"] = lora_rows(lora_on_disk, weights)
+    return out
+
+
+# ------------------------------------------------------------------ results
+def likeness_text(recipe: dict) -> str:
+    s = recipe.get("likeness")
+    if not s:
+        return "likeness not scored"
+    if not s.get("face_found"):
+        return "no face found"
+    return f"likeness {s['mean']:.2f}"
+
+
+def caption(recipe: dict) -> str:
+    return f"seed {recipe.get('seed')} · {likeness_text(recipe)}"

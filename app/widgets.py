@@ -1,0 +1,176 @@
+"""The Portrait tab's widgets. `PortraitWidgets.fields` maps each request widget
+to its key (a `GenerateRequest` field name or a UI key, see
+`app.requests_map`): handlers take and return values by key, never by
+position."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from pipelines.samplers import SAMPLER_TITLES
+from pipelines.settings import Settings
+
+from .requests_map import NONE, UI_DEFAULTS, lora_names, lora_rows, size_choices
+
+PHOTO_TYPES = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic"]
+POSE_PREVIEWS = Path(__file__).resolve().parents[1] / "assets" / "poses" / "previews"
+
+
+@dataclass
+class PortraitWidgets:
+    fields: dict[Any, str]  # widget -> key
+    by_key: dict[str, Any]
+    preset_gallery: Any
+    preset_names: list[str]
+    pose_gallery: Any | None
+    pose_names: list[str]
+    crops: Any
+    photo_report: Any
+    generate: Any
+    cancel: Any
+    status: Any
+    preview: Any
+    results: Any
+    result_info: Any
+    reuse: Any
+    results_state: Any
+    selected: Any
+    lora_refresh: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def method_choices() -> list[tuple[str, str]]:
+    out = [("FaceID Plus v2", "faceid"), ("InstantID", "instantid")]
+    if importlib.util.find_spec("pipelines.identity.wplus") is not None:
+        out.append(("W+ adapter (SD1.5)", "wplus"))
+    out.append(("none (plain SDXL)", "none"))
+    return out
+
+
+def preset_cards():
+    """(name, title, PIL card) for every shipped preset."""
+    from PIL import Image
+
+    from pipelines.presets import list_presets, preview_path
+
+    cards = []
+    for p in list_presets():
+        path = preview_path(p.name)
+        img = Image.open(path).convert("RGB") if path.is_file() else Image.new("RGB", (240, 300), p.colors[0])
+        cards.append((p.name, p.title, img))
+    return cards
+
+
+def pose_cards():
+    """(name, title, PIL preview or None) for every pose template, when this build has poses."""
+    try:
+        from pipelines.pose.templates import list_templates
+    except ImportError:
+        return []
+    from PIL import Image
+
+    out = []
+    for t in list_templates():
+        path = POSE_PREVIEWS / f"{t.name}.png"
+        out.append((t.name, t.title, Image.open(path).convert("RGB") if path.is_file() else None))
+    return out
+
+
+def build_portrait(settings: Settings) -> PortraitWidgets:
+    demo = settings.demo
+    d = UI_DEFAULTS
+    by_key: dict[str, Any] = {}
+    cards = preset_cards()
+    poses = pose_cards()
+    with gr.Row():
+        with gr.Column(scale=2, min_width=300):
+            by_key["photos"] = gr.File(
+                label="Photos of the person (1–10)", file_count="multiple", type="filepath",
+                file_types=PHOTO_TYPES, elem_id="photos",
+            )
+            by_key["method"] = gr.Radio(method_choices(), value=d["method"], label="Identity method", elem_id="method")
+            crops = gr.Gallery(label="Detected faces", columns=5, height=150, allow_preview=False,
+                               format="png", interactive=False, object_fit="contain", fit_columns=False,
+                               elem_id="face-crops")
+            photo_report = gr.Markdown(elem_id="photo-report")
+            by_key["identity_card"] = gr.State(None)
+        with gr.Column(scale=3, min_width=400):
+            preset_gallery = gr.Gallery(
+                value=[(img, title) for _, title, img in cards], label="Presets — one click generates",
+                columns=4, height=360, allow_preview=False, format="png", interactive=False,
+                object_fit="contain", elem_id="preset-gallery",
+            )
+            by_key["preset"] = gr.Dropdown(
+                [(NONE, NONE)] + [(title, name) for name, title, _ in cards], value=d["preset"],
+                label="Preset", elem_id="preset",
+            )
+            by_key["prompt"] = gr.Textbox(
+                label="Prompt (with a preset: describe the person, e.g. 'a woman with red hair')",
+                lines=2, elem_id="prompt",
+            )
+            by_key["negative"] = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
+    with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+        with gr.Row():
+            by_key["size"] = gr.Dropdown(size_choices(demo), value=d["size"], label="Size bucket",
+                                         allow_custom_value=True, elem_id="size")
+            by_key["sampler"] = gr.Dropdown([(t, k) for k, t in SAMPLER_TITLES.items()], value=d["sampler"],
+                                            label="Sampler")
+            by_key["steps"] = gr.Slider(1, 150, value=d["steps"], step=1, label="Steps", elem_id="steps")
+            by_key["cfg"] = gr.Slider(0, 30, value=d["cfg"], step=0.5, label="CFG scale")
+        with gr.Row():
+            by_key["seed"] = gr.Number(value=d["seed"], precision=0, label="Seed (-1 = random)", elem_id="seed")
+            by_key["count"] = gr.Slider(1, 16, value=d["count"], step=1, label="Images")
+            by_key["keep"] = gr.Slider(0, 16, value=d["keep"], step=1, label="Keep the best K (0 = all)")
+        with gr.Row():
+            by_key["scale"] = gr.Slider(0, 2, value=d["scale"], step=0.05, label="Identity adapter scale")
+            by_key["s_scale"] = gr.Slider(0, 3, value=d["s_scale"], step=0.05, label="FaceID face-structure (s_scale)")
+            by_key["identitynet_scale"] = gr.Slider(0, 2, value=d["identitynet_scale"], step=0.05,
+                                                    label="InstantID IdentityNet scale")
+        with gr.Row():
+            by_key["pose"] = gr.Dropdown([(NONE, NONE)] + [(t, n) for n, t, _ in poses], value=d["pose"],
+                                         label="Pose template", elem_id="pose")
+            by_key["pose_scale"] = gr.Slider(0, 2, value=d["pose_scale"], step=0.05, label="Pose strength")
+        pose_gallery = None
+        if poses:
+            pose_gallery = gr.Gallery(
+                value=[(img, title) for _, title, img in poses if img is not None], label="Pose templates",
+                columns=8, height=170, allow_preview=False, format="png", interactive=False,
+                object_fit="contain", elem_id="pose-gallery",
+            )
+        with gr.Row():
+            by_key["restore"] = gr.Radio(["none", "gfpgan", "codeformer"], value=d["restore"], label="Face restore")
+            by_key["restore_strength"] = gr.Slider(0, 1, value=d["restore_strength"], step=0.05,
+                                                   label="Restore strength")
+            by_key["codeformer_fidelity"] = gr.Slider(0, 1, value=d["codeformer_fidelity"], step=0.05,
+                                                      label="CodeFormer fidelity")
+        with gr.Row():
+            by_key["loras"] = gr.Dataframe(
+                value=lora_rows(lora_names(settings.loras_dir)), headers=["LoRA", "weight"],
+                datatype=["str", "number"], type="array", interactive=True, column_count=2,
+                label=f"LoRAs from {settings.loras_dir} (weight 0 = off)", elem_id="loras",
+            )
+            lora_refresh = gr.Button("Rescan LoRAs", size="sm", scale=0)
+    with gr.Row():
+        generate = gr.Button("Generate", variant="primary", elem_id="generate")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+    status = gr.Markdown(elem_id="status")
+    with gr.Row():
+        preview = gr.Image(label="Live preview", interactive=False, height=256, width=256, format="jpeg",
+                           elem_id="live-preview", scale=1)
+        results = gr.Gallery(label="Results", columns=4, height=360, format="png", interactive=False,
+                             buttons=["download", "fullscreen"], object_fit="contain", elem_id="results", scale=3)
+    result_info = gr.Markdown(elem_id="result-info")
+    reuse = gr.Button("Reuse these settings (selected image)", elem_id="reuse")
+    fields = {comp: key for key, comp in by_key.items()}
+    return PortraitWidgets(
+        fields=fields, by_key=by_key, preset_gallery=preset_gallery, preset_names=[n for n, _, _ in cards],
+        pose_gallery=pose_gallery, pose_names=[n for n, _, img in poses if img is not None], crops=crops,
+        photo_report=photo_report, generate=generate, cancel=cancel, status=status, preview=preview,
+        results=results, result_info=result_info, reuse=reuse, results_state=gr.State([]),
+        selected=gr.State(0), lora_refresh=lora_refresh,
+    )

@@ -1,0 +1,341 @@
+"""One-click portrait presets: data files validated by a schema.
+
+A preset is `assets/presets/<name>.json`: a prompt template, a negative prompt,
+the identity method and its scales, an optional pose template, a size bucket
+(by name, never pixels, so demo mode can shrink it), sampler, steps, CFG, face
+restore and optional style LoRAs, plus a title and two card colours for its
+preview card (`assets/presets/previews/<name>.png`).
+
+The prompt template holds `{subject}` once, where the user's description of the
+person goes ("a woman with red hair"); without the placeholder the subject is
+put in front of the template. An unknown key, an out-of-range value or a bad
+file is a `BadInput` naming the file and the key; nothing is silently defaulted
+(Fooocus' silent fallback is what not to copy).
+
+    python -m pipelines.presets --previews    # redraw the preview cards
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import BadInput, UnsafePath
+from .paths import check_name
+from .requests import LoraSpec
+from .samplers import SAMPLERS, SDXL_BUCKETS, demo_size
+
+ASSETS_PRESETS = Path(__file__).resolve().parents[1] / "assets" / "presets"
+PREVIEWS_DIR = ASSETS_PRESETS / "previews"
+PRESET_SUFFIX = ".json"
+MAX_PRESET_BYTES = 64 * 1024
+DEFAULT_SUBJECT = "a person"
+DEMO_MAX_STEPS = 8  # demo models have random weights: more steps only cost time
+SUBJECT = "{subject}"
+
+# size buckets by name (SDXL training buckets); presets name one, never pixels
+SIZE_BUCKETS: dict[str, tuple[int, int]] = {
+    "square": SDXL_BUCKETS[0],  # 1024x1024
+    "landscape": SDXL_BUCKETS[1],  # 1152x896
+    "portrait": SDXL_BUCKETS[2],  # 896x1152
+    "wide": SDXL_BUCKETS[3],  # 1216x832
+    "tall": SDXL_BUCKETS[4],  # 832x1216
+    "cinema": SDXL_BUCKETS[5],  # 1344x768
+    "poster": SDXL_BUCKETS[6],  # 768x1344
+    "banner": SDXL_BUCKETS[7],  # 1536x640
+    "strip": SDXL_BUCKETS[8],  # 640x1536
+}
+SizeName = Literal["square", "landscape", "portrait", "wide", "tall", "cinema", "poster", "banner", "strip"]
+_HEX = r"^#[0-9a-fA-F]{6}$"
+
+
+class Preset(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    name: str
+    title: str = Field(min_length=1, max_length=60)
+    description: str = Field(default="", max_length=300)
+    colors: tuple[str, str] = ("#2b2d42", "#edf2f4")  # card background, accent
+    prompt: str = Field(min_length=1, max_length=2000)
+    negative: str = Field(default="", max_length=2000)
+    method: Literal["faceid", "instantid"]  # the SDXL identity methods
+    scale: float | None = Field(default=None, ge=0.0, le=2.0)
+    s_scale: float = Field(default=1.0, ge=0.0, le=3.0)
+    identitynet_scale: float = Field(default=0.8, ge=0.0, le=2.0)
+    pose: str | None = None
+    pose_scale: float = Field(default=0.8, ge=0.0, le=2.0)
+    size: SizeName
+    sampler: str
+    steps: int = Field(ge=1, le=150)
+    cfg: float = Field(ge=0.0, le=30.0)
+    restore: Literal["none", "gfpgan", "codeformer"] = "none"
+    restore_strength: float = Field(default=0.7, ge=0.0, le=1.0)
+    codeformer_fidelity: float = Field(default=0.5, ge=0.0, le=1.0)
+    loras: list[LoraSpec] = Field(default_factory=list, max_length=4)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        try:
+            return check_name(v, "name")
+        except UnsafePath as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("colors")
+    @classmethod
+    def _hex(cls, v: tuple[str, str]) -> tuple[str, str]:
+        for c in v:
+            if not re.match(_HEX, c):
+                raise ValueError(f"colour {c!r} is not #RRGGBB")
+        return v
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str) -> str:
+        if v not in SAMPLERS:
+            raise ValueError(f"unknown sampler {v!r}; choose one of: {', '.join(SAMPLERS)}")
+        return v
+
+    @field_validator("prompt")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if v.count(SUBJECT) > 1:
+            raise ValueError(f"{SUBJECT} may appear once in the prompt")
+        probe = v.replace(SUBJECT, "")
+        if "{" in probe or "}" in probe:
+            raise ValueError(f"the only placeholder allowed in the prompt is {SUBJECT}")
+        return v
+
+    @field_validator("pose")
+    @classmethod
+    def _pose(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        names = _pose_names()
+        if names is not None and v not in names:
+            raise ValueError(f"pose template {v!r} does not exist; choose one of: {', '.join(names)}")
+        return v
+
+    @property
+    def width_height(self) -> tuple[int, int]:
+        return SIZE_BUCKETS[self.size]
+
+    def format_prompt(self, subject: str | None = None) -> str:
+        subject = (subject or "").strip() or DEFAULT_SUBJECT
+        if SUBJECT in self.prompt:
+            return self.prompt.replace(SUBJECT, subject)
+        return f"{subject}, {self.prompt}"
+
+    def request_fields(self, subject: str | None = None, demo: bool = False) -> dict:
+        """The `GenerateRequest` fields this preset sets (the caller adds photos,
+        seed, count and anything the user overrides). `demo` shrinks the size
+        like the engine's demo default (1/8 per side) and caps the steps at
+        DEMO_MAX_STEPS, so a preset click takes seconds on the tiny models."""
+        w, h = self.width_height
+        steps = self.steps
+        if demo:
+            w, h = demo_size(w, h)
+            steps = min(steps, DEMO_MAX_STEPS)
+        fields: dict = {
+            "prompt": self.format_prompt(subject),
+            "negative": self.negative,
+            "method": self.method,
+            "s_scale": self.s_scale,
+            "identitynet_scale": self.identitynet_scale,
+            "pose_scale": self.pose_scale,
+            "width": w,
+            "height": h,
+            "sampler": self.sampler,
+            "steps": steps,
+            "cfg": self.cfg,
+            "restore": self.restore,
+            "restore_strength": self.restore_strength,
+            "codeformer_fidelity": self.codeformer_fidelity,
+            "loras": [lo.model_dump() for lo in self.loras],
+        }
+        if self.scale is not None:
+            fields["scale"] = self.scale
+        if self.pose is not None:
+            fields["pose"] = self.pose
+        return fields
+
+
+def _pose_names() -> list[str] | None:
+    """Names of the shipped pose templates, or None when this build has no poses."""
+    try:
+        from .pose.templates import builtin_names
+    except ImportError:
+        return None
+    return builtin_names()
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        allowed = ", ".join(Preset.model_fields)
+        return f"key {loc!r} is unknown (allowed: {allowed})"
+    if err.get("type") == "missing":
+        return f"key {loc!r} is missing"
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"key {loc!r}: {msg}{shown}" if loc else msg
+
+
+def parse_preset(text: str | bytes, source: str = "preset") -> Preset:
+    """Validate preset JSON text; errors name `source` and the offending key."""
+    try:
+        data = json.loads(text)
+    except UnicodeDecodeError:
+        raise BadInput(f"{source} is not UTF-8 text; a preset is a JSON file.") from None
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{source} must hold a JSON object (keys: {', '.join(Preset.model_fields)}).")
+    try:
+        return Preset.model_validate(data)
+    except ValidationError as exc:
+        raise BadInput(f"{source}: {_describe(exc.errors()[0])}.") from None
+
+
+def read_preset_file(path: Path | str) -> Preset:
+    """A preset file; its `name` must match its file name."""
+    path = Path(path)
+    label = f"preset file {path}"
+    try:
+        if not path.is_file():
+            raise BadInput(f"{label} does not exist or is not a file.")
+        if path.stat().st_size > MAX_PRESET_BYTES:
+            raise BadInput(f"{label} is larger than {MAX_PRESET_BYTES} bytes; a preset is a small JSON file.")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"{label} cannot be read: {exc.strerror}.") from None
+    preset = parse_preset(raw, label)
+    if preset.name != path.stem:
+        raise BadInput(f"{label}: key 'name' is {preset.name!r} but the file is named {path.name}; make them the same.")
+    return preset
+
+
+def preset_files(folder: Path | str | None = None) -> list[Path]:
+    folder = Path(folder) if folder is not None else ASSETS_PRESETS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix == PRESET_SUFFIX and p.is_file())
+
+
+def list_presets(folder: Path | str | None = None) -> list[Preset]:
+    """Every preset in `folder` (default: the shipped ones), sorted by name.
+    A malformed file is an error naming it, never a silent omission."""
+    return [read_preset_file(p) for p in preset_files(folder)]
+
+
+def get_preset(name: str, folder: Path | str | None = None) -> Preset:
+    try:
+        check_name(name, "preset")
+    except UnsafePath as exc:
+        raise BadInput(str(exc)) from None
+    folder = Path(folder) if folder is not None else ASSETS_PRESETS
+    path = folder / f"{name}{PRESET_SUFFIX}"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in preset_files(folder)) or "none"
+        raise BadInput(f"preset {name!r} does not exist; choose one of: {known}.")
+    return read_preset_file(path)
+
+
+def load_preset(name: str, subject: str | None = None, demo: bool = False,
+                folder: Path | str | None = None) -> dict:
+    """The `GenerateRequest` fields of preset `name`; `subject` fills the
+    prompt's {subject}; `demo` shrinks size and steps for the tiny demo models."""
+    return get_preset(name, folder).request_fields(subject=subject, demo=demo)
+
+
+def preview_path(name: str) -> Path:
+    return PREVIEWS_DIR / f"{check_name(name, 'preset')}.png"
+
+
+# --------------------------------------------------------------------- preview cards
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def draw_card(preset: Preset, size: tuple[int, int] = (240, 300)):
+    """A preview card: a vertical gradient in the preset's colours, a portrait
+    silhouette in a frame of the preset's aspect ratio, title and settings."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    W, H = size
+    bg, accent = _rgb(preset.colors[0]), _rgb(preset.colors[1])
+    img = Image.new("RGB", size, bg)
+    d = ImageDraw.Draw(img)
+    for y in range(H):  # darken towards the bottom
+        t = y / H
+        d.line([(0, y), (W, y)], fill=tuple(int(c * (1 - 0.45 * t)) for c in bg))
+    # frame of the bucket's aspect ratio, with a head-and-shoulders silhouette
+    bw, bh = preset.width_height
+    box_h = 170
+    box_w = min(W - 40, int(box_h * bw / bh))
+    box_h = int(box_w * bh / bw) if box_w == W - 40 else box_h
+    x0, y0 = (W - box_w) // 2, 22 + (170 - box_h) // 2
+    # the silhouette is drawn on a mask the size of the frame, so it stays inside it
+    mask = Image.new("L", (box_w, box_h), 0)
+    m = ImageDraw.Draw(mask)
+    cx, base = box_w // 2, box_h
+    r = max(10, min(box_w, box_h) // 6)
+    m.ellipse([cx - r, base - 4 * r, cx + r, base - 2 * r], fill=255)
+    m.pieslice([cx - 2 * r, base - 1.6 * r, cx + 2 * r, base + 2.4 * r], 180, 360, fill=255)
+    img.paste(Image.new("RGB", (box_w, box_h), accent), (x0, y0), mask)
+    d.rectangle([x0, y0, x0 + box_w, y0 + box_h], outline=accent, width=3)
+    try:
+        title_font = ImageFont.load_default(size=22)
+        small = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow without FreeType sizes
+        title_font = small = ImageFont.load_default()
+    title = preset.title
+    while d.textlength(title, font=title_font) > W - 20 and len(title) > 4:
+        title = title[:-2].rstrip() + "…"
+    d.text((W // 2, 222), title, fill=accent, font=title_font, anchor="mm")
+    info = f"{preset.method} · {preset.size} · {preset.steps} steps"
+    d.text((W // 2, 252), info, fill=accent, font=small, anchor="mm")
+    extra = ", ".join(filter(None, [f"pose {preset.pose}" if preset.pose else "",
+                                    preset.restore if preset.restore != "none" else ""]))
+    if extra:
+        d.text((W // 2, 272), extra, fill=accent, font=small, anchor="mm")
+    return img
+
+
+def write_previews(folder: Path | str | None = None, out_dir: Path | str | None = None) -> list[Path]:
+    from .paths import atomic_path
+
+    out = Path(out_dir) if out_dir is not None else PREVIEWS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for preset in list_presets(folder):
+        path = out / f"{preset.name}.png"
+        with atomic_path(path) as tmp:
+            draw_card(preset).save(tmp, format="PNG", optimize=True)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m pipelines.presets", description="check presets, draw preview cards")
+    p.add_argument("--previews", action="store_true", help="(re)draw assets/presets/previews/*.png")
+    args = p.parse_args(argv)
+    presets = list_presets()
+    if args.previews:
+        for path in write_previews():
+            print(path)
+    else:
+        print(f"{len(presets)} valid presets in {ASSETS_PRESETS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
