@@ -37,7 +37,7 @@ def run_batch(settings: Settings, holder: EngineHolder, path: str | None):
     if not path:
         raise gr.Error("Upload a job file (.yaml, .yml or .json) first.")
     try:
-        job = load_job(path)
+        job = load_job(path, demo=settings.demo)
         log, summary = io.StringIO(), io.StringIO()
         report = run_job(job, settings, engine=holder.get(), stream=log, out=summary)
     except LikenessError as exc:

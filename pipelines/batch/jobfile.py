@@ -288,7 +288,7 @@ def _parse(path: Path) -> tuple[Any, _Lines]:
     return data, _Lines(root)
 
 
-def load_job(path: Path | str, request_model=None) -> Job:
+def load_job(path: Path | str, request_model=None, demo: bool = False) -> Job:
     """Read, validate and expand a job file; `BadInput` naming the key and line."""
     path = Path(path).expanduser().resolve()
     data, lines = _parse(path)
@@ -307,7 +307,7 @@ def load_job(path: Path | str, request_model=None) -> Job:
         except BadInput as exc:
             raise errors.at(("identities", name), str(exc)) from None
     job = Job(path=path, name=spec.name or path.stem, identities=_resolve_identities(spec, path))
-    job.items, job.duplicates = expand(spec, job, errors, request_model)
+    job.items, job.duplicates = expand(spec, job, errors, request_model, demo)
     return job
 
 
@@ -349,7 +349,7 @@ def _request_model(request_model):
     return GenerateRequest
 
 
-def _load_preset(name: str, loc: tuple, errors: _Errors) -> dict:
+def _load_preset(name: str, loc: tuple, errors: _Errors, demo: bool = False) -> dict:
     try:
         mod = importlib.import_module("pipelines.presets")
         load = mod.load_preset
@@ -360,7 +360,7 @@ def _load_preset(name: str, loc: tuple, errors: _Errors) -> dict:
     except AttributeError:
         raise errors.at(loc, "presets are not available in this build; use prompt: instead") from None
     try:
-        fields = load(name)
+        fields = load(name, demo=demo)
     except LikenessError as exc:
         raise errors.at(loc, f"preset {name!r}: {exc}") from None
     return dict(fields)
@@ -424,7 +424,7 @@ def _file_ids(value):
     return value
 
 
-def expand(spec: JobSpec, job: Job, errors: _Errors, request_model=None) -> tuple[list[BatchItem], int]:
+def expand(spec: JobSpec, job: Job, errors: _Errors, request_model=None, demo: bool = False) -> tuple[list[BatchItem], int]:
     """identities x presets x prompts x methods x seeds x poses x loras, each
     validated as a request. Returns (unique items, number of duplicates)."""
     model = _request_model(request_model)
@@ -445,7 +445,7 @@ def expand(spec: JobSpec, job: Job, errors: _Errors, request_model=None) -> tupl
                 known = ", ".join(job.identities) or "none defined"
                 raise errors.at(key, f"identity {n!r} is not defined under identities: ({known})")
         presets = it.axis("preset") or [None]
-        preset_fields = {p: _load_preset(p, loc + ("preset" if it.preset else "presets",), errors)
+        preset_fields = {p: _load_preset(p, loc + ("preset" if it.preset else "presets",), errors, demo)
                          for p in presets if p is not None}
         prompts = it.axis("prompt") or [None]
         methods = it.axis("method") or [None]

@@ -26,7 +26,7 @@ def cmd_batch(args, settings) -> int:
     from ..batch.jobfile import load_job
     from ..batch.runner import print_items, run_job
 
-    job = load_job(args.jobfile)
+    job = load_job(args.jobfile, demo=settings.demo)
     if args.dry_run:
         import os
 
