@@ -311,7 +311,7 @@ def test_presets_resolve_through_load_preset(job_dir, monkeypatch):
     presets = {"studio-headshot": {"prompt": "studio headshot, soft light", "steps": 4, "cfg": 3.0},
                "broken": {"prompt": "x", "steps": 999}}
 
-    def load_preset(name):
+    def load_preset(name, demo=False):
         if name not in presets:
             raise BadInput(f"preset {name!r} does not exist.")
         return dict(presets[name])
@@ -637,3 +637,18 @@ def test_demo_engine_two_process_accelerate_run(job_dir, tmp_path, demo_args):
     _check_six_item_outcome(job_path, out)
     ranks = {r["identity"]: r["rank"] for r in read_manifest(out / MANIFEST_NAME)}
     assert ranks == {"alice": 0, "bob": 1}  # ordered items, split in contiguous halves
+
+
+def test_real_presets_shrink_to_demo_sizes_in_demo_mode(job_dir):
+    from pipelines.presets import list_presets
+
+    name = list_presets()[0].name
+    p = write_job(job_dir, f"""
+        identities:
+          alice: {{photos: [photos/astronaut.png]}}
+        items:
+          - identity: alice
+            preset: {name}
+    """)
+    full, demo = jf.load_job(p).items[0].request, jf.load_job(p, demo=True).items[0].request
+    assert demo.width * 8 == full.width and demo.height * 8 == full.height
