@@ -266,6 +266,9 @@ class Engine:
             units = list(cond.controlnets)
             pose_unit = self._pose_unit(req, family, width, height)
             if pose_unit is not None:
+                from .pose.control import align_identitynet
+
+                align_identitynet(units, pose_unit.template, width, height)
                 units.append(pose_unit)
                 cond.recipe["pose"] = {"pose": req.pose, "scale": req.pose_scale,
                                        "start": req.pose_start, "end": req.pose_end}

@@ -70,3 +70,21 @@ def test_restore_stage_restores_the_face_in_an_output(engine, photos_dir):
     assert changed.any() and "restored" in report[0]
     # only the face region changed (astronaut's face lies in the upper middle)
     assert ys.max() < 300 and xs.min() > 100 and xs.max() < 350
+
+
+def test_identitynet_keypoints_follow_the_pose_head():
+    from pipelines.identity.base import ControlUnit
+    from pipelines.pose.control import align_identitynet
+    from pipelines.pose.render import face_keypoints_pixels, render_face_keypoints
+    from pipelines.pose.templates import load_template
+
+    t = load_template("three-quarter-left")
+    photo_kps = np.array([[10, 10], [20, 10], [15, 15], [11, 20], [19, 20]], dtype=np.float32)
+    unit = ControlUnit("identitynet", None, render_face_keypoints(photo_kps, 256, 256))
+    pose = ControlUnit("pose", None, None)
+    assert align_identitynet([unit, pose], t, 256, 256)
+    img = np.asarray(unit.image.convert("L"))
+    kps = face_keypoints_pixels(t, 256, 256)
+    nose = kps[2].round().astype(int)
+    assert img[nose[1] - 3:nose[1] + 4, nose[0] - 3:nose[0] + 4].max() > 0  # drawn at the pose's nose
+    assert img[:8, :8].max() == 0 and pose.image is None  # not at the photo's, and pose unit untouched

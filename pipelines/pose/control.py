@@ -53,5 +53,24 @@ class PoseControl:
             raise BadInput("pose needs an SDXL base model (the catalog has an SDXL OpenPose ControlNet only).")
         template = self.template(req.pose)
         image = render_openpose(template, width, height)
-        return ControlUnit("pose", self.controlnet(), image, scale=req.pose_scale,
+        unit = ControlUnit("pose", self.controlnet(), image, scale=req.pose_scale,
                            start=req.pose_start, end=req.pose_end)
+        unit.template = template  # type: ignore[attr-defined]
+        return unit
+
+
+def align_identitynet(units: list[ControlUnit], template, width: int, height: int) -> bool:
+    """With a pose, draw InstantID's face keypoints where the pose puts the head
+    (instead of where the reference photo had it), so IdentityNet and the pose
+    ControlNet agree. Returns whether anything changed."""
+    from .render import face_keypoints_pixels, render_face_keypoints
+
+    kps = face_keypoints_pixels(template, width, height)
+    if kps is None:
+        return False
+    changed = False
+    for u in units:
+        if u.name == "identitynet":
+            u.image = render_face_keypoints(kps, width, height)
+            changed = True
+    return changed
