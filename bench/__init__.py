@@ -1,0 +1,1 @@
+"""Benchmarks (not part of the app): `python bench/generate.py --help`."""
