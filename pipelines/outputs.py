@@ -4,6 +4,7 @@ the identity card that lets `generate --recipe` reproduce an image exactly."""
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from pathlib import Path
 
 from . import __version__
@@ -17,15 +18,23 @@ RECIPE_VERSION = 1
 def model_hash(store, name: str) -> str | None:
     """The sha256 of a model's main weight file (its largest pinned file), as the
     store verified and pinned it; None when nothing is pinned yet."""
-    if name in store.user_checkpoints():
-        from .models.hashing import sha256_file
-
-        return sha256_file(store.user_checkpoints()[name])
+    user = store.user_checkpoints()
+    if name in user:
+        st = user[name].stat()
+        return _file_sha256(str(user[name]), st.st_size, st.st_mtime_ns)
     records = store.pins(name)
     if not records:
         return None
     best = max(records.values(), key=lambda r: r.get("size", 0))
     return best.get("sha256")
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hash a (multi-GB) user checkpoint once per content version, not per image."""
+    from .models.hashing import sha256_file
+
+    return sha256_file(path)
 
 
 def model_hashes(engine, req, method) -> dict[str, str | None]:
