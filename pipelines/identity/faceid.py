@@ -67,7 +67,14 @@ class FaceIDPlusV2(IdentityMethod):
     def set_lora_weight(self, pipe, weight: float) -> None:
         """Weight of the FaceID attention LoRA; other active LoRAs (user LoRAs set by
         the engine in `pipe.likeness_lora_weights`) keep theirs."""
+        self._lora_weight = float(weight)
         _set_faceid_weight(pipe, weight, getattr(pipe, "likeness_lora_weights", None))
+
+    def refresh_adapters(self, pipe) -> None:
+        """Re-apply the FaceID LoRA weight after the user LoRAs changed, so both
+        the FaceID LoRA and `pipe.likeness_lora_weights` are active."""
+        if self.loaded and LORA_NAME in getattr(pipe.unet, "peft_config", {}):
+            self.set_lora_weight(pipe, getattr(self, "_lora_weight", 1.0))
 
     # ---------------------------------------------------------- conditioning
     def clip_features(self, crops: list[np.ndarray]):

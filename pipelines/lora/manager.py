@@ -1,0 +1,451 @@
+"""User LoRAs on the resident pipeline: find, check, load once, activate.
+
+Invariants:
+- Only `<loras_dir>/<name>.safetensors` is ever read; a pickle of that name
+  (.ckpt/.pt/.bin/.pth) is refused, names are single path components.
+- A LoRA is checked against the pipeline (every key maps to an existing module
+  of the right shape) before `load_lora_weights` touches it, so an incompatible
+  file (SD1.5 on SDXL, unknown keys, wrong shapes) leaves the pipeline as it was.
+- Loaded LoRAs stay resident as peft adapters (`user_<name>`); a request
+  activates exactly the ones it names. The others keep weight 0, so they add
+  exactly nothing even if peft re-activates them (it does when another adapter
+  is deleted): with no LoRA requested the output equals the base model's.
+- An identity method's own adapter (FaceID's `faceid_0`) stays active; the
+  method reads the user LoRAs' weights from `pipe.likeness_lora_weights`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import BadInput, ModelError
+from ..models.hashing import file_problem, sha256_file
+from ..paths import check_name, confine
+from . import kohya
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+ADAPTER_PREFIX = "user_"
+
+
+@dataclass
+class AppliedLoras:
+    """What `LoraManager.apply` left active: LoRA name → weight, their trigger
+    words, and the sha256 of each file."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    triggers: list[str] = field(default_factory=list)
+    hashes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Resident:
+    adapter: str
+    sha256: str
+    triggers: list[str]
+    stat: tuple[int, int]  # (size, mtime_ns) when hashed
+
+
+def adapter_name(name: str) -> str:
+    """A peft adapter name for LoRA `name` (module-dict safe: no dots)."""
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    if safe != name:  # keep distinct names distinct ("a.b" vs "a_b")
+        safe += "_" + hashlib.sha256(name.encode()).hexdigest()[:6]
+    return ADAPTER_PREFIX + safe
+
+
+def normalize_name(name: str, field: str = "LoRA name") -> str:
+    """`name` as a LoRA name: a safe single path component, without `.safetensors`.
+    Pickle suffixes are refused here already."""
+    if isinstance(name, str):
+        for suffix in PICKLE_SUFFIXES:
+            if name.lower().endswith(suffix):
+                raise BadInput(
+                    f"{field} {name!r} is an unsafe pickle (it can run code when loaded); "
+                    "only .safetensors LoRAs are accepted: convert it to .safetensors first."
+                )
+        if name.lower().endswith(".safetensors"):
+            name = name[: -len(".safetensors")]
+    return check_name(name, field)
+
+
+def lora_path(loras_dir: Path | str, name: str) -> Path:
+    """The file of LoRA `name`: `<loras_dir>/<name>.safetensors`, confined to
+    `loras_dir`. Raises `BadInput` when it is missing or only a pickle exists."""
+    name = normalize_name(name)
+    root = Path(loras_dir)
+    path = confine(root, f"{name}.safetensors", "LoRA name")
+    if path.is_file():
+        return path
+    for suffix in PICKLE_SUFFIXES:
+        other = confine(root, f"{name}{suffix}", "LoRA name")
+        if other.exists():
+            raise BadInput(
+                f"LoRA {other} is an unsafe pickle ({suffix}); only .safetensors LoRAs are loaded: "
+                "convert it to .safetensors."
+            )
+    have = sorted(p.stem for p in root.glob("*.safetensors")) if root.is_dir() else []
+    hint = f"available: {', '.join(have)}" if have else "the folder has no .safetensors LoRAs"
+    raise BadInput(f"LoRA {name!r} not found: expected {path} ({hint}).")
+
+
+def list_loras(loras_dir: Path | str) -> list[str]:
+    root = Path(loras_dir)
+    return sorted(p.stem for p in root.glob("*.safetensors")) if root.is_dir() else []
+
+
+# ---------------------------------------------------------------- compatibility
+TEXT_PARTS = {"lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
+_TE_SUFFIX = re.compile(r"^(?P<module>.+?)\.(?:(?P<kind>lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up|"
+                        r"lora_linear_layer\.down|lora_linear_layer\.up)\.weight|(?P<alpha>alpha))$")
+
+
+@dataclass
+class SplitLora:
+    """A LoRA state dict split by pipeline part: the UNet keys as in the file
+    (diffusers converts them), the text-encoder weights per module."""
+
+    unet: dict = field(default_factory=dict)
+    text: dict = field(default_factory=dict)  # component -> module path -> {"A", "B", "alpha"}
+
+
+def _components(pipe) -> dict[str, object]:
+    return {c: getattr(pipe, c) for c in ("unet", "text_encoder", "text_encoder_2") if getattr(pipe, c, None) is not None}
+
+
+def _text_modules(model) -> dict[str, str]:
+    """kohya name (without the lora_teN_ prefix) -> module path, for every linear
+    layer of a CLIP text encoder (kohya writes the `text_model.` prefix)."""
+    import torch
+
+    table = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or isinstance(getattr(module, "base_layer", None), torch.nn.Linear):
+            if ".lora_" in name or name.endswith(("base_layer", "lora_A", "lora_B")):
+                continue
+            full = name if name.startswith("text_model.") else "text_model." + name
+            table[full.replace(".", "_")] = name
+    return table
+
+
+def split_lora(pipe, state: dict) -> SplitLora:
+    """Split `state` into UNet and text-encoder parts; raise ValueError on keys
+    that belong to no part of an SDXL pipeline or name no text-encoder layer."""
+    comps = _components(pipe)
+    out = SplitLora()
+    tables: dict[str, dict[str, str]] = {}
+    for key, tensor in state.items():
+        if key.startswith("lora_unet_") or key.startswith("unet."):
+            out.unet[key] = tensor
+            continue
+        comp, rest, kohya_style = None, None, False
+        for prefix, part in TEXT_PARTS.items():
+            if key.startswith(prefix):
+                comp, rest, kohya_style = part, key[len(prefix):], True
+                break
+        else:
+            for part in ("text_encoder_2", "text_encoder"):
+                if key.startswith(part + "."):
+                    comp, rest = part, key[len(part) + 1:]
+                    break
+        if comp is None:
+            raise ValueError(f"key {key!r} belongs to no part of an SDXL pipeline")
+        if comp not in comps:
+            raise ValueError(f"key {key!r} is for {comp}, which this pipeline does not have")
+        m = _TE_SUFFIX.match(rest)
+        if m is None:
+            raise ValueError(f"key {key!r} is not a LoRA weight")
+        model = comps[comp]
+        if kohya_style:
+            table = tables.setdefault(comp, _text_modules(model))
+            module = table.get(m["module"])
+        else:
+            module = m["module"]
+            if not hasattr(model, "text_model"):
+                module = module.removeprefix("text_model.")
+            module = module if _base_layer(model, module) is not None else None
+        if module is None:
+            raise ValueError(f"key {key!r} names no layer of {comp}")
+        slot = "alpha" if m["alpha"] else ("A" if m["kind"] in ("lora_A", "lora_down", "lora.down", "lora_linear_layer.down") else "B")
+        out.text.setdefault(comp, {}).setdefault(module, {})[slot] = tensor
+    for comp, modules in out.text.items():
+        for module, parts in modules.items():
+            if "A" not in parts or "B" not in parts:
+                raise ValueError(f"{comp}.{module} has only one of its two LoRA matrices")
+    return out
+
+
+def _unet_peft_keys(pipe, unet_state: dict) -> dict:
+    """The UNet part in peft key form (`module.lora_A.weight`), through
+    diffusers' own converters (what `load_lora_weights` will do)."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    converted, _alphas = pipe.lora_state_dict(dict(unet_state), unet_config=pipe.unet.config)
+    sub = {k[len("unet."):]: v for k, v in converted.items() if k.startswith("unet.")}
+    stray = [k for k in converted if not k.startswith("unet.")]
+    if stray:
+        raise ValueError(f"key {stray[0]!r} is not a UNet LoRA weight")
+    if sub and "lora_A" not in next(iter(sub)):
+        sub = convert_unet_state_dict_to_peft(sub)
+    return sub
+
+
+def _base_layer(model, path: str):
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return None
+    return getattr(module, "base_layer", module)  # peft wraps a layer once an adapter is on it
+
+
+def _shape_problem(comp: str, module_path: str, layer, kind: str, tensor) -> str | None:
+    import torch
+
+    if layer is None:
+        return f"it targets {comp}.{module_path}, which this SDXL pipeline does not have (an SD1.5 LoRA?)"
+    if isinstance(layer, torch.nn.Linear):
+        want_in, want_out = layer.in_features, layer.out_features
+    elif isinstance(layer, torch.nn.Conv2d):
+        want_in, want_out = layer.in_channels, layer.out_channels
+    else:
+        return f"it targets {comp}.{module_path}, a {type(layer).__name__} and not a linear or conv layer"
+    shape = tuple(tensor.shape)
+    if kind == "A" and (len(shape) < 2 or shape[1] != want_in):
+        return f"its {comp}.{module_path} down weight is {shape}, the layer takes {want_in} inputs"
+    if kind == "B" and (len(shape) < 2 or shape[0] != want_out):
+        return f"its {comp}.{module_path} up weight is {shape}, the layer has {want_out} outputs"
+    return None
+
+
+def compatibility_problem(pipe, state: dict) -> str | None:
+    """Why `state` (a LoRA state dict) cannot be loaded into `pipe`, or None.
+    Checks that every LoRA module exists in the pipeline with matching shapes."""
+    if not state:
+        return "it holds no tensors"
+    try:
+        parts = split_lora(pipe, state)
+        unet = _unet_peft_keys(pipe, parts.unet) if parts.unet else {}
+    except Exception as exc:  # diffusers' converters raise ValueError/KeyError on foreign layouts
+        return f"its keys are not a LoRA layout for SDXL ({' '.join(str(exc).split())[:200]})"
+    if not unet and not parts.text:
+        return "it has no LoRA weights for the UNet or the text encoders"
+    for key, tensor in unet.items():
+        if ".lora_A." not in key and ".lora_B." not in key:
+            if key.endswith((".alpha", "lora_magnitude_vector")):
+                continue
+            return f"it has a key {key!r} that is not a LoRA weight"
+        module_path, kind = key.split(".lora_", 1)
+        problem = _shape_problem("unet", module_path, _base_layer(pipe.unet, module_path), kind[0], tensor)
+        if problem:
+            return problem
+    for comp, modules in parts.text.items():
+        model = getattr(pipe, comp)
+        for module_path, tensors in modules.items():
+            layer = _base_layer(model, module_path)
+            for kind in ("A", "B"):
+                problem = _shape_problem(comp, module_path, layer, kind, tensors[kind])
+                if problem:
+                    return problem
+    return None
+
+
+def _load_text_lora(model, modules: dict, adapter: str) -> None:
+    """Inject a text-encoder LoRA with peft directly (transformers' own adapter
+    API insists on a newer peft than diffusers needs)."""
+    from collections import Counter
+
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    ranks = {m: int(t["B"].shape[1]) for m, t in modules.items()}
+    alphas = {m: float(t["alpha"]) if "alpha" in t else float(ranks[m]) for m, t in modules.items()}
+    r0 = Counter(ranks.values()).most_common(1)[0][0]
+    a0 = Counter(alphas.values()).most_common(1)[0][0]
+    config = LoraConfig(
+        r=r0, lora_alpha=a0,
+        target_modules="^(" + "|".join(re.escape(m) for m in modules) + ")$",
+        rank_pattern={re.escape(m): r for m, r in ranks.items() if r != r0},
+        alpha_pattern={re.escape(m): a for m, a in alphas.items() if a != a0},
+    )
+    with warnings.catch_warnings():  # "already found a peft_config": several adapters are intended
+        warnings.simplefilter("ignore", UserWarning)
+        inject_adapter_in_model(config, model, adapter_name=adapter)
+    dtype = next(model.parameters()).dtype
+    sd = {}
+    for m, t in modules.items():
+        sd[f"{m}.lora_A.weight"] = t["A"].to(dtype)
+        sd[f"{m}.lora_B.weight"] = t["B"].to(dtype)
+    result = set_peft_model_state_dict(model, sd, adapter_name=adapter)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"unexpected keys {result.unexpected_keys[:2]}")
+
+
+def _peft_adapters(model) -> set[str]:
+    return set(getattr(model, "peft_config", {}) or {})
+
+
+def _drop_adapter(pipe, adapter: str) -> None:
+    """Remove a (possibly partly) loaded adapter from every component."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for model in _components(pipe).values():
+        present = adapter in _peft_adapters(model)
+        if hasattr(model, "delete_adapters") and present:  # diffusers model
+            model.delete_adapters([adapter])
+        else:  # text encoders: peft layers directly
+            for module in model.modules():
+                if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "lora_A", {}):
+                    module.delete_adapter(adapter)
+            if present:
+                model.peft_config.pop(adapter, None)
+        if getattr(model, "peft_config", None) is not None and len(model.peft_config) == 0:
+            try:
+                del model.peft_config
+            except AttributeError:
+                pass
+            model._hf_peft_config_loaded = False
+
+
+def _current_weight(unet, adapter: str) -> float:
+    """The weight peft is applying for `adapter` (scaling = weight · alpha / r)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in unet.modules():
+        if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "scaling", {}):
+            base = module.lora_alpha[adapter] / module.r[adapter]
+            return float(module.scaling[adapter] / base) if base else 1.0
+    return 1.0
+
+
+class LoraManager:
+    """Loads user LoRAs into a pipeline and activates the requested ones."""
+
+    def __init__(self, settings, store=None):
+        self.settings = settings
+        self.store = store
+        self.loras_dir = Path(settings.loras_dir)
+        self._resident: dict[int, dict[str, _Resident]] = {}  # id(unet) -> name -> adapter
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------ files
+    def path(self, name: str) -> Path:
+        return lora_path(self.loras_dir, name)
+
+    def available(self) -> list[str]:
+        return list_loras(self.loras_dir)
+
+    def _read_checked(self, name: str, path: Path, pipe) -> dict:
+        from safetensors.torch import load_file
+
+        problem = file_problem(path)
+        if problem:
+            raise BadInput(f"LoRA {path} {problem}.")
+        try:
+            state = load_file(str(path))
+        except Exception as exc:
+            raise BadInput(f"LoRA {path} cannot be read as safetensors ({exc}).") from None
+        problem = compatibility_problem(pipe, state)
+        if problem:
+            family = "SDXL" if getattr(pipe, "text_encoder_2", None) is not None else "SD1.5"
+            raise BadInput(f"LoRA {path} does not fit the {family} base model: {problem}; "
+                           "nothing was loaded.")
+        return state
+
+    # ---------------------------------------------------------- loading
+    def load(self, pipe, name: str) -> _Resident:
+        """Load LoRA `name` into `pipe` once (reloaded when the file changed)."""
+        with self._lock:
+            name = normalize_name(name)
+            path = self.path(name)
+            table = self._resident.setdefault(id(pipe.unet), {})
+            st = path.stat()
+            stat = (st.st_size, st.st_mtime_ns)
+            have = table.get(name)
+            adapter = adapter_name(name)
+            loaded = any(adapter in _peft_adapters(m) for m in _components(pipe).values())
+            if have is not None and have.stat == stat and loaded:
+                return have
+            sha = sha256_file(path)
+            if have is not None and have.sha256 == sha and loaded:
+                have.stat = stat
+                return have
+            state = self._read_checked(name, path, pipe)
+            if any(adapter in _peft_adapters(m) for m in _components(pipe).values()):
+                _drop_adapter(pipe, adapter)  # the file changed: replace the old weights
+            parts = split_lora(pipe, state)
+            try:
+                if parts.unet:
+                    pipe.load_lora_weights(parts.unet, adapter_name=adapter)
+                for comp, modules in parts.text.items():
+                    _load_text_lora(getattr(pipe, comp), modules, adapter)
+            except Exception as exc:
+                _drop_adapter(pipe, adapter)
+                raise ModelError(f"LoRA {path} could not be loaded ({' '.join(str(exc).split())[:200]}).") from None
+            resident = _Resident(adapter, sha, kohya.trigger_words(kohya.read_metadata(path)), stat)
+            table[name] = resident
+            # a fresh adapter is active at weight 1 until `apply` sets the weights
+            return resident
+
+    # --------------------------------------------------------- activating
+    def apply(self, pipe, loras: Iterable) -> AppliedLoras:
+        """Activate exactly `loras` (LoraSpec or (name, weight)) on `pipe`; every
+        other user LoRA gets weight 0; adapters not ours (an identity method's)
+        stay active with their current weight. If a LoRA cannot be used, the
+        previously active set is restored and the error raised."""
+        with self._lock:
+            wanted: dict[str, float] = {}
+            for spec in loras or []:
+                name, weight = (spec.name, spec.weight) if hasattr(spec, "name") else (spec[0], float(spec[1]))
+                wanted[normalize_name(name)] = float(weight)  # last one wins
+            for name in wanted:  # every file is found before anything is loaded
+                self.path(name)
+            previous = dict(getattr(pipe, "likeness_lora_weights", None) or {})
+            residents: dict[str, _Resident] = {}
+            try:
+                for name in wanted:
+                    residents[name] = self.load(pipe, name)
+            except Exception:
+                if residents:  # loading activates the new adapter: put the old set back
+                    self._activate(pipe, previous)
+                raise
+            self._activate(pipe, {residents[n].adapter: w for n, w in wanted.items()})
+            triggers: list[str] = []
+            for n in wanted:
+                for t in residents[n].triggers:
+                    if t not in triggers:
+                        triggers.append(t)
+            return AppliedLoras(weights=dict(wanted), triggers=triggers,
+                                hashes={n: residents[n].sha256 for n in wanted})
+
+    def _activate(self, pipe, active: dict[str, float]) -> None:
+        """Make `active` (adapter -> weight) the active user LoRAs: the other user
+        adapters to weight 0, the non-user adapters active at their weight."""
+        table = self._resident.get(id(pipe.unet), {})
+        present: set[str] = set()
+        for model in _components(pipe).values():
+            present |= _peft_adapters(model)
+        for n in [n for n, r in table.items() if r.adapter not in present]:
+            table.pop(n, None)  # removed from the pipeline behind our back
+        ours = {r.adapter for r in table.values()}
+        active = {a: w for a, w in active.items() if a in ours}
+        others = sorted(a for a in present if a not in ours)
+        if ours or others:
+            other_w = {a: _current_weight(pipe.unet, a) for a in others}
+            idle = sorted(ours - set(active))
+            if idle:  # kept at 0 for good: adds exactly nothing even if peft re-activates it
+                pipe.set_adapters(idle, adapter_weights=[0.0] * len(idle))
+            names = [*active, *others]
+            if names:
+                pipe.set_adapters(names, adapter_weights=[*active.values(), *(other_w[a] for a in others)])
+        pipe.likeness_lora_weights = dict(active)
+
+    def unload_all(self, pipe) -> None:
+        """Delete every user LoRA from `pipe` (the base is exactly restored)."""
+        with self._lock:
+            for r in self._resident.pop(id(pipe.unet), {}).values():
+                _drop_adapter(pipe, r.adapter)
+            pipe.likeness_lora_weights = {}

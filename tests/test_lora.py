@@ -1,0 +1,465 @@
+"""LoRA training and use on the tiny SDXL (demo mode): dataset filtering, the
+trainer (loss, checkpoints, exact resume), the kohya file (keys, metadata,
+diffusers `load_lora_weights` reproduces the trained adapter), the manager
+(safe names, pickle refusal, incompatible files leave the pipeline unchanged),
+the engine (`--lora` alone and with FaceID) and a 2-process accelerate run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.errors import BadInput, Cancelled, UnsafePath
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = dict(steps=2, width=64, height=64, cfg=5.0, sampler="euler", seed=3)
+TRAIN_ARGS = ["--steps", "4", "--lr", "0.01", "--checkpoint-every", "2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory, tiny_models_dir, photos_dir):
+    root = tmp_path_factory.mktemp("lora")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in ("astronaut.png", "t1.jpg", "chelsea.png"):
+        shutil.copy(photos_dir / name, photos / name)
+    return {"models": tiny_models_dir, "loras": root / "loras", "outputs": root / "outputs", "photos": photos,
+            "root": root}
+
+
+@pytest.fixture(scope="module")
+def settings(dirs):
+    from pipelines.settings import load_settings
+
+    return load_settings(models_dir=dirs["models"], loras_dir=dirs["loras"], outputs_dir=dirs["outputs"],
+                         device="cpu", dtype="float32", demo=True)
+
+
+def cli(dirs, *args: str) -> tuple[int, str, str]:
+    from pipelines.cli.main import run
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = run(["--demo", "--device", "cpu", "--dtype", "float32", "--models-dir", str(dirs["models"]),
+                  "--loras-dir", str(dirs["loras"]), "--outputs-dir", str(dirs["outputs"]), *args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(dirs):
+    """The issue's done-when: train on a folder holding one usable photo, a
+    group photo and a cat photo."""
+    rc, out, err = cli(dirs, "train", "--photos", str(dirs["photos"]), "--name", "me", *TRAIN_ARGS)
+    assert rc == 0, err
+    return {"path": Path(out.strip().splitlines()[-1]), "stderr": err}
+
+
+@pytest.fixture(scope="module")
+def engine(settings):
+    from pipelines.engine import Engine
+
+    return Engine(settings)
+
+
+def tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def generate(engine, **kw):
+    from pipelines.requests import GenerateRequest
+
+    data = dict(prompt="photo of lkns person", method="none", **FAST)
+    data.update(kw)
+    res = engine.generate(GenerateRequest(**data))
+    return np.asarray(res.images[0].image).astype(np.int16), res.images[0].recipe
+
+
+# ------------------------------------------------------------------ dataset
+def test_cli_train_leaves_out_group_and_cat_and_writes_kohya_lora(trained, dirs, settings):
+    from pipelines.lora import kohya
+    from pipelines.outputs import model_hash
+    from pipelines.models.store import ModelStore
+
+    err = trained["stderr"]
+    assert f"left out {dirs['photos'] / 't1.jpg'}: group photo: 6 faces" in err
+    assert f"left out {dirs['photos'] / 'chelsea.png'}: no face found" in err
+    assert "training on 1 photo(s)" in err and "astronaut.png" in err
+    assert "only 1 usable photo" in err  # fewer than 3: a warning, not an error
+    path = trained["path"]
+    assert path == dirs["loras"] / "me.safetensors" and path.is_file()
+    assert (dirs["loras"] / "me.preview.png").is_file()
+    assert not (dirs["loras"] / ".training").exists()  # checkpoints removed after success
+    sd = tensors(path)
+    assert sd and all(k.startswith("lora_unet_") for k in sd)
+    assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in sd)
+    assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight" in sd
+    assert "lora_unet_middle_block_1_transformer_blocks_0_attn2_to_out_0.lora_up.weight" in sd
+    assert sd["lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight"].shape[0] == 4
+    assert all(float(v) == 32.0 for k, v in sd.items() if k.endswith(".alpha"))
+    assert any(float(v.abs().max()) > 0 for k, v in sd.items() if k.endswith("lora_up.weight"))  # it learned
+    meta = kohya.read_metadata(path)
+    assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_dim"] == "4"
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert meta["ss_num_train_images"] == "1" and meta["ss_max_train_steps"] == "4"
+    assert meta["ss_output_name"] == "me" and kohya.trigger_words(meta) == ["lkns"]
+    assert meta["ss_new_sd_model_hash"] == model_hash(ModelStore(settings), "sdxl-base")
+
+
+def test_dataset_reports_blur_tiny_unreadable_and_crops_upright(dirs, settings, tmp_path):
+    import cv2
+    from PIL import Image
+
+    from pipelines.faces.detectors import DetectedFace
+    from pipelines.lora.dataset import DatasetOptions, upright_crop
+    from pipelines.lora.train import LoraTrainer
+
+    astro = np.asarray(Image.open(dirs["photos"] / "astronaut.png").convert("RGB"))
+    Image.fromarray(cv2.GaussianBlur(astro, (0, 0), 3)).save(tmp_path / "blurred.png")
+    Image.fromarray(cv2.resize(astro, (240, 240), interpolation=cv2.INTER_AREA)).save(tmp_path / "tiny.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image at all")
+    trainer = LoraTrainer(settings)
+    with pytest.raises(BadInput) as exc:
+        trainer.prepare([tmp_path], DatasetOptions(demo=True))
+    msg = str(exc.value)
+    assert "none of the 3 photos is usable" in msg
+    assert "blurred.png: face is blurred: sharpness" in msg and "minimum 35" in msg
+    assert "tiny.png: face is" in msg and "smaller than the minimum 64 px" in msg
+    assert "broken.jpg:" in msg
+    # upright: eyes drawn 20 px apart in height come out level in the crop
+    img = np.full((400, 400, 3), 255, np.uint8)
+    left, right = (170, 180), (230, 200)
+    for (x, y) in (left, right):
+        cv2.circle(img, (x, y), 6, (0, 0, 0), -1)
+    face = DetectedFace(bbox=np.array([150, 150, 250, 270], np.float32),
+                        kps=np.array([left, right, (200, 220), (180, 250), (220, 255)], np.float32), det_score=1.0)
+    crop, orig = upright_crop(img, face, "close-up", (128, 128))
+    assert crop.shape == (128, 128, 3) and orig[0] == orig[1]
+    ys, xs = np.nonzero(crop.min(axis=2) < 100)
+    left_y = ys[xs < 64].mean()
+    right_y = ys[xs >= 64].mean()
+    assert abs(left_y - right_y) < 1.5, (left_y, right_y)
+
+
+# ------------------------------------------------------------------ trainer
+def test_resume_after_crash_and_cancel_equals_uninterrupted(trained, dirs, settings, monkeypatch):
+    import torch
+
+    from pipelines.lora.dataset import DatasetOptions
+    from pipelines.lora.train import LoraTrainer, TrainConfig
+
+    trainer = LoraTrainer(settings)
+    tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(demo=True))
+    config = dict(name="again", steps=4, lr=0.01, checkpoint_every=2)
+    events: list[dict] = []
+
+    def crash_at_3(info):
+        events.append(info)
+        if info.get("phase") == "train" and info["step"] == 3:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.train(tset, TrainConfig(**config), callback=crash_at_3, progress=False)
+    ckpt_root = dirs["loras"] / ".training" / "again"
+    assert [p.name for p in ckpt_root.iterdir() if not p.name.startswith(".")] == ["step-000002"]
+    steps = [e for e in events if e.get("phase") == "train"]
+    assert all(np.isfinite(e["loss"]) and e["steps"] == 4 and e["eta_s"] >= 0 for e in steps)
+    assert not (dirs["loras"] / "again.safetensors").exists()
+
+    # other settings: the checkpoint is refused before any model is loaded
+    with pytest.raises(BadInput, match="other photos or settings"):
+        trainer.train(tset, TrainConfig(**{**config, "lr": 0.02}, resume=True), progress=False)
+
+    cancel = threading.Event()
+
+    def cancel_at_3(info):
+        if info.get("phase") == "train" and info["step"] == 3:
+            cancel.set()
+
+    with pytest.raises(Cancelled, match="--resume"):
+        trainer.train(tset, TrainConfig(**config, resume=True), callback=cancel_at_3, cancel=cancel, progress=False)
+    assert (ckpt_root / "step-000003").is_dir() and not (ckpt_root / "step-000002").exists()
+
+    # the last step first runs out of (GPU) memory: automatic gradient
+    # checkpointing turns on and the same step is redone
+    from diffusers import UNet2DConditionModel
+
+    forward = UNet2DConditionModel.forward
+    calls = []
+
+    def oom_once(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(self, *a, **kw)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", oom_once)
+    result = trainer.train(tset, TrainConfig(**config, resume=True), progress=False)
+    monkeypatch.undo()
+    assert result.resumed_from == 3 and len(result.losses) == 1
+    assert result.gradient_checkpointing and len(calls) >= 2
+    ref, got = tensors(trained["path"]), tensors(result.path)
+    assert ref.keys() == got.keys()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)  # bit-identical to the uninterrupted run
+
+
+def test_text_encoder_lora_trains_and_loads(dirs, settings, engine):
+    from pipelines.lora.dataset import DatasetOptions
+    from pipelines.lora.train import LoraTrainer, TrainConfig
+
+    trainer = LoraTrainer(settings)
+    tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(demo=True, framings=("close-up",)))
+    result = trainer.train(tset, TrainConfig(name="te", steps=1, lr=0.01, text_encoder=True), progress=False)
+    sd = tensors(result.path)
+    assert any(k.startswith("lora_te1_text_model_encoder_layers_0_self_attn_q_proj") for k in sd)
+    assert any(k.startswith("lora_te2_text_model_encoder_layers_4_self_attn_out_proj") for k in sd)
+    assert float(sd["lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"].abs().max()) > 0
+    base, _ = generate(engine)
+    with_te, _ = generate(engine, loras=[{"name": "te"}])
+    pipe = engine.pipeline()
+    assert "user_te" in pipe.text_encoder.peft_config and "user_te" in pipe.text_encoder_2.peft_config
+    assert (with_te != base).any()
+    again, _ = generate(engine)
+    assert (again == base).all()
+
+
+def test_kohya_file_loads_in_diffusers_and_reproduces_the_adapter(settings, tmp_path):
+    """Our peft -> kohya conversion, read back by plain diffusers
+    `load_lora_weights` (UNet) and by the manager (text encoders), gives exactly
+    the outputs of the peft adapters it was converted from."""
+    import copy
+
+    import torch
+    from peft.utils import get_peft_model_state_dict
+
+    from pipelines.lora import kohya
+    from pipelines.lora.manager import LoraManager
+    from pipelines.lora.train import UNET_TARGETS, TEXT_TARGETS, add_lora, load_base
+    from pipelines.models.store import ModelStore
+
+    pipe = load_base(ModelStore(settings), "sdxl-base", torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        return pipe(prompt="a photo", num_inference_steps=2, width=64, height=64, output_type="np",
+                    generator=torch.Generator().manual_seed(1)).images[0]
+
+    base = run()
+    originals = (pipe.unet, pipe.text_encoder, pipe.text_encoder_2)
+    trained = [copy.deepcopy(m) for m in originals]
+    for i, model in enumerate(trained):
+        add_lora(model, 4, 8.0, UNET_TARGETS if i == 0 else TEXT_TARGETS, seed=i)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(n)))
+    pipe.unet, pipe.text_encoder, pipe.text_encoder_2 = trained
+    want = run()
+    pipe.unet, pipe.text_encoder, pipe.text_encoder_2 = originals
+    sd = kohya.peft_to_kohya(get_peft_model_state_dict(trained[0]), layers_per_block=pipe.unet.config.layers_per_block,
+                             alpha=8.0, te1_state=get_peft_model_state_dict(trained[1], adapter_name="default"),
+                             te2_state=get_peft_model_state_dict(trained[2], adapter_name="default"))
+    unet_only = {k: v for k, v in sd.items() if k.startswith("lora_unet_")}
+    kohya.write_lora(tmp_path / "unet.safetensors", unet_only, {"ss_network_dim": "4"})
+    pipe.load_lora_weights(str(tmp_path / "unet.safetensors"), adapter_name="plain")  # diffusers itself
+    got_unet = run()
+    pipe.delete_adapters(["plain"])
+    assert abs(run() - base).max() == 0
+    pipe.unet = trained[0]
+    want_unet_only = run()
+    pipe.unet = originals[0]
+    assert np.abs(got_unet - want_unet_only).max() < 1e-5 and np.abs(got_unet - base).max() > 1e-3
+
+    loras = tmp_path / "loras"
+    kohya.write_lora(loras / "full.safetensors", sd, {"likeness_trigger_word": "zq"})
+    from types import SimpleNamespace
+
+    manager = LoraManager(SimpleNamespace(loras_dir=loras))
+    applied = manager.apply(pipe, [("full", 1.0)])
+    assert applied.triggers == ["zq"] and applied.weights == {"full": 1.0}
+    assert np.abs(run() - want).max() < 1e-5
+    manager.apply(pipe, [])
+    assert abs(run() - base).max() == 0
+
+
+# ------------------------------------------------------------------ manager
+def test_names_are_checked_and_pickles_refused(settings, dirs):
+    from pipelines.lora.manager import LoraManager, normalize_name
+
+    for bad in ("../x", "a/b", "x\x00y", "x" * 300, "", ".hidden"):
+        with pytest.raises(UnsafePath):
+            normalize_name(bad)
+    assert normalize_name("me.safetensors") == "me"
+    loras = Path(settings.loras_dir)
+    loras.mkdir(parents=True, exist_ok=True)
+    (loras / "evil.ckpt").write_bytes(b"PK\x03\x04 pickle")
+    manager = LoraManager(settings)
+    with pytest.raises(BadInput, match="unsafe pickle"):
+        manager.path("evil")
+    for name in ("evil.ckpt", "x.pt", "x.bin", "x.pth"):
+        with pytest.raises(BadInput, match="unsafe pickle"):
+            normalize_name(name)
+    with pytest.raises(BadInput, match="not found"):
+        manager.path("nobody")
+    rc, out, err = cli(dirs, "train", "--photos", str(dirs["photos"]), "--name", "../escape", "--steps", "1")
+    assert rc == 2 and "not allowed" in err and out == ""
+    assert not (dirs["loras"].parent / "escape.safetensors").exists()
+    rc, _, err = cli(dirs, "train", "--photos", str(dirs["photos"]), "--name", "x" * 300, "--steps", "1")
+    assert rc == 2 and "300 characters" in err
+
+
+def test_incompatible_lora_is_refused_and_pipeline_unchanged(engine, trained, settings):
+    import torch
+
+    from pipelines.lora.kohya import write_lora
+    from pipelines.lora.manager import LoraManager
+
+    loras = Path(settings.loras_dir)
+    good = tensors(trained["path"])
+    sd15 = {  # an SD1.5 LoRA: its first down block has attention, SDXL's does not
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight": torch.zeros(4, 320),
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight": torch.zeros(320, 4),
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha": torch.tensor(4.0),
+    }
+    write_lora(loras / "sd15.safetensors", sd15, {})
+    write_lora(loras / "unknown.safetensors", {"model.diffusion_model.foo.weight": torch.zeros(3, 3)}, {})
+    bad_shape = {k: (torch.zeros(4, 7) if k.endswith("lora_down.weight") else v) for k, v in good.items()}
+    write_lora(loras / "shape.safetensors", bad_shape, {})
+    raw = trained["path"].read_bytes()
+    (loras / "cut.safetensors").write_bytes(raw[: len(raw) // 2])
+    (loras / "lfs.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n")
+
+    base, _ = generate(engine)
+    pipe = engine.pipeline()
+    adapters = pipe.get_list_adapters()
+    manager = LoraManager(settings)
+    expect = {"sd15": "does not have", "unknown": "no part of an SDXL pipeline", "shape": "takes 64 inputs",
+              "cut": "truncated", "lfs": "git-lfs pointer"}
+    for name, why in expect.items():
+        with pytest.raises(BadInput) as exc:
+            manager.apply(pipe, [(name, 1.0)])
+        assert str(loras / f"{name}.safetensors") in str(exc.value) and why in str(exc.value), str(exc.value)
+        assert pipe.get_list_adapters() == adapters
+    # through the engine: a clear error, and the next image is the base one
+    with pytest.raises(BadInput, match="sd15.safetensors"):
+        generate(engine, loras=[{"name": "sd15"}])
+    after, _ = generate(engine)
+    assert (after == base).all()
+
+
+# ------------------------------------------------------------------ engine
+def test_generate_with_lora_alone_and_with_faceid(engine, trained, dirs):
+    from pipelines.lora.manager import _current_weight
+
+    base, _ = generate(engine)
+    with_lora, recipe = generate(engine, loras=[{"name": "me"}], prompt="a portrait")
+    assert recipe["prompt"] == "a portrait, lkns"  # the trigger word is added
+    assert recipe["method_details"]["loras"][0]["name"] == "me"
+    assert recipe["method_details"]["loras"][0]["sha256"]
+    plain_prompt, _ = generate(engine, prompt="a portrait, lkns")
+    assert (with_lora != plain_prompt).any()  # same prompt, the LoRA changes the pixels
+    assert (generate(engine)[0] == base).all()  # no LoRA asked: the base exactly
+
+    photo = str(dirs["photos"] / "astronaut.png")
+    faceid, _ = generate(engine, method="faceid", photos=[photo])
+    # a user LoRA at weight 0 beside FaceID: FaceID's own LoRA keeps its weight
+    zero, _ = generate(engine, method="faceid", photos=[photo], loras=[{"name": "me", "weight": 0.0}])
+    assert (zero == faceid).all()
+    both, recipe = generate(engine, method="faceid", photos=[photo], loras=[{"name": "me"}], scale=0.4)
+    pipe = engine.pipeline()
+    assert _current_weight(pipe.unet, "faceid_0") == pytest.approx(0.5)  # scale 0.4 / default 0.8
+    assert _current_weight(pipe.unet, "user_me") == pytest.approx(1.0)
+    assert recipe["method"] == "faceid" and "lkns" in recipe["prompt"]
+    assert recipe["method_details"]["loras"][0]["name"] == "me"
+    only_scale, _ = generate(engine, method="faceid", photos=[photo], scale=0.4)
+    assert (both != only_scale).any()
+    assert (generate(engine, method="faceid", photos=[photo])[0] == faceid).all()
+
+    rc, out, err = cli(dirs, "generate", "--method", "none", "--prompt", "a portrait", "--seed", "1", "--steps", "2",
+                       "--width", "64", "--height", "64", "--lora", "me:0.8")
+    assert rc == 0, err
+    from pipelines.metadata import read_recipe
+
+    rec = read_recipe(out.strip().splitlines()[-1])
+    assert rec["method_details"]["loras"] == [{"name": "me", "weight": 0.8, "sha256": rec["method_details"]["loras"][0]["sha256"]}]
+    assert rec["prompt"].endswith("lkns")
+    rc, _, err = cli(dirs, "generate", "--method", "none", "--prompt", "x", "--steps", "1", "--lora", "me:heavy")
+    assert rc == 2 and "--lora" in err
+
+
+# ------------------------------------------------------------------ multi-process
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_accelerate_run(dirs, settings, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): data-parallel training
+    completes and one LoRA is written. (`accelerate launch --cpu` starts a single
+    process; --multi_gpu with no GPU gives torchrun's 2 CPU processes.)"""
+    from pipelines.lora import kohya
+    from pipelines.models.store import ModelStore
+
+    store = ModelStore(settings)
+    for name in ("sdxl-base", "buffalo_l"):  # built once here, not raced by the two processes
+        store.ensure(name)
+
+    loras = tmp_path / "loras"
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           str(REPO / "launch.py"), "--demo", "--device", "cpu", "--dtype", "float32",
+           "--models-dir", str(dirs["models"]), "--loras-dir", str(loras), "--outputs-dir", str(tmp_path / "out"),
+           "train", "--photos", str(dirs["photos"] / "astronaut.png"), "--name", "dp", "--steps", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines() == [str(loras / "dp.safetensors")]  # printed once, by rank 0
+    meta = kohya.read_metadata(loras / "dp.safetensors")
+    assert meta["ss_num_processes"] == "2" and meta["ss_max_train_steps"] == "2"
+    assert all(k.startswith("lora_unet_") for k in tensors(loras / "dp.safetensors"))
+
+
+def test_option_and_checkpoint_errors_are_clear(tmp_path):
+    from pipelines.lora.dataset import DatasetOptions
+    from pipelines.lora.train import Checkpoints, default_steps, make_plan, TrainConfig
+
+    with pytest.raises(BadInput, match="trigger"):
+        DatasetOptions(trigger="a, b")
+    with pytest.raises(BadInput, match="framings"):
+        DatasetOptions(framings=("full-body",))
+    assert DatasetOptions(class_word="a woman").caption == "photo of lkns person, a woman"
+    broken = tmp_path / "step-000002"
+    broken.mkdir()
+    (broken / "lora.safetensors").write_bytes(b"\x00" * 16)
+    (broken / "state.pt").write_bytes(b"junk")
+    assert Checkpoints(tmp_path).latest() == broken
+    with pytest.raises(BadInput, match="without --resume"):
+        Checkpoints.load(broken)
+    # FaceChain's schedule scaled by photo count; demo mode trains shorter
+    assert [default_steps(n) for n in (1, 3, 10)] == [200, 600, 800]
+    assert default_steps(3, demo=True) == 30
+    plan = make_plan(TrainConfig(name="x"), photos=5, demo=False)
+    assert (plan.steps, plan.rank, plan.alpha, plan.lr, plan.checkpoint_every) == (800, 4, 32.0, 1.5e-4, 100)
