@@ -268,7 +268,8 @@ class Engine:
             if pose_unit is not None:
                 from .pose.control import align_identitynet
 
-                align_identitynet(units, pose_unit.template, width, height)
+                if req.pose_scale > 0:  # a pose at scale 0 moves nothing, the face either
+                    align_identitynet(units, pose_unit.template, width, height)
                 units.append(pose_unit)
                 cond.recipe["pose"] = {"pose": req.pose, "scale": req.pose_scale,
                                        "start": req.pose_start, "end": req.pose_end}
