@@ -17,12 +17,11 @@ file is a `BadInput` naming the file and the key; nothing is silently defaulted
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import BadInput, UnsafePath
 from .paths import check_name
@@ -189,18 +188,10 @@ def _describe(err: dict) -> str:
 
 def parse_preset(text: str | bytes, source: str = "preset") -> Preset:
     """Validate preset JSON text; errors name `source` and the offending key."""
-    try:
-        data = json.loads(text)
-    except UnicodeDecodeError:
-        raise BadInput(f"{source} is not UTF-8 text; a preset is a JSON file.") from None
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from None
-    if not isinstance(data, dict):
-        raise BadInput(f"{source} must hold a JSON object (keys: {', '.join(Preset.model_fields)}).")
-    try:
-        return Preset.model_validate(data)
-    except ValidationError as exc:
-        raise BadInput(f"{source}: {_describe(exc.errors()[0])}.") from None
+    from .datafile import parse_json_model
+
+    return parse_json_model(text, Preset, source, "a preset",
+                            f"keys: {', '.join(Preset.model_fields)}", _describe)
 
 
 def read_preset_file(path: Path | str) -> Preset:

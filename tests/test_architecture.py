@@ -1,6 +1,5 @@
 """The shape of the house: a headless engine and side-effect-free imports."""
 
-import os
 import pkgutil
 import subprocess
 import sys

@@ -33,7 +33,6 @@ from pipelines.pose.templates import (
     PoseTemplate,
     list_templates,
     load_template,
-    parse_template,
     save_template,
     user_poses_dir,
 )

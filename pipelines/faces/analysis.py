@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import BadInput, FaceQualityError, ModelError, ModelMissing, NoFaceFound
 from .detectors import (
+    BoxGeometry,
     DetectedFace,
     FaceDetector,
     InsightFaceDetector,
@@ -39,7 +40,7 @@ CLIP_CROP = 224  # IP-Adapter FaceID Plus feeds CLIP the 224 norm_crop of the fa
 
 
 @dataclass
-class Face:
+class Face(BoxGeometry):
     """One analysed face. Coordinates are in the analysed image's pixels;
     crops are RGB uint8; `embedding` is the recogniser's raw output (InstantID
     uses it), `normed_embedding` its L2-normalised form (IP-Adapter FaceID)."""
@@ -55,22 +56,6 @@ class Face:
     image_size: tuple[int, int]  # (width, height) of the analysed image
     pack: str
     n_faces: int = 1  # faces passing the score gate in the image (group check)
-
-    @property
-    def width(self) -> float:
-        return float(self.bbox[2] - self.bbox[0])
-
-    @property
-    def height(self) -> float:
-        return float(self.bbox[3] - self.bbox[1])
-
-    @property
-    def area(self) -> float:
-        return self.width * self.height
-
-    @property
-    def size(self) -> float:
-        return min(self.width, self.height)
 
 
 def expected_files(pack: str) -> list[str]:

@@ -26,14 +26,9 @@ import numpy as np
 KPS_ORDER = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
-@dataclass(frozen=True)
-class DetectedFace:
-    """One detection in image coordinates: bbox (x1, y1, x2, y2), kps (5, 2) in
-    `KPS_ORDER` (left/right as seen in the image), and the detector's score."""
-
-    bbox: np.ndarray
-    kps: np.ndarray
-    det_score: float
+class BoxGeometry:
+    """Geometry of a face box `bbox` = (x1, y1, x2, y2), shared by detections and
+    analysed faces."""
 
     @property
     def width(self) -> float:
@@ -52,6 +47,17 @@ class DetectedFace:
     def size(self) -> float:
         """The shorter side of the box, in pixels: what the size gate measures."""
         return min(self.width, self.height)
+
+
+@dataclass(frozen=True)
+class DetectedFace(BoxGeometry):
+    """One detection in image coordinates: bbox (x1, y1, x2, y2), kps (5, 2) in
+    `KPS_ORDER` (left/right as seen in the image), and the detector's score."""
+
+    bbox: np.ndarray
+    kps: np.ndarray
+    det_score: float
+
 
 
 @runtime_checkable

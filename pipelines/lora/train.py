@@ -352,7 +352,6 @@ class LoraTrainer:
         cancel: threading.Event | None = None,
         progress: bool = True,
     ) -> TrainResult:
-        import torch
         from accelerate import Accelerator
 
         t0 = time.perf_counter()

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import BadInput, UnsafePath
 from ..paths import atomic_write_text, check_name, confine
@@ -184,20 +184,10 @@ def _describe(err: dict) -> str:
 
 def parse_template(text: str | bytes, source: str = "pose template") -> PoseTemplate:
     """Validate template JSON text; errors name `source` and the offending key."""
-    try:
-        data = json.loads(text)
-    except UnicodeDecodeError:
-        raise BadInput(f"{source} is not UTF-8 text; a pose template is a JSON file.") from None
-    except json.JSONDecodeError as exc:
-        raise BadInput(
-            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
-        ) from None
-    if not isinstance(data, dict):
-        raise BadInput(f"{source} must hold a JSON object with the keys name, title, aspect, body, face.")
-    try:
-        return PoseTemplate.model_validate(data)
-    except ValidationError as exc:
-        raise BadInput(f"{source}: {_describe(exc.errors()[0])}.") from None
+    from ..datafile import parse_json_model
+
+    return parse_json_model(text, PoseTemplate, source, "a pose template",
+                            "with the keys name, title, aspect, body, face", _describe)
 
 
 def read_template_file(path: Path | str) -> PoseTemplate:
