@@ -140,3 +140,21 @@ def test_demo_ui_serves_on_loopback_only(tiny_models_dir, tmp_path):
 def test_listen_without_auth_is_refused():
     r = cli("ui", "--listen", "--no-browser")
     assert r.returncode == 2 and "--auth" in r.stderr
+
+
+def test_models_register_refuses_pickles_and_non_sdxl_files(tmp_path):
+    ckpt = tmp_path / "mine.ckpt"
+    ckpt.write_bytes(b"\x80\x04pickle")
+    r = cli("--models-dir", str(tmp_path), "models", "register", str(ckpt))
+    assert r.returncode == 2 and "only .safetensors" in r.stderr and "mine.ckpt" in r.stderr
+    import torch
+    from safetensors.torch import save_file
+
+    sdxl = tmp_path / "my-sdxl.safetensors"
+    save_file({"model.diffusion_model.x": torch.zeros(1), "conditioner.embedders.1.y": torch.zeros(1)}, sdxl)
+    r = cli("--models-dir", str(tmp_path), "models", "register", str(sdxl))
+    assert r.returncode == 0 and "'my-sdxl'" in r.stdout
+    lora = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(1)}, lora)
+    r = cli("--models-dir", str(tmp_path), "models", "register", str(lora))
+    assert r.returncode == 2 and "not a single-file" in r.stderr

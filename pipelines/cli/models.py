@@ -18,6 +18,9 @@ def register(sub) -> None:
     vp = msub.add_parser("verify", help="check every present model (or the named ones) against its sha256")
     vp.add_argument("names", nargs="*", metavar="NAME")
     vp.set_defaults(func=cmd_verify)
+    rp = msub.add_parser("register", help="register your own single-file SDXL checkpoint (.safetensors) by path")
+    rp.add_argument("path")
+    rp.set_defaults(func=cmd_register)
 
 
 def _human(n: int | None) -> str:
@@ -105,3 +108,9 @@ def cmd_verify(args, settings) -> int:
     if checked == 0:
         print("no models are present yet; download with `python launch.py models download NAME`")
     return 1 if failed else 0
+
+
+def cmd_register(args, settings) -> int:
+    name = _store(settings).register_checkpoint(args.path)
+    print(f"registered {args.path} as {name!r}; use it with --base-model {name}")
+    return 0
