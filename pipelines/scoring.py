@@ -62,10 +62,30 @@ def score_array(engine, rgb: np.ndarray, refs: np.ndarray, pack: str) -> dict:
             "max": round(float(sims.max()), 4), "references": int(len(refs))}
 
 
+def _available(engine, pack: str) -> bool:
+    if engine.settings.demo:
+        return True  # demo packs are built on first use
+    return engine.store.status(pack).present
+
+
 def score_image(engine, image, identity, method: str) -> dict:
+    """The likeness of one output. Uses the independent recogniser when it is
+    downloaded; otherwise the method's own one, flagged `independent: False`
+    (a missing scoring model never stops a generation)."""
+    from .identity import get_method_class
+
     pack = scorer_pack(method)
+    independent = True
+    if not _available(engine, pack):
+        own = get_method_class(method).recognizer if method != "none" else None
+        if own is None or not _available(engine, own):
+            return {"recognizer": None, "face_found": None, "mean": None, "max": None,
+                    "note": f"no face recogniser downloaded for scoring ({pack})"}
+        pack, independent = own, False
     rgb = np.asarray(image.convert("RGB"))
-    return score_array(engine, rgb, reference_embeddings(engine, identity, pack), pack)
+    result = score_array(engine, rgb, reference_embeddings(engine, identity, pack), pack)
+    result["independent"] = independent
+    return result
 
 
 def sort_key(recipe: dict) -> float:
@@ -80,9 +100,12 @@ def describe(likeness: dict | None) -> str:
     """One line for the user: `likeness 0.62 (max 0.70, antelopev2)` or why there is none."""
     if not likeness:
         return "likeness not scored (no identity)"
+    if likeness.get("note"):
+        return f"likeness not scored: {likeness['note']}"
     if not likeness.get("face_found"):
         return f"likeness: no face found in the output ({likeness.get('recognizer')})"
-    return f"likeness {likeness['mean']:.3f} (max {likeness['max']:.3f}, {likeness.get('recognizer')})"
+    own = "" if likeness.get("independent", True) else ", not independent: the method's own recogniser"
+    return f"likeness {likeness['mean']:.3f} (max {likeness['max']:.3f}, {likeness.get('recognizer')}{own})"
 
 
 def _free_name(folder: Path, name: str) -> Path:

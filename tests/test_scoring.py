@@ -94,7 +94,7 @@ def test_mirrored_photo_is_found_and_scored_in_range(engine, people, photos_dir)
 def test_output_without_a_face_is_reported_not_raised(engine, people, photos_dir):
     cat = Image.open(photos_dir / "chelsea.png")
     s = score_image(engine, cat, people["astronaut"], "faceid")
-    assert s == {"recognizer": "antelopev2", "face_found": False, "mean": None, "max": None}
+    assert s == {"recognizer": "antelopev2", "face_found": False, "mean": None, "max": None, "independent": True}
     assert sort_key({"likeness": s}) == float("-inf")
     assert "no face found" in describe(s)
 
@@ -200,3 +200,44 @@ def test_recipe_replay_of_a_best_of_n_image_makes_one_image(tmp_path):
     data = request_from_args(args, None)
     replay = validate_request(GenerateRequest, data, "generate")
     assert replay.count == 1 and replay.keep is None and replay.rejects is False
+
+
+def test_missing_independent_recogniser_falls_back_and_never_fails(photos_dir, tmp_path):
+    """Real mode with only the method's own recogniser present: the score uses it,
+    flagged not independent; with neither present the score is a note, not an error."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from pipelines import scoring
+
+    class Store:
+        def __init__(self, present):
+            self.present = present
+
+        def status(self, name):
+            return SimpleNamespace(present=name in self.present)
+
+    calls = []
+
+    def fake_refs(engine, identity, pack):
+        calls.append(pack)
+        return np.ones((1, 4), np.float32) / 2
+
+    def fake_score(engine, rgb, refs, pack):
+        return {"recognizer": pack, "face_found": True, "mean": 0.5, "max": 0.5}
+
+    img = Image.open(photos_dir / "astronaut.png")
+    engine = SimpleNamespace(settings=SimpleNamespace(demo=False), store=Store({"buffalo_l"}))
+    orig = scoring.reference_embeddings, scoring.score_array
+    scoring.reference_embeddings, scoring.score_array = fake_refs, fake_score
+    try:
+        r = scoring.score_image(engine, img, None, "faceid")  # independent would be antelopev2
+        assert r["recognizer"] == "buffalo_l" and r["independent"] is False
+        engine.store = Store({"antelopev2", "buffalo_l"})
+        assert scoring.score_image(engine, img, None, "faceid")["independent"] is True
+        engine.store = Store(set())
+        r = scoring.score_image(engine, img, None, "faceid")
+        assert r["face_found"] is None and "no face recogniser" in r["note"]
+    finally:
+        scoring.reference_embeddings, scoring.score_array = orig
