@@ -8,7 +8,17 @@ import numpy as np
 from .base import get_restorer
 from .paste import restore_faces
 
-DETECTOR_PACK = "buffalo_l"
+DETECTOR_PACKS = ("buffalo_l", "antelopev2")  # either has an SCRFD detector
+
+
+def detector_pack(engine) -> str:
+    """The first face pack that is on disk (demo packs are built on demand)."""
+    if engine.settings.demo:
+        return DETECTOR_PACKS[0]
+    for pack in DETECTOR_PACKS:
+        if engine.store.status(pack).present:
+            return pack
+    return DETECTOR_PACKS[0]  # ensure() then names what to download
 
 
 def restore_output(engine, image, req):
@@ -18,7 +28,7 @@ def restore_output(engine, image, req):
         cache[req.restore] = get_restorer(req.restore, engine.store, engine.device, engine.dtype)
     restorer = cache[req.restore]
     rgb = np.asarray(image.convert("RGB"))
-    faces = engine.analyzer(DETECTOR_PACK).detect(rgb, "output")
+    faces = engine.analyzer(detector_pack(engine)).detect(rgb, "output")
     if not faces:
         return image, ["no face found in the output; nothing restored"]
     fidelity = req.codeformer_fidelity if req.restore == "codeformer" else None
