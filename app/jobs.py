@@ -11,12 +11,12 @@
 
 from __future__ import annotations
 
-import gc
 import queue
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from pipelines.memory import free_memory
 from pipelines.settings import Settings
 
 
@@ -131,12 +131,3 @@ def run_job(call: Callable[[Callable[[dict], None], threading.Event], Any], canc
         free_memory()
 
 
-def free_memory() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001 - best effort
-        pass

@@ -39,6 +39,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from pipelines.memory import free_memory
 from pipelines.tiny import pack
 from pipelines.tiny.adapters import (
     FACEID_FILE,
@@ -340,17 +341,6 @@ def _save_float(model, dest: Path) -> None:
     torch.nn.Module.to(model, device="cpu").save_pretrained(dest, safe_serialization=True)
 
 
-def _free() -> None:
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        pass
 
 
 # ------------------------------------------------------------------- packs
@@ -358,13 +348,13 @@ def _free() -> None:
 def build_sdxl_full(dest: Path) -> None:
     dest, dev = Path(dest), build_device()
     _save_half(build_unet(dev), dest / "unet", variant="fp16")
-    _free()
+    free_memory()
     _save_half(build_vae(dev), dest / "vae", variant="fp16")
     te, te2 = build_text_encoders(dev)
     _save_half(te, dest / "text_encoder", variant="fp16")
     _save_half(te2, dest / "text_encoder_2", variant="fp16")
     del te, te2
-    _free()
+    free_memory()
     write_clip_tokenizer(dest / "tokenizer")
     write_clip_tokenizer(dest / "tokenizer_2", pad_token="!")
     build_scheduler().save_pretrained(dest / "scheduler")
@@ -379,7 +369,7 @@ def build_sdxl_vae_full(dest: Path) -> None:
 @pack("clip-vision-full", version=1)
 def build_clip_vision_full(dest: Path) -> None:
     _save_float(build_clip_vision(build_device()), Path(dest) / IMAGE_ENCODER_DIR)
-    _free()
+    free_memory()
 
 
 @pack("faceid-plusv2-sdxl-full", version=1)
@@ -387,7 +377,7 @@ def build_faceid_full(dest: Path) -> None:
     import torch
 
     torch.save(faceid_plusv2_state_dict(build_device()), Path(dest) / FACEID_FILE)
-    _free()
+    free_memory()
 
 
 @pack("instantid-full", version=1)
@@ -397,7 +387,7 @@ def build_instantid_full(dest: Path) -> None:
     dest, dev = Path(dest), build_device()
     torch.save(instantid_state_dict(dev), dest / INSTANTID_FILE)
     _save_half(build_identitynet(dev), dest / IDENTITYNET_DIR)
-    _free()
+    free_memory()
 
 
 # ----------------------------------------------------------------- catalog

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from .errors import BadInput, Cancelled, ModelError
 from .identity import get_method_class
+from .memory import free_memory
 from .identity.base import Conditioning, ControlUnit, IdentityMethod
 from .requests import GenerateRequest
 from .samplers import SDXL_BUCKETS, SD15_BUCKETS, demo_size, make_scheduler
@@ -145,7 +146,7 @@ class Engine:
             self._pipe = None
             self._base_name = None
             self._cn_pipes.clear()
-            _free_memory()
+            free_memory()
 
     # --------------------------------------------------------------- identity
     def analyzer(self, pack: str):
@@ -402,19 +403,6 @@ def _file_digest(path) -> str:
     except OSError as exc:
         raise BadInput(f"photo {path} cannot be read: {exc.strerror}.") from None
     return h.hexdigest()
-
-
-def _free_memory() -> None:
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        pass
 
 
 __all__ = ["Engine", "GenerateResult", "GeneratedImage", "DEMO_BANNER"]

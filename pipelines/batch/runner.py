@@ -20,7 +20,6 @@ redoes exactly the items without an ok line whose outputs exist.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import Cancelled, LikenessError
+from ..memory import free_memory, is_oom
 from ..paths import atomic_write_text, confine
 from .jobfile import BatchItem, Job
 from .manifest import MANIFEST_NAME, append_record, is_done, load_state, merge_shards, shard_path
@@ -285,20 +285,6 @@ def error_line(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: " + " ".join(str(exc).split())[:300]
 
 
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        isinstance(exc, MemoryError) or "out of memory" in str(exc).lower())
-
-
-def free_memory() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        pass
 
 
 def run_item(engine, item: BatchItem, ident: IdentityOutcome | None, out_dir: Path) -> dict:

@@ -29,9 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,8 +39,10 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import BadInput, Cancelled, ModelError
+from ..memory import free_memory
 from ..paths import confine
 from . import kohya
+from .checkpoints import Checkpoints
 from .dataset import DatasetOptions, TrainingSet, preview_grid, prepare_dataset
 from .manager import normalize_name
 
@@ -232,63 +232,6 @@ def load_base(store, base_model: str, dtype):
     folder = store.ensure(base_model)
     return diffusers.StableDiffusionXLPipeline.from_pretrained(
         folder, variant=entry.variant, torch_dtype=dtype, local_files_only=True, use_safetensors=True)
-
-
-# ------------------------------------------------------------- checkpoints
-class Checkpoints:
-    """`<loras_dir>/.training/<name>/step-NNNNNN/` folders, each complete or absent."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def latest(self) -> Path | None:
-        if not self.root.is_dir():
-            return None
-        done = sorted(p for p in self.root.glob("step-*") if (p / "state.pt").is_file() and (p / "lora.safetensors").is_file())
-        return done[-1] if done else None
-
-    def save(self, step: int, trainables: dict, state: dict) -> Path:
-        import torch
-        from safetensors.torch import save_file
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".step-", suffix=".part", dir=self.root))
-        try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in trainables.items()}, str(tmp / "lora.safetensors"))
-            torch.save(state, tmp / "state.pt")
-            for f in tmp.iterdir():
-                with open(f, "rb+") as fh:
-                    os.fsync(fh.fileno())
-            final = self.root / f"step-{step:06d}"
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        for old in self.root.glob("step-*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-        return final
-
-    @staticmethod
-    def load(path: Path) -> tuple[dict, dict]:
-        import torch
-        from safetensors.torch import load_file
-
-        try:
-            weights = load_file(str(path / "lora.safetensors"))
-            state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise BadInput(f"checkpoint {path} is unreadable ({exc}); run without --resume to start over.") from None
-        return weights, state
-
-    def clear(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-        try:
-            self.root.parent.rmdir()  # `.training/` itself, once no other run uses it
-        except OSError:
-            pass
 
 
 # ----------------------------------------------------------------- trainer
@@ -491,16 +434,6 @@ def _main_process_first(settings):
     return PartialState(cpu=settings.resolve_device() == "cpu").main_process_first()
 
 
-def _free_cuda() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _base_hash(store, base_model: str) -> str | None:
     from ..outputs import model_hash
 
@@ -654,7 +587,7 @@ def fit_lora(unet, encoders, data, texts: TextTable, noise_config: dict, plan: P
                 if plan.gradient_checkpointing is not None or checkpointing[0]:
                     raise ModelError(f"out of GPU memory at step {step + 1} of {plan.name}; close other GPU "
                                      "programs, or lower --rank.") from None
-                _free_cuda()
+                free_memory()
                 acc.unwrap_model(unet_run).enable_gradient_checkpointing()
                 checkpointing[0] = True
                 emit(phase="train", message="out of GPU memory: gradient checkpointing turned on")
