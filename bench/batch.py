@@ -101,7 +101,7 @@ class RunnerSide:
         t0 = time.perf_counter()
         self.engine = Engine(settings.model_copy(update={"outputs_dir": work}), store=store)
         req = self.job.items[0].request
-        self.engine.pipeline(req.base_model, req.vae)
+        self.engine.pipeline(req.base_model or self.engine.default_base(req.method), req.vae)
         self.engine.generate(req.model_copy(update={"out_dir": str(work / "warmup")}))  # warm-up
         _sync(self.engine.device)
         self.load_seconds = time.perf_counter() - t0

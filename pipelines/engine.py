@@ -148,6 +148,12 @@ class Engine:
             self._cn_pipes.clear()
             free_memory()
 
+    @staticmethod
+    def default_base(method: str) -> str:
+        """The base model a method runs on when the request names none."""
+        family = get_method_class(method).base if method != "none" else "sdxl"
+        return DEFAULT_BASE[family]
+
     # --------------------------------------------------------------- identity
     def analyzer(self, pack: str):
         from .faces.analysis import FaceAnalyzer
@@ -246,8 +252,7 @@ class Engine:
         with self._lock:
             method_cls = get_method_class(req.method) if req.method != "none" else None
             if req.base_model is None:
-                base = DEFAULT_BASE[method_cls.base if method_cls else "sdxl"]
-                req = req.model_copy(update={"base_model": base})
+                req = req.model_copy(update={"base_model": self.default_base(req.method)})
             family = self.base_family(req.base_model)
             if method_cls is not None and method_cls.base != family:
                 raise BadInput(

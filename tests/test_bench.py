@@ -98,3 +98,22 @@ def test_bad_methods_flag_is_rejected(capsys, monkeypatch):
         main(["--methods", "none,photomaker"])
     assert exc.value.code == 2
     assert "photomaker" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script,args,ratio_key", [
+    ("batch.py", ["--items", "2", "--rounds", "1", "--steps", "1", "--size", "64", "--device", "cpu",
+                  "--dtype", "float32"], None),
+    ("train.py", ["--steps", "2", "--warmup", "1", "--rounds", "1", "--threads", "1"], "speedup"),
+])
+def test_batch_and_train_benches_print_json(tiny_models_dir, tmp_path, script, args, ratio_key):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("LIKENESS_MODELS_DIR", None)
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args, "--models-dir", str(tiny_models_dir)],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout)
+    if ratio_key:
+        assert _close(out[ratio_key], out["plain"]["s_per_step"] / out["ours"]["s_per_step"])
+    else:
+        ratio = next(v for k, v in out.items() if "ratio" in k and isinstance(v, (int, float)))
+        assert ratio > 0

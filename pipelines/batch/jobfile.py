@@ -150,7 +150,7 @@ class BatchItem:
         if isinstance(loras, list):
             loras = [x.model_dump() if hasattr(x, "model_dump") else x for x in loras]
         loras = json.dumps(loras, sort_keys=True, default=str)
-        return (self.request.base_model, self.method, loras, self.identity or "", self.request.prompt,
+        return (self.request.base_model or "", self.method, loras, self.identity or "", self.request.prompt,
                 self.seed, self.id)
 
     def output_stem(self) -> str:
