@@ -74,9 +74,9 @@ class GenerateRequest(BaseModel):
     @field_validator("sampler")
     @classmethod
     def _sampler(cls, v: str) -> str:
-        key = v.strip().lower().replace(" ", "_").replace("+", "p").replace("++", "pp")
-        aliases = {"euler_ancestral": "euler_a", "dpm++_2m_karras": "dpmpp_2m_karras", "dpmpp_2m_karras": "dpmpp_2m_karras"}
-        key = aliases.get(key, key).replace("dpmpp", "dpmpp")
+        # accept A1111 titles too: "DPM++ 2M Karras" -> dpmpp_2m_karras, "Euler a" -> euler_a
+        key = v.strip().lower().replace("++", "pp").replace(" ", "_")
+        key = {"euler_ancestral": "euler_a"}.get(key, key)
         if key not in SAMPLERS:
             raise ValueError(f"unknown sampler {v!r}; choose one of: {', '.join(SAMPLERS)}")
         return key

@@ -126,3 +126,18 @@ def test_method_needs_identity_and_base_family_is_checked(engine, photos_dir):
         GenerateRequest(prompt="x", method="faceid")
     with pytest.raises(BadInput, match="SD1.5|SDXL"):
         gen(engine, photos_dir, method="faceid", base_model="sd15-base")
+
+
+@pytest.mark.parametrize("title,key", [("DPM++ 2M Karras", "dpmpp_2m_karras"), ("Euler a", "euler_a"),
+                                       ("euler", "euler"), ("UniPC", "unipc")])
+def test_sampler_accepts_a1111_titles(title, key):
+    assert GenerateRequest(prompt="x", photos=["p"], sampler=title).sampler == key
+
+
+def test_bad_request_fields_name_the_field_and_range():
+    from pipelines.requests import validate_request
+
+    for data, needle in [({"steps": 0}, "steps"), ({"sampler": "bogus"}, "sampler"), ({"width": 100}, "width"),
+                         ({"cfg": 99}, "cfg"), ({"keep": 5, "count": 2}, "keep"), ({"pose_start": 0.8, "pose_end": 0.2}, "pose_end")]:
+        with pytest.raises(BadInput, match=needle):
+            validate_request(GenerateRequest, {"prompt": "x", "photos": ["p"], **data})
