@@ -96,7 +96,7 @@ class Engine:
         cls = diffusers.StableDiffusionXLPipeline if family == "sdxl" else diffusers.StableDiffusionPipeline
         user = self.store.user_checkpoints()
         if base_name in user:
-            config_dir = self.store.ensure("sdxl-base")  # configs + tokenizers for the single file
+            config_dir = self.store.ensure("sdxl-base-config")  # configs + tokenizers, no weights
             pipe = cls.from_single_file(
                 str(user[base_name]), config=str(config_dir), torch_dtype=self.dtype, local_files_only=True
             )

@@ -200,3 +200,12 @@ def build_vae_fix():
 def build_sdxl_vae(dest: Path) -> None:
     """madebyollin/sdxl-vae-fp16-fix layout: config.json + float32 safetensors."""
     build_vae_fix().save_pretrained(Path(dest), safe_serialization=True)
+
+
+@pack("sdxl-config", version=1)
+def build_sdxl_config(dest: Path) -> None:
+    """The SDXL base repo without its weights: model_index, configs, scheduler and
+    tokenizers, which `from_single_file` needs beside a user's own checkpoint."""
+    build_sdxl(dest)
+    for weights in sorted(Path(dest).rglob("*.safetensors")):
+        weights.unlink()
