@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import pytest
 import torch
 
 from pipelines.requests import GenerateRequest
@@ -73,26 +72,7 @@ def test_single_file_round_trips_through_diffusers_converters(tiny_models_dir, t
          _diffusers_state(src / "text_encoder_2"))
 
 
-@pytest.fixture()
-def distinct_text_widths(monkeypatch):
-    """diffusers picks the loader for each SDXL text encoder in a single file by width:
-    CLIP-L weights go to any encoder whose width equals CLIP-L's. Real SDXL has 768 vs
-    1280; the shipped tiny pack has 32 vs 32, so text_encoder_2 would get CLIP-L's
-    weights. Build the packs (in this test's own models dir) with distinct widths,
-    24 + 40 = the same cross-attention width 64, as in the real model."""
-    import pipelines.tiny.sdxl as tiny_sdxl
-
-    orig = tiny_sdxl.tiny_text_encoder_config
-
-    def config(with_projection: bool = False) -> dict:
-        c = orig(with_projection)
-        c["hidden_size"] = 40 if with_projection else 24
-        return c
-
-    monkeypatch.setattr(tiny_sdxl, "tiny_text_encoder_config", config)
-
-
-def test_registered_checkpoint_generates_like_the_diffusers_base(tmp_path, distinct_text_widths):
+def test_registered_checkpoint_generates_like_the_diffusers_base(tmp_path):
     from pipelines.engine import Engine
     from pipelines.models.store import ModelStore
     from pipelines.tiny.single_file import write_sdxl_single_file

@@ -30,7 +30,9 @@ SEED_TEXT_ENCODER_2 = 3
 SEED_VAE_FIX = 4
 
 CROSS_ATTENTION_DIM = 64  # = text_encoder width + text_encoder_2 width
-TEXT_WIDTH = 32
+# CLIP-L and OpenCLIP-bigG stand-ins: different widths (as 768 / 1280 are), summing to the
+# cross-attention width; diffusers' single-file loader tells the two encoders apart by width
+TEXT_WIDTH, TEXT_WIDTH_2 = 24, 40
 POOLED_DIM = 32  # text_encoder_2 projection_dim
 TIME_EMBED_DIM = 8  # addition_time_embed_dim; 6 time ids each get one embedding
 
@@ -76,7 +78,7 @@ def tiny_text_encoder_config(with_projection: bool = False) -> dict:
     ids = special_ids()
     return {
         "vocab_size": vocab_size(),
-        "hidden_size": TEXT_WIDTH,
+        "hidden_size": TEXT_WIDTH_2 if with_projection else TEXT_WIDTH,
         "intermediate_size": 37,
         "num_attention_heads": 4,
         "num_hidden_layers": 5,
@@ -166,7 +168,7 @@ def model_index() -> dict:
     }
 
 
-@pack("sdxl", version=1)
+@pack("sdxl", version=2)
 def build_sdxl(dest: Path) -> None:
     """SDXL base layout with fp16 variant weights (`*.fp16.safetensors`), stored in
     float16 like the published files."""
@@ -202,7 +204,7 @@ def build_sdxl_vae(dest: Path) -> None:
     build_vae_fix().save_pretrained(Path(dest), safe_serialization=True)
 
 
-@pack("sdxl-config", version=1)
+@pack("sdxl-config", version=2)
 def build_sdxl_config(dest: Path) -> None:
     """The SDXL base repo without its weights: model_index, configs, scheduler and
     tokenizers, which `from_single_file` needs beside a user's own checkpoint."""
