@@ -40,18 +40,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipelines.memory import free_memory
+from pipelines.tiny import adapters as tiny_adapters
 from pipelines.tiny import pack
 from pipelines.tiny.adapters import (
     FACEID_FILE,
-    FACEID_ID_MULT,
-    FACEID_TOKENS,
-    ID_EMBED_DIM,
     IDENTITYNET_DIR,
     IMAGE_ENCODER_DIR,
     INSTANTID_FILE,
-    INSTANTID_QUERIES,
-    _ip_kv,
-    _perceiver_layers,
     _Weights,
     attention_processor_layout,
 )
@@ -279,50 +274,23 @@ def processor_layout() -> list[dict]:
 
 
 def faceid_plusv2_state_dict(device: str = "cpu") -> dict:
-    """`{"image_proj", "ip_adapter"}` of ip-adapter-faceid-plusv2_sdxl.bin, float16."""
+    """`{"image_proj", "ip_adapter"}` of ip-adapter-faceid-plusv2_sdxl.bin at the
+    published sizes, float16 (the tiny pack's writer with full-size dimensions)."""
     import torch
 
-    cad = CROSS_ATTENTION_DIM
-    w = _DeviceWeights(SEED_FACEID, torch.float16, device)
-    proj: dict = {}
-    w.linear(proj, "proj.0", ID_EMBED_DIM * FACEID_ID_MULT, ID_EMBED_DIM)
-    w.linear(proj, "proj.2", cad * FACEID_TOKENS, ID_EMBED_DIM * FACEID_ID_MULT)
-    w.layer_norm(proj, "norm", cad)
-    r = "perceiver_resampler."
-    w.linear(proj, f"{r}proj_in", cad, CLIP_VISION_WIDTH)
-    w.linear(proj, f"{r}proj_out", cad, cad)
-    w.layer_norm(proj, f"{r}norm_out", cad)
-    _perceiver_layers(w, proj, r, cad)
-
-    ip: dict = {}
-    rank = FACEID_LORA_RANK
-    for a in processor_layout():
-        i, h = a["index"], a["hidden"]
-        for name, in_f in (("to_q", h), ("to_k", a["kv_in"]), ("to_v", a["kv_in"]), ("to_out", h)):
-            w.linear(ip, f"{i}.{name}_lora.down", rank, in_f, bias=False)
-            w.linear(ip, f"{i}.{name}_lora.up", h, rank, bias=False, gain=0.2)
-        if a["cross"]:
-            _ip_kv(w, ip, i, h, cad)
-    return {"image_proj": proj, "ip_adapter": ip}
+    return tiny_adapters.faceid_plusv2_state_dict(
+        weights=_DeviceWeights(SEED_FACEID, torch.float16, device), layout=processor_layout(),
+        cad=CROSS_ATTENTION_DIM, clip_width=CLIP_VISION_WIDTH, lora_rank=FACEID_LORA_RANK)
 
 
 def instantid_state_dict(device: str = "cpu") -> dict:
-    """`{"image_proj", "ip_adapter"}` of InstantID's ip-adapter.bin, float32."""
+    """`{"image_proj", "ip_adapter"}` of InstantID's ip-adapter.bin at the published
+    sizes, float32."""
     import torch
 
-    cad, dim = CROSS_ATTENTION_DIM, INSTANTID_DIM
-    w = _DeviceWeights(SEED_INSTANTID, torch.float32, device)
-    proj: dict = {"latents": w.randn(1, INSTANTID_QUERIES, dim, std=dim**-0.5)}
-    w.linear(proj, "proj_in", dim, ID_EMBED_DIM)
-    w.linear(proj, "proj_out", cad, dim)
-    w.layer_norm(proj, "norm_out", cad)
-    _perceiver_layers(w, proj, "", dim)
-
-    ip: dict = {}
-    for a in processor_layout():
-        if a["cross"]:
-            _ip_kv(w, ip, a["index"], a["hidden"], cad)
-    return {"image_proj": proj, "ip_adapter": ip}
+    return tiny_adapters.instantid_state_dict(
+        weights=_DeviceWeights(SEED_INSTANTID, torch.float32, device), layout=processor_layout(),
+        cad=CROSS_ATTENTION_DIM, dim=INSTANTID_DIM)
 
 
 def _save_half(model, dest: Path, variant: str | None = None) -> None:

@@ -113,25 +113,26 @@ def _ip_kv(w: _Weights, sd: dict, i: int, hidden: int, cad: int) -> None:
     w.linear(sd, f"{i}.to_v_ip", hidden, cad, bias=False)
 
 
-def faceid_plusv2_state_dict() -> dict:
-    """`{"image_proj", "ip_adapter"}` of IP-Adapter FaceID Plus v2 SDXL, float16."""
+def faceid_plusv2_state_dict(*, weights=None, layout=None, cad: int = CROSS_ATTENTION_DIM,
+                             clip_width: int = CLIP_VISION_WIDTH, lora_rank: int = FACEID_LORA_RANK) -> dict:
+    """`{"image_proj", "ip_adapter"}` of IP-Adapter FaceID Plus v2 SDXL, float16.
+    Tiny sizes by default; the full-size benchmark passes the published ones."""
     import torch
 
-    cad = CROSS_ATTENTION_DIM
-    w = _Weights(SEED_FACEID, torch.float16)
+    w = weights if weights is not None else _Weights(SEED_FACEID, torch.float16)
     proj: dict = {}
     w.linear(proj, "proj.0", ID_EMBED_DIM * FACEID_ID_MULT, ID_EMBED_DIM)
     w.linear(proj, "proj.2", cad * FACEID_TOKENS, ID_EMBED_DIM * FACEID_ID_MULT)
     w.layer_norm(proj, "norm", cad)
     r = "perceiver_resampler."
-    w.linear(proj, f"{r}proj_in", cad, CLIP_VISION_WIDTH)
+    w.linear(proj, f"{r}proj_in", cad, clip_width)
     w.linear(proj, f"{r}proj_out", cad, cad)
     w.layer_norm(proj, f"{r}norm_out", cad)
     _perceiver_layers(w, proj, r, cad)
 
     ip: dict = {}
-    rank = FACEID_LORA_RANK
-    for a in attention_processor_layout():
+    rank = lora_rank
+    for a in (layout if layout is not None else attention_processor_layout()):
         i, h = a["index"], a["hidden"]
         # LoRALinearLayer: down (rank, in), up (out, rank); small ups, like a trained LoRA
         for name, in_f in (("to_q", h), ("to_k", a["kv_in"]), ("to_v", a["kv_in"]), ("to_out", h)):
@@ -142,14 +143,14 @@ def faceid_plusv2_state_dict() -> dict:
     return {"image_proj": proj, "ip_adapter": ip}
 
 
-def instantid_state_dict() -> dict:
+def instantid_state_dict(*, weights=None, layout=None, cad: int = CROSS_ATTENTION_DIM,
+                         dim: int = INSTANTID_DIM) -> dict:
     """`{"image_proj", "ip_adapter"}` of InstantID's ip-adapter.bin, float32:
     the face Resampler (16 queries over the 512-d antelopev2 embedding) and the
     to_k_ip / to_v_ip of every cross-attention processor (odd indices)."""
     import torch
 
-    cad, dim = CROSS_ATTENTION_DIM, INSTANTID_DIM
-    w = _Weights(SEED_INSTANTID, torch.float32)
+    w = weights if weights is not None else _Weights(SEED_INSTANTID, torch.float32)
     proj: dict = {"latents": w.randn(1, INSTANTID_QUERIES, dim, std=dim**-0.5)}
     w.linear(proj, "proj_in", dim, ID_EMBED_DIM)
     w.linear(proj, "proj_out", cad, dim)
@@ -157,7 +158,7 @@ def instantid_state_dict() -> dict:
     _perceiver_layers(w, proj, "", dim)
 
     ip: dict = {}
-    for a in attention_processor_layout():
+    for a in (layout if layout is not None else attention_processor_layout()):
         if a["cross"]:
             _ip_kv(w, ip, a["index"], a["hidden"], cad)
     return {"image_proj": proj, "ip_adapter": ip}
