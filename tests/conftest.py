@@ -86,3 +86,15 @@ def photos_dir(tmp_path_factory) -> Path:
     t1 = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
     shutil.copy(t1, d / "t1.jpg")
     return d
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The models in tests are tiny: with several CPU threads, thread start-up and
+    waiting dominate (and cores are shared with subprocesses), so one is faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

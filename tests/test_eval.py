@@ -17,16 +17,6 @@ from PIL import Image, ImageOps
 from pipelines.errors import BadInput
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def eval_inputs(photos_dir, tmp_path_factory):
     """Two people, two photos each (a photo and its mirror image), and a prompts

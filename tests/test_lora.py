@@ -26,16 +26,6 @@ FAST = dict(steps=2, width=64, height=64, cfg=5.0, sampler="euler", seed=3)
 TRAIN_ARGS = ["--steps", "4", "--lr", "0.01", "--checkpoint-every", "2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory, tiny_models_dir, photos_dir):
     root = tmp_path_factory.mktemp("lora")

@@ -14,16 +14,6 @@ from PIL import Image, ImageOps
 from pipelines.scoring import describe, keep_best, score_image, scorer_pack, sort_key
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def engine(tiny_models_dir, tmp_path_factory):
     from pipelines.engine import Engine

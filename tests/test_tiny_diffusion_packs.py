@@ -17,15 +17,6 @@ PACKS = ("sdxl", "sdxl-vae", "faceid-plusv2-sdxl", "clip-vision", "instantid", "
 PROMPT = "a photo of a smiling woman"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # these models are tiny: on a shared 2-core machine extra threads only contend
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def packs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("diffusion-packs")

@@ -16,15 +16,6 @@ from pipelines.errors import BadInput, ModelError
 ASTRONAUT_KPS = np.array([[177, 111], [209, 112], [195, 130], [180, 152], [208, 152]], dtype=np.float64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: thread start-up and waiting dominate on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def store(tiny_models_dir):
     from pipelines.models.store import ModelStore
