@@ -61,6 +61,21 @@ class IdentityMethod(ABC):
         self.dtype = dtype
         self.loaded = False
 
+    def scale_for(self, request) -> float:
+        return request.scale if request.scale is not None else self.default_scale
+
+    def embedding_for(self, identity, raw: bool = False):
+        """The identity's embedding from this method's recogniser (normed, or raw);
+        a clear error when the identity was built without it."""
+        from ..errors import BadInput
+
+        table = None if identity is None else (identity.raw_embeddings if raw else identity.embeddings)
+        emb = None if table is None else table.get(self.recognizer)
+        if emb is None:
+            raise BadInput(f"the identity has no {self.recognizer} embedding (needed by {self.name}); "
+                           "re-create it from photos.")
+        return emb
+
     @abstractmethod
     def load(self, pipe) -> None:
         """Attach adapters/processors to `pipe` (idempotent)."""

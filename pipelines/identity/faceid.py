@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BadInput
 from .base import Conditioning, IdentityMethod
 
 MODEL = "ip-adapter-faceid-plusv2-sdxl"
@@ -94,10 +93,8 @@ class FaceIDPlusV2(IdentityMethod):
     def conditioning(self, pipe, identity, request, width, height) -> Conditioning:
         import torch
 
-        emb = identity.embeddings.get(self.recognizer) if identity is not None else None
-        if emb is None:
-            raise BadInput(f"the identity has no {self.recognizer} embedding (needed by FaceID); re-create it from photos.")
-        scale = request.scale if request.scale is not None else self.default_scale
+        emb = self.embedding_for(identity)
+        scale = self.scale_for(request)
         pipe.set_ip_adapter_scale(scale)
         # the attention LoRA is part of the adapter: full weight at the default scale,
         # fading to 0 with it, so scale 0 is exactly the base model

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BadInput
 from .base import Conditioning, ControlUnit, IdentityMethod
 
 MODEL = "instantid"
@@ -100,10 +99,8 @@ class InstantID(IdentityMethod):
 
         from ..pose.render import render_face_keypoints
 
-        raw = identity.raw_embeddings.get(self.recognizer) if identity is not None else None
-        if raw is None:
-            raise BadInput(f"the identity has no {self.recognizer} embedding (needed by InstantID); re-create it from photos.")
-        scale = request.scale if request.scale is not None else self.default_scale
+        raw = self.embedding_for(identity, raw=True)
+        scale = self.scale_for(request)
         pipe.set_ip_adapter_scale(scale)
         do_cfg = request.cfg > 1.0
         uncond, cond = self.face_tokens(pipe, raw)

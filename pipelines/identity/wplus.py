@@ -104,7 +104,7 @@ class WPlusAdapter(IdentityMethod):
         dirs = self.directions()
         edits = parse_edits(request.edits, dirs.keys()) if request.edits else []
         w_edit = apply_edits(w, edits, dirs) if edits else w
-        scale = request.scale if request.scale is not None else self.default_scale
+        scale = self.scale_for(request)
         schedule = DelayedScale(self.handle, scale, request.steps)
         recipe = {"scale": scale, "edits": [f"{n}={s:+g}" for n, s in edits],
                   "face_px": round(float(aligned.face_px), 1), "delay": schedule.delay}
