@@ -7,14 +7,18 @@ import gc
 
 
 def free_memory() -> None:
-    """Collect garbage and hand cached CUDA blocks back (best effort, no-op on CPU)."""
+    """Collect garbage and hand cached CUDA and MPS blocks back (best effort,
+    no-op on CPU)."""
     gc.collect()
     try:
         import torch
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001 - best effort
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            torch.mps.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort: freeing memory never fails a job
         pass
 
 

@@ -1,5 +1,6 @@
 """bench/generate.py: the speed report against plain diffusers (tiny demo models on
-CPU), and the full-size dry run's parameter counts. No timing thresholds: only that
+CPU), and the full-size dry run's parameter counts. The three benchmark runs
+are `slow` (a third of the default suite's time); the dry run and flag check stay. No timing thresholds: only that
 the report is complete, its numbers are positive and its ratios come from them."""
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def report(tiny_models_dir, tmp_path_factory):
     return json.loads(proc.stdout)  # stdout holds exactly one JSON object
 
 
+@pytest.mark.slow
 def test_report_describes_the_run(report):
     assert report["models"] == "tiny demo models: random weights"
     assert report["device"] == "cpu" and report["dtype"] == "float32"
@@ -48,6 +50,7 @@ def test_report_describes_the_run(report):
     assert report["threads"] == 1
 
 
+@pytest.mark.slow
 def test_report_times_and_ratios(report):
     plain = report["plain_seconds"]
     assert plain > 0
@@ -100,6 +103,7 @@ def test_bad_methods_flag_is_rejected(capsys, monkeypatch):
     assert "photomaker" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,args,ratio_key", [
     ("batch.py", ["--items", "2", "--rounds", "1", "--steps", "1", "--size", "64", "--device", "cpu",
                   "--dtype", "float32"], None),

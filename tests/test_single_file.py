@@ -13,8 +13,6 @@ import torch
 
 from pipelines.requests import GenerateRequest
 
-torch.set_num_threads(1)
-
 REQ = {"prompt": "a portrait", "method": "none", "steps": 2, "width": 64, "height": 64, "seed": 3, "sampler": "euler"}
 
 
