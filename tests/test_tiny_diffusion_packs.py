@@ -106,7 +106,7 @@ def test_sdxl_generates_64px_and_is_seeded(packs):
 
     pipe = _pipe(packs)
     assert pipe.unet.dtype == torch.float32
-    assert pipe.unet.config.cross_attention_dim == tiny_unet_config()["cross_attention_dim"] == 64
+    assert pipe.unet.config.cross_attention_dim == tiny_unet_config()["cross_attention_dim"] == 128
     assert pipe.vae_scale_factor == 8
     a = _generate(pipe, height=64, width=64)
     b = _generate(pipe, height=64, width=64)

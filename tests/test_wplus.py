@@ -339,14 +339,14 @@ def test_adapter_on_sdxl_unet_and_wrong_base_is_refused(adapter_sd):
     unet = build_unet()
     n = len(unet.attn_processors)
     idx = [i for i, _n, _m in cross_attention_layers(unet)]
-    assert idx == list(range(1, n, 2)) and unet.config.cross_attention_dim == 64
-    with pytest.raises(ModelError, match="cross-attention dim 64"):
+    assert idx == list(range(1, n, 2)) and unet.config.cross_attention_dim == 128
+    with pytest.raises(ModelError, match="cross-attention dim 128"):
         install_wplus(unet, adapter_sd)  # an SD1.5 adapter on an SDXL UNet
     assert unet.encoder_hid_proj is None
 
     g = torch.Generator().manual_seed(0)
     sample = torch.randn(1, 4, 8, 8, generator=g)
-    text = torch.randn(1, 77, 64, generator=g)
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
     added = {"text_embeds": torch.randn(1, 32, generator=g), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
     with torch.no_grad():
         base = unet(sample, 10, encoder_hidden_states=text, added_cond_kwargs=added).sample

@@ -13,7 +13,9 @@ with its FacePerceiverResampler, the InstantID Resampler, per-processor IP/LoRA
 weights), not through diffusers' classes, so loading them exercises diffusers'
 converters exactly as the real files do. What stays at published size: the 512-d
 insightface embedding input, 4 FaceID tokens, 16 InstantID queries, resampler depth
-4, head size 64, feed-forward ratio 4, the FaceID id-projection ratio 2.
+4, head size 64, feed-forward ratio 4, the FaceID id-projection ratio 2. Every
+attention has at least two heads (diffusers reads a resampler's head count as
+rows(to_q)/64, so both resamplers are 128 wide: 2 heads), so a head-order bug shows.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ FACEID_TOKENS = 4
 FACEID_ID_MULT = 2  # proj.0 is (512*2, 512)
 FACEID_LORA_RANK = 4  # 128 in the published file
 INSTANTID_QUERIES = 16
-INSTANTID_DIM = 64  # Resampler width: 1280 (20 heads) published, 1 head here
+INSTANTID_DIM = 128  # Resampler width: 1280 (20 heads of 64) published, 2 heads here
 CLIP_VISION_WIDTH = 32  # the resampler's proj_in input = CLIP hidden_states[-2] width
 
 
@@ -194,7 +196,7 @@ def build_clip_vision():
     return CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_vision_config())).eval()
 
 
-@pack("faceid-plusv2-sdxl", version=1)
+@pack("faceid-plusv2-sdxl", version=2)
 def build_faceid_plusv2(dest: Path) -> None:
     _torch_save(faceid_plusv2_state_dict(), Path(dest) / FACEID_FILE)
 
@@ -204,7 +206,7 @@ def build_clip_vision_pack(dest: Path) -> None:
     build_clip_vision().save_pretrained(Path(dest) / IMAGE_ENCODER_DIR, safe_serialization=True)
 
 
-@pack("instantid", version=2)
+@pack("instantid", version=3)
 def build_instantid(dest: Path) -> None:
     dest = Path(dest)
     _torch_save(instantid_state_dict(), dest / INSTANTID_FILE)

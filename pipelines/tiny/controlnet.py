@@ -59,6 +59,6 @@ def write_controlnet(dest: Path, seed: int) -> None:
     to_half(build_controlnet(seed)).save_pretrained(Path(dest), safe_serialization=True)
 
 
-@pack("controlnet-openpose-sdxl", version=2)
+@pack("controlnet-openpose-sdxl", version=3)
 def build_openpose_controlnet(dest: Path) -> None:
     write_controlnet(Path(dest), SEED_OPENPOSE)

@@ -2,11 +2,12 @@
 layout, fp16 variant files) and `sdxl-vae` (madebyollin/sdxl-vae-fp16-fix).
 
 The shapes follow diffusers' own SDXL test components (two-level UNet 32/64 with
-text-time conditioning, two CLIP text encoders of width 32 whose penultimate states
-concatenate to the UNet's cross-attention width 64, the second with a 32-d pooled
-projection). The cross-attention width is 64 on purpose: IP-Adapter Plus / FaceID
-Plus resamplers in diffusers infer their head count as rows/64, so 64 is the
-smallest width they accept. The VAE has four levels so that, as in real SDXL, an
+text-time conditioning, two CLIP text encoders of widths 48 and 80 (as 768 and 1280)
+whose penultimate states concatenate to the UNet's cross-attention width 128, the
+second with a 32-d pooled projection). The cross-attention width is 128 on purpose:
+the FaceID Plus perceiver resampler works at the cross-attention width, and diffusers
+infers its head count as rows(to_q)/64, so 128 is the smallest width that gives it
+two heads (the published one has 32), which a head-order bug needs to show. The VAE has four levels so that, as in real SDXL, an
 image is 8x the latent size (a 64x64 image is an 8x8 latent, and a ControlNet with
 the stock conditioning embedding fits it unchanged).
 
@@ -29,10 +30,11 @@ SEED_TEXT_ENCODER = 2
 SEED_TEXT_ENCODER_2 = 3
 SEED_VAE_FIX = 4
 
-CROSS_ATTENTION_DIM = 64  # = text_encoder width + text_encoder_2 width
-# CLIP-L and OpenCLIP-bigG stand-ins: different widths (as 768 / 1280 are), summing to the
-# cross-attention width; diffusers' single-file loader tells the two encoders apart by width
-TEXT_WIDTH, TEXT_WIDTH_2 = 24, 40
+CROSS_ATTENTION_DIM = 128  # = text_encoder width + text_encoder_2 width
+# CLIP-L and OpenCLIP-bigG stand-ins: different widths in the published ratio (768 : 1280),
+# summing to the cross-attention width; diffusers' single-file loader tells the two
+# encoders apart by width
+TEXT_WIDTH, TEXT_WIDTH_2 = 48, 80
 POOLED_DIM = 32  # text_encoder_2 projection_dim
 TIME_EMBED_DIM = 8  # addition_time_embed_dim; 6 time ids each get one embedding
 
@@ -168,7 +170,7 @@ def model_index() -> dict:
     }
 
 
-@pack("sdxl", version=2)
+@pack("sdxl", version=3)
 def build_sdxl(dest: Path) -> None:
     """SDXL base layout with fp16 variant weights (`*.fp16.safetensors`), stored in
     float16 like the published files."""
@@ -204,7 +206,7 @@ def build_sdxl_vae(dest: Path) -> None:
     build_vae_fix().save_pretrained(Path(dest), safe_serialization=True)
 
 
-@pack("sdxl-config", version=2)
+@pack("sdxl-config", version=3)
 def build_sdxl_config(dest: Path) -> None:
     """The SDXL base repo without its weights: model_index, configs, scheduler and
     tokenizers, which `from_single_file` needs beside a user's own checkpoint."""
