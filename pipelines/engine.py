@@ -163,8 +163,10 @@ class Engine:
                 self._analyzers[pack] = FaceAnalyzer(self.store, self.settings, pack)
             return self._analyzers[pack]
 
-    def identity(self, photos: list[str] | None = None, card: str | None = None, packs: tuple[str, ...] = ()):
-        """An identity from photos (analysed once, cached by content) or a saved card."""
+    def identity(self, photos: list[str] | None = None, card: str | None = None, packs: tuple[str, ...] = (),
+                 faces: dict[str, int] | None = None):
+        """An identity from photos (analysed once, cached by content and face choice)
+        or a saved card. `faces`: photo -> face number to use (1 = the largest)."""
         from .faces.identity import build_identity, load_card
         from .imageio import load_photo_array
 
@@ -175,22 +177,26 @@ class Engine:
         h = hashlib.sha256()
         for p in photos:
             h.update(_file_digest(p).encode())
-        key = h.hexdigest() + "|" + ",".join(sorted(packs))
+        chosen = [(faces or {}).get(str(p)) for p in photos]
+        key = h.hexdigest() + "|" + ",".join(sorted(packs)) + "|" + ",".join(str(k or 1) for k in chosen)
         with self._lock:
             if key in self._identities:
                 return self._identities[key]
-        loaded, failed = [], []
-        for p in photos:
+        loaded, failed, loaded_faces = [], [], []
+        for p, k in zip(photos, chosen):
             try:
-                loaded.append((str(p), load_photo_array(p, max_pixels=self.settings.max_image_pixels,
-                                                         max_side=self.settings.max_photo_side)))
+                rgb = load_photo_array(p, max_pixels=self.settings.max_image_pixels,
+                                       max_side=self.settings.max_photo_side)
             except BadInput as exc:
                 failed.append({"file": str(p), "reason": str(exc)})
+                continue
+            loaded.append((str(p), rgb))
+            loaded_faces.append(k)
         if not loaded:
             raise BadInput(failed[0]["reason"] if len(failed) == 1 else
                            "no usable photo: " + "; ".join(f["reason"] for f in failed))
         analyzers = {pk: self.analyzer(pk) for pk in packs}
-        identity = build_identity(loaded, analyzers).identity
+        identity = build_identity(loaded, analyzers, faces=loaded_faces).identity
         identity.excluded.extend((f["file"], f["reason"]) for f in failed)
         with self._lock:
             self._identities[key] = identity
@@ -262,7 +268,7 @@ class Engine:
             identity = None
             if method_cls is not None:
                 packs = (method_cls.recognizer,) if method_cls.recognizer else ()
-                identity = self.identity(req.photos or None, req.identity_card, packs)
+                identity = self.identity(req.photos or None, req.identity_card, packs, req.face_index)
             pipe = self.pipeline(req.base_model, req.vae)
             method = self.use_method(req.method, pipe)
             width, height = self.resolve_size(req, family)

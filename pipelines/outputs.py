@@ -62,7 +62,8 @@ def ensure_identity_card(settings, identity) -> Path:
 def build_recipe(engine, req, cond, identity, seed: int, width: int, height: int) -> dict:
     settings = engine.settings
     method = engine._method
-    request = req.model_dump(exclude={"out_dir", "photos", "identity_card"})
+    # the photos (and the face chosen in each) live in the identity card the recipe names
+    request = req.model_dump(exclude={"out_dir", "photos", "identity_card", "face_index"})
     request.update(seed=seed, count=1, width=width, height=height)
     recipe = {
         "app": "likeness",
@@ -94,6 +95,8 @@ def build_recipe(engine, req, cond, identity, seed: int, width: int, height: int
             "hash": identity.hash,
             "card": str(card),
             "photos": [str(p) for p in getattr(identity, "sources", [])],
+            # per used photo: faces found, the face number used (1 = the largest), its box
+            "faces": [{**c.as_dict(), "file": Path(c.source).name} for c in getattr(identity, "faces", [])],
         }
     return recipe
 

@@ -39,6 +39,9 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     photos: list[str] = Field(default_factory=list, max_length=50)
+    # which face to use in a photo that shows several: photo (as in `photos`) -> face
+    # number, 1 = the largest, then by decreasing box area (pipelines/faces/analysis.py)
+    face_index: dict[str, int] = Field(default_factory=dict, max_length=50)
     identity_card: str | None = None
     prompt: str = Field(min_length=1, max_length=4000)
     negative: str = Field(default="", max_length=4000)
@@ -91,6 +94,11 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"method {self.method!r} needs photos or an identity card")
         if self.photos and self.identity_card:
             raise ValueError("give photos or an identity card, not both")
+        for photo, k in self.face_index.items():
+            if photo not in self.photos:
+                raise ValueError(f"face_index names {photo!r}, which is not one of the photos")
+            if not 1 <= k <= 100:
+                raise ValueError(f"face_index {k} for {photo!r} must be between 1 (the largest face) and 100")
         if self.pose_end < self.pose_start:
             raise ValueError(f"pose_end {self.pose_end} is before pose_start {self.pose_start}")
         if self.keep is not None and self.keep > self.count:

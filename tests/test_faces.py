@@ -305,12 +305,12 @@ class StubAnalyzer:
     def __init__(self, vectors: dict[str, np.ndarray], pack: str):
         self.vectors, self.pack = vectors, pack
 
-    def analyze(self, rgb, source):
+    def analyze(self, rgb, source, face_index=None):
         if source not in self.vectors:
             raise NoFaceFound(f"no face found in {source}.")
         return self._face(source)
 
-    def embed_detection(self, rgb, det, source, n_faces=1):
+    def embed_detection(self, rgb, det, source, n_faces=1, face_index=1):
         return self._face(source)
 
     def _face(self, source):
@@ -436,3 +436,143 @@ def test_broken_identity_cards_are_named(identity, tmp_path):
             load_card(tmp_path / name)
     with pytest.raises(BadInput, match="does not exist"):
         load_card(tmp_path / "missing")
+
+
+# -- several faces in a photo: numbered, reported, selectable ----------------------
+
+
+def test_faces_are_numbered_largest_first_with_a_stable_tie_order():
+    from pipelines.faces import rank_faces
+    from pipelines.faces.detectors import DetectedFace
+
+    kps = np.zeros((5, 2), np.float32)
+
+    def det(x1, y1, w, h):
+        return DetectedFace(np.array([x1, y1, x1 + w, y1 + h], np.float32), kps, 0.9)
+
+    small, big = det(0, 0, 10, 10), det(50, 50, 30, 30)
+    right, left, low = det(200, 0, 20, 20), det(100, 0, 20, 20), det(100, 90, 20, 20)  # equal areas
+    for order in ([small, right, big, low, left], [low, left, right, small, big]):
+        ranked = rank_faces(order)
+        assert [d.bbox.tolist() for d in ranked] == [d.bbox.tolist() for d in (big, left, low, right, small)]
+
+
+def test_group_photo_faces_can_be_chosen_by_number(analyzers, photos_dir):
+    an = analyzers["buffalo_l"]
+    img = rgb(photos_dir / "t1.jpg")
+    dets = an.detect(img, "t1.jpg")
+    assert len(dets) == 6  # MTCNN finds the six people of insightface's t1.jpg
+    areas = [d.area for d in dets]
+    assert areas == sorted(areas, reverse=True)
+    for k in (1, 2, 6):
+        face = an.analyze(img, "t1.jpg", face_index=k)
+        assert np.array_equal(face.bbox, dets[k - 1].bbox) and face.face_index == k and face.n_faces == 6
+    assert not np.array_equal(an.analyze(img, "t1.jpg", face_index=2).embedding, an.analyze(img, "t1.jpg").embedding)
+    with pytest.raises(BadInput, match=r"face 7 .*t1.jpg.* 6 faces \(numbered 1-6, largest first\)"):
+        an.analyze(img, "t1.jpg", face_index=7)
+    with pytest.raises(BadInput, match="face 2 .*astronaut.png.* 1 face "):
+        an.analyze(rgb(photos_dir / "astronaut.png"), "astronaut.png", face_index=2)
+
+
+def test_identity_reports_and_keeps_the_chosen_face(analyzers, photos_dir, astronaut, tmp_path):
+    from pipelines.faces import FaceChoice, box_crop
+
+    img = rgb(photos_dir / "t1.jpg")
+    dets = analyzers["buffalo_l"].detect(img, "t1.jpg")
+    default = build_identity([("t1.jpg", img)], analyzers)
+    third = build_identity([("t1.jpg", img)], analyzers, faces=[3])
+    (c1,), (c3,) = default.identity.faces, third.identity.faces
+    assert (c1.faces, c1.face, c1.note) == (6, 1, "6 faces, used the largest")
+    assert (c3.faces, c3.face, c3.note) == (6, 3, "6 faces, used face 3")
+    assert np.allclose(c3.bbox, dets[2].bbox) and np.array_equal(third.identity.bbox, dets[2].bbox)
+    assert third.photos[0].reason == "6 faces, used face 3" and third.photos[0].face == 3
+    assert third.identity.group_photos == [c3]
+    # the other packs embed the very same face
+    for pack in PACKS:
+        assert not np.allclose(default.identity.embeddings[pack], third.identity.embeddings[pack])
+    # a photo with one face is no group photo
+    single = build_identity([("astronaut.png", astronaut), ("t1.jpg", img)], analyzers, faces=[None, 2],
+                            outlier_threshold=-1.0)
+    assert [c.note for c in single.identity.faces] == ["", "6 faces, used face 2"]
+    assert len(single.identity.group_photos) == 1
+    # an out-of-range number leaves that photo out with the reason, others carry on
+    partial = build_identity([("astronaut.png", astronaut), ("t1.jpg", img)], analyzers, faces=[None, 9])
+    assert partial.identity.used == ["astronaut.png"] and "face 9" in dict(partial.identity.excluded)["t1.jpg"]
+    # the choice survives the identity card
+    back = load_card(save_card(third.identity, tmp_path / "group"))
+    assert back.faces == [c3] and FaceChoice.from_dict(c3.as_dict()) == c3
+    # a thumbnail to show the face by: square, around the box, inside the image
+    thumb = box_crop(img, dets[2].bbox)
+    side = max(dets[2].width, dets[2].height) * 1.5
+    assert abs(thumb.shape[0] - side) <= 2 and abs(thumb.shape[1] - side) <= 2
+
+
+def test_cli_face_index_applies_to_the_photo_before_it(capsys):
+    import argparse
+
+    from pipelines.cli import generate
+
+    parser = argparse.ArgumentParser()
+    generate.register(parser.add_subparsers())
+    args = parser.parse_args(["generate", "--photo", "a.jpg", "--photo", "t1.jpg", "--face-index", "3",
+                              "--photo", "b.jpg", "--prompt", "x"])
+    assert args.face_index == {"t1.jpg": 3}
+    data = generate.request_from_args(args, load_settings(demo=True))
+    assert data["photos"] == ["a.jpg", "t1.jpg", "b.jpg"] and data["face_index"] == {"t1.jpg": 3}
+    for argv, msg in ((["--face-index", "2", "--photo", "a.jpg"], "right after the --photo"),
+                      (["--photo", "a.jpg", "--face-index", "2", "--face-index", "3"], "twice")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["generate", *argv, "--prompt", "x"])
+        assert msg in capsys.readouterr().err
+
+
+def test_request_face_index_names_a_photo_and_a_valid_number():
+    from pipelines.requests import GenerateRequest, validate_request
+
+    ok = validate_request(GenerateRequest, {"prompt": "x", "photos": ["t1.jpg"], "face_index": {"t1.jpg": 2}})
+    assert ok.face_index == {"t1.jpg": 2}
+    with pytest.raises(BadInput, match="face_index names 'other.jpg'"):
+        validate_request(GenerateRequest, {"prompt": "x", "photos": ["t1.jpg"], "face_index": {"other.jpg": 2}})
+    with pytest.raises(BadInput, match="face_index 0"):
+        validate_request(GenerateRequest, {"prompt": "x", "photos": ["t1.jpg"], "face_index": {"t1.jpg": 0}})
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models_dir, tmp_path_factory):
+    from pipelines.engine import Engine
+
+    out = tmp_path_factory.mktemp("faces-engine")
+    return Engine(load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
+                                device="cpu", dtype="float32", demo=True))
+
+
+def test_generate_with_a_chosen_face_reports_it_everywhere(engine, photos_dir, capsys):
+    from pipelines.cli.generate import cmd_generate, register
+    from pipelines.metadata import read_recipe
+    from pipelines.requests import GenerateRequest
+
+    t1 = str(photos_dir / "t1.jpg")
+    fast = dict(prompt="a portrait", method="faceid", steps=2, width=64, height=64, seed=3, sampler="euler")
+    first = engine.generate(GenerateRequest(photos=[t1], **fast))
+    fourth = engine.generate(GenerateRequest(photos=[t1], face_index={t1: 4}, **fast))
+    assert first.identity.hash != fourth.identity.hash  # another person
+    recipe = read_recipe(fourth.images[0].path)
+    (entry,) = recipe["identity"]["faces"]
+    assert entry["file"] == "t1.jpg" and entry["faces"] == 6 and entry["face"] == 4
+    assert entry["note"] == "6 faces, used face 4" and len(entry["bbox"]) == 4
+    assert "face_index" not in recipe["request"]  # the card holds the choice; the request names no local file
+    assert read_recipe(first.images[0].path)["identity"]["faces"][0]["note"] == "6 faces, used the largest"
+    # the command line says so, with the face's box and how to choose another
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["generate", "--photo", t1, "--face-index", "4", "--prompt", "a portrait",
+                              "--steps", "2", "--width", "64", "--height", "64", "--seed", "3",
+                              "--out", str(engine.settings.outputs_dir / "cli")])
+    capsys.readouterr()
+    assert cmd_generate(args, engine.settings) == 0
+    err = capsys.readouterr().err
+    x1, y1, x2, y2 = (int(round(v)) for v in entry["bbox"])
+    assert f"t1.jpg: 6 faces, used face 4 (face box x {x1}-{x2}, y {y1}-{y2})" in err
+    assert "--face-index N (1-6)" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
@@ -9,6 +10,10 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="generate portraits of a person")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--photo", action="append", default=[], metavar="FILE", help="a photo of the person (repeatable)")
+    p.add_argument("--face-index", action=FaceIndexAction, type=int, metavar="N",
+                   help="in a photo with several faces, use face N of the --photo just before it: faces are "
+                        "numbered largest first by box area, 1 (the default) is the largest; the output "
+                        "says how many faces each photo has")
     src.add_argument("--identity", metavar="CARD", help="a saved identity card instead of photos")
     src.add_argument("--recipe", metavar="PNG", help="reproduce the image a Likeness PNG was made from")
     p.add_argument("--preset", metavar="NAME", help="start from a portrait preset (`presets list`); --prompt then "
@@ -54,6 +59,21 @@ _FIELDS = {
 }
 
 
+class FaceIndexAction(argparse.Action):
+    """`--photo FILE --face-index N`: the face number applies to the --photo
+    given just before it (argparse handles options in command-line order)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        photos = getattr(namespace, "photo", None) or []
+        if not photos:
+            parser.error(f"{option_string} {values}: put it right after the --photo FILE it applies to")
+        chosen = dict(getattr(namespace, self.dest, None) or {})
+        if photos[-1] in chosen:
+            parser.error(f"{option_string} is given twice for --photo {photos[-1]}")
+        chosen[photos[-1]] = values
+        setattr(namespace, self.dest, chosen)
+
+
 def request_from_args(args, settings) -> dict:
     from ..errors import BadInput
 
@@ -79,6 +99,8 @@ def request_from_args(args, settings) -> dict:
             data[field] = v
     if args.photo:
         data["photos"] = list(args.photo)
+        if getattr(args, "face_index", None):
+            data["face_index"] = dict(args.face_index)
     if getattr(args, "edit", None):
         data["edits"] = list(args.edit)
     if args.identity:
@@ -121,6 +143,9 @@ def cmd_generate(args, settings) -> int:
     result = engine.generate(req)
     for ex in result.excluded:
         print(f"left out {ex.get('file')}: {ex.get('reason')}", file=sys.stderr)
+    for choice in getattr(result.identity, "group_photos", []):
+        print(f"{choice.source}: {choice.note} (face box {choice.box_text()}); to use another, give "
+              f"--face-index N (1-{choice.faces}) right after --photo {choice.source}", file=sys.stderr)
     if args.save_identity and result.identity is not None:
         from ..faces.identity import save_card
 

@@ -1,4 +1,4 @@
-"""Face analysis: detect, pick the largest face, gate on quality, align, embed.
+"""Face analysis: detect, number the faces, pick one, gate on quality, align, embed.
 
 `FaceAnalyzer` wraps one insightface pack ("buffalo_l" for IP-Adapter FaceID,
 "antelopev2" for InstantID). It asks the model store for the pack's folder,
@@ -9,6 +9,12 @@ models on first use and keeps them resident.
 Detection: the pack's SCRFD with real models; MTCNN in demo mode (the tiny
 SCRFD cannot find real faces). Embeddings always come from the pack's own
 ArcFace, so in demo mode they are the tiny recogniser's.
+
+Face numbers: the faces of a photo that pass the score gate are numbered 1..n,
+largest first by box area (x2-x1)*(y2-y1); equal areas go left to right, then
+top to bottom (`rank_faces`). Face 1, the largest, is used unless the caller
+asks for another number (`--face-index`, a job file's `face`, a click in the UI).
+The order depends only on the boxes, so a number names the same face every run.
 """
 
 from __future__ import annotations
@@ -56,6 +62,35 @@ class Face(BoxGeometry):
     image_size: tuple[int, int]  # (width, height) of the analysed image
     pack: str
     n_faces: int = 1  # faces passing the score gate in the image (group check)
+    face_index: int = 1  # this face's number in the image (1 = the largest; see `rank_faces`)
+
+
+def rank_faces(faces: list[DetectedFace]) -> list[DetectedFace]:
+    """`faces` in face-number order: largest box area first, ties left to right,
+    then top to bottom (a total order on the boxes, so numbers are stable)."""
+    return sorted(faces, key=lambda f: (-f.area, float(f.bbox[0]), float(f.bbox[1])))
+
+
+def box_crop(rgb: np.ndarray, bbox, margin: float = 0.25) -> np.ndarray:
+    """A square RGB crop around a face box with `margin` of its size on each side,
+    clipped to the image (a thumbnail to show or pick a face by; not a model input)."""
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    half = max(x2 - x1, y2 - y1) * (0.5 + margin)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    h, w = rgb.shape[:2]
+    left, top = max(int(cx - half), 0), max(int(cy - half), 0)
+    right, bottom = min(int(cx + half) + 1, w), min(int(cy + half) + 1, h)
+    return np.ascontiguousarray(rgb[top:bottom, left:right])
+
+
+def _pick(good: list[DetectedFace], face_index: int | None, source: str) -> DetectedFace:
+    k = 1 if face_index is None else int(face_index)
+    if not 1 <= k <= len(good):
+        count = f"{len(good)} face" + ("s" if len(good) != 1 else "")
+        raise BadInput(
+            f"face {k} was asked for in {source}, which has {count} (numbered 1-{len(good)}, largest first)."
+        )
+    return good[k - 1]
 
 
 def expected_files(pack: str) -> list[str]:
@@ -75,7 +110,9 @@ def check_pack_folder(folder: Path | str, pack: str) -> Path:
     folder = Path(folder)
     files = expected_files(pack)
     listing = ", ".join(files)
-    fix = f"run `launch.py models download {pack}` or put those files directly in that folder"
+    from ..models.bundles import model_command
+
+    fix = f"run `{model_command(pack)}` or put those files directly in that folder"
     if not folder.is_dir():
         raise ModelMissing(f"insightface pack {pack} not found: expected folder {folder} with {listing}; {fix}.")
     missing = [f for f in files if not (folder / f).is_file() or (folder / f).stat().st_size == 0]
@@ -189,20 +226,22 @@ class FaceAnalyzer:
 
     # -- analysis ---------------------------------------------------------
     def detect(self, rgb: np.ndarray, source: str = "image") -> list[DetectedFace]:
-        """All detections passing the score gate, largest first (no embeddings)."""
+        """All detections passing the score gate, in face-number order (largest
+        first, `rank_faces`; no embeddings)."""
         rgb = _check_rgb(rgb, source)
         with self._lock:
             self._load()
             faces = self._detector.detect(rgb)  # type: ignore[union-attr]
-        good = [f for f in faces if f.det_score >= self.min_det_score]
-        return sorted(good, key=lambda f: f.area, reverse=True)
+        return rank_faces([f for f in faces if f.det_score >= self.min_det_score])
 
-    def analyze(self, rgb: np.ndarray, source: str) -> Face:
-        """The largest face in `rgb` (by (x2-x1)*(y2-y1)), gated and embedded.
+    def analyze(self, rgb: np.ndarray, source: str, face_index: int | None = None) -> Face:
+        """Face number `face_index` of `rgb` (1, the default, is the largest by
+        (x2-x1)*(y2-y1); see `rank_faces`), gated and embedded.
 
-        Raises `NoFaceFound` naming `source` when there is no face, and
-        `FaceQualityError` with the measured value when the best face scores
-        under `min_det_score` or is smaller than `min_face_px`."""
+        Raises `NoFaceFound` naming `source` when there is no face, `BadInput`
+        when `face_index` is not one of the faces found, and `FaceQualityError`
+        with the measured value when the faces score under `min_det_score` or
+        the chosen one is smaller than `min_face_px`."""
         rgb = _check_rgb(rgb, source)
         with self._lock:
             self._load()
@@ -218,29 +257,34 @@ class FaceAnalyzer:
                 f"the face in {source} was detected with score {best.det_score:.2f}, below the minimum "
                 f"{self.min_det_score:.2f}; use a sharper, better-lit photo."
             )
-        chosen = max(good, key=lambda f: f.area)
+        good = rank_faces(good)
+        k = 1 if face_index is None else int(face_index)
+        chosen = _pick(good, k, source)
         if chosen.size < self.min_face_px:
             raise FaceQualityError(
                 f"the face in {source} is {chosen.width:.0f}x{chosen.height:.0f} px, smaller than the minimum "
                 f"{self.min_face_px} px; use a photo where the face is larger."
             )
-        return self._complete(rgb, chosen, source, n_faces=len(good))
+        return self._complete(rgb, chosen, source, n_faces=len(good), face_index=k)
 
     def detect_all(self, rgb: np.ndarray, source: str = "image") -> list[Face]:
-        """Every face passing the score gate, largest first, each embedded (for
-        group checks; no size gate, `Face.size` tells the caller)."""
+        """Every face passing the score gate, in face-number order, each embedded
+        (for group checks; no size gate, `Face.size` tells the caller)."""
         dets = self.detect(rgb, source)
-        return [self._complete(rgb, d, source, n_faces=len(dets)) for d in dets]
+        return [self._complete(rgb, d, source, n_faces=len(dets), face_index=i)
+                for i, d in enumerate(dets, start=1)]
 
-    def embed_detection(self, rgb: np.ndarray, det: DetectedFace | Face, source: str, n_faces: int = 1) -> Face:
+    def embed_detection(self, rgb: np.ndarray, det: DetectedFace | Face, source: str, n_faces: int = 1,
+                        face_index: int = 1) -> Face:
         """This pack's `Face` for a face another analyzer already found (same
         box and keypoints), so several recognisers embed the very same face."""
         rgb = _check_rgb(rgb, source)
         if isinstance(det, Face):
             det = DetectedFace(bbox=det.bbox, kps=det.kps, det_score=det.det_score)
-        return self._complete(rgb, det, source, n_faces=n_faces)
+        return self._complete(rgb, det, source, n_faces=n_faces, face_index=face_index)
 
-    def _complete(self, rgb: np.ndarray, det: DetectedFace, source: str, n_faces: int) -> Face:
+    def _complete(self, rgb: np.ndarray, det: DetectedFace, source: str, n_faces: int,
+                  face_index: int = 1) -> Face:
         with self._lock:
             self._load()
             emb, crop112 = self._recognizer.embed(rgb, det.kps)  # type: ignore[union-attr]
@@ -258,4 +302,5 @@ class FaceAnalyzer:
             image_size=(int(rgb.shape[1]), int(rgb.shape[0])),
             pack=self.pack,
             n_faces=n_faces,
+            face_index=face_index,
         )

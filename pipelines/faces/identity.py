@@ -1,7 +1,10 @@
 """One person's identity from one or more photos, and its "identity card" file.
 
 `build_identity` analyses every photo (the first analyzer detects; every
-analyzer embeds that same face with its own recogniser), reports photos without
+analyzer embeds that same face with its own recogniser), uses the face the caller
+chose in each photo (face 1, the largest, unless told otherwise; numbering in
+`analysis.rank_faces`) and records the choice where a photo shows several faces
+(`FaceChoice`: "6 faces, used the largest", with the face box), reports photos without
 a usable face and carries on with the rest, leaves out photos whose embedding
 disagrees with the others, and averages the remaining ones:
 
@@ -13,7 +16,8 @@ disagrees with the others, and averages the remaining ones:
 The identity card is one safetensors file: the tensors (`embedding.<pack>`,
 `raw_embedding.<pack>`, `crops` (n, 224, 224, 3) uint8, `kps` (5, 2), `bbox`
 (4,)) plus the JSON-able facts as string entries of the safetensors header's
-`__metadata__` (format, version, name, hash, image_size, used, excluded). One
+`__metadata__` (format, version, name, hash, image_size, used, excluded, and
+`faces`, the face choices, optional when read). One
 file written atomically, so a card is never half-written or out of step with a
 sidecar.
 """
@@ -39,6 +43,39 @@ CARD_VERSION = "1"
 CARD_SUFFIX = ".safetensors"
 
 
+@dataclass(frozen=True)
+class FaceChoice:
+    """Which face of a used photo went into the identity: face number `face`
+    (1 = the largest) of `faces` found, with its box (x1, y1, x2, y2) in that
+    photo's pixels."""
+
+    source: str
+    faces: int
+    face: int
+    bbox: tuple[float, float, float, float]
+
+    @property
+    def note(self) -> str:
+        """"6 faces, used the largest", "6 faces, used face 3", or "" for one face."""
+        if self.faces <= 1:
+            return ""
+        which = "the largest" if self.face == 1 else f"face {self.face}"
+        return f"{self.faces} faces, used {which}"
+
+    def box_text(self) -> str:
+        x1, y1, x2, y2 = (int(round(v)) for v in self.bbox)
+        return f"x {x1}-{x2}, y {y1}-{y2}"
+
+    def as_dict(self) -> dict:
+        return {"file": self.source, "faces": self.faces, "face": self.face,
+                "bbox": [round(float(v), 1) for v in self.bbox], "note": self.note}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "FaceChoice":
+        x1, y1, x2, y2 = (float(v) for v in d["bbox"])
+        return cls(str(d["file"]), int(d["faces"]), int(d["face"]), (x1, y1, x2, y2))
+
+
 @dataclass
 class Identity:
     """Per-recogniser embeddings of one person plus what the methods need of
@@ -55,6 +92,12 @@ class Identity:
     image_size: tuple[int, int]  # (width, height) of the reference image
     used: list[str]  # photos averaged into the identity, reference first
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (photo, reason)
+    faces: list[FaceChoice] = field(default_factory=list)  # the face used in each used photo
+
+    @property
+    def group_photos(self) -> list[FaceChoice]:
+        """The used photos that show several faces (the user may want another one)."""
+        return [c for c in self.faces if c.faces > 1]
 
     @property
     def sources(self) -> list[str]:
@@ -86,6 +129,7 @@ class PhotoOutcome:
     reason: str = ""  # why it was left out (or a note, e.g. several faces)
     similarity: float | None = None  # cosine to the mean of the other used photos
     faces: int = 0  # faces found (passing the score gate)
+    face: int = 0  # the face number used (1 = the largest); 0 when no face was analysed
 
 
 @dataclass
@@ -172,13 +216,17 @@ def build_identity(
     analyzers: Mapping[str, FaceAnalyzer],
     outlier_threshold: float = OUTLIER_THRESHOLD,
     name: str = "identity",
+    faces: Sequence[int | None] | None = None,
 ) -> IdentityReport:
     """Combine `photos` ((source, RGB uint8)) into one `Identity` with an
-    embedding per analyzer's pack. Photos without a usable face are reported
-    and skipped; if none is usable, a single photo's own error is raised, or
-    `NoFaceFound` listing every photo's reason."""
+    embedding per analyzer's pack. `faces[i]` is the face number to use in
+    photo i (None or 1: the largest). Photos without a usable face (or without
+    the asked-for face) are reported and skipped; if none is usable, a single
+    photo's own error is raised, or `NoFaceFound` listing every photo's reason."""
     if not photos:
         raise BadInput("no photos given; add at least one photo of the person.")
+    if faces is not None and len(faces) != len(photos):
+        raise ValueError(f"build_identity: {len(faces)} face numbers for {len(photos)} photos")
     if not analyzers:
         raise ValueError("build_identity needs at least one FaceAnalyzer")
     packs = list(analyzers)
@@ -190,14 +238,15 @@ def build_identity(
     errors: dict[int, BadInput] = {}
     for idx, (source, rgb) in enumerate(photos):
         try:
-            face = primary.analyze(rgb, source)
-            faces = {packs[0]: face}
+            face = primary.analyze(rgb, source, face_index=None if faces is None else faces[idx])
+            by_pack = {packs[0]: face}
             for pack in packs[1:]:
-                faces[pack] = analyzers[pack].embed_detection(rgb, face, source, n_faces=face.n_faces)
-        except BadInput as exc:  # NoFaceFound, FaceQualityError, a bad array
+                by_pack[pack] = analyzers[pack].embed_detection(rgb, face, source, n_faces=face.n_faces,
+                                                               face_index=face.face_index)
+        except BadInput as exc:  # NoFaceFound, FaceQualityError, a face number not found, a bad array
             errors[idx] = exc
             continue
-        analysed.append((idx, faces))
+        analysed.append((idx, by_pack))
 
     if not analysed:
         if len(photos) == 1:
@@ -211,17 +260,22 @@ def build_identity(
     outcomes: dict[int, PhotoOutcome] = {
         i: PhotoOutcome(photos[i][0], used=False, reason=str(e)) for i, e in errors.items()
     }
-    for j, (idx, faces) in enumerate(analysed):
-        source, n_faces = photos[idx][0], faces[packs[0]].n_faces
+    choices: dict[int, FaceChoice] = {}
+    for j, (idx, by_pack) in enumerate(analysed):
+        face = by_pack[packs[0]]
+        source, n_faces = photos[idx][0], face.n_faces
+        choice = FaceChoice(source, n_faces, face.face_index, tuple(float(v) for v in face.bbox))  # type: ignore[arg-type]
+        choices[idx] = choice
         if j in outliers:
             reason = (
                 f"its face does not match the other photos (similarity {outliers[j]:.2f} < "
                 f"{outlier_threshold:.2f}); is it the same person?"
             )
-            outcomes[idx] = PhotoOutcome(source, False, reason, outliers[j], n_faces)
+            if choice.note:
+                reason += f" ({choice.note}; another face can be chosen)"
+            outcomes[idx] = PhotoOutcome(source, False, reason, outliers[j], n_faces, face.face_index)
         else:
-            note = f"{n_faces} faces; used the largest" if n_faces > 1 else ""
-            outcomes[idx] = PhotoOutcome(source, True, note, sims.get(j), n_faces)
+            outcomes[idx] = PhotoOutcome(source, True, choice.note, sims.get(j), n_faces, face.face_index)
     report = [outcomes[i] for i in range(len(photos))]
 
     used = [analysed[j][1] for j in kept]
@@ -236,6 +290,7 @@ def build_identity(
         image_size=ref.image_size,
         used=[o.source for o in report if o.used],
         excluded=[(o.source, o.reason) for o in report if not o.used],
+        faces=[choices[i] for i, o in enumerate(report) if o.used],
     )
     return IdentityReport(identity, report)
 
@@ -269,6 +324,7 @@ def save_card(identity: Identity, path: Path | str) -> Path:
         "image_size": json.dumps(list(identity.image_size)),
         "used": json.dumps(identity.used),
         "excluded": json.dumps([list(e) for e in identity.excluded]),
+        "faces": json.dumps([c.as_dict() for c in identity.faces]),
     }
     return atomic_write_bytes(dest, save(tensors, metadata=meta))
 
@@ -302,6 +358,7 @@ def load_card(path: Path | str) -> Identity:
         image_size = tuple(int(x) for x in json.loads(meta["image_size"]))
         used = [str(s) for s in json.loads(meta["used"])]
         excluded = [(str(s), str(r)) for s, r in json.loads(meta["excluded"])]
+        faces = [FaceChoice.from_dict(d) for d in json.loads(meta.get("faces", "[]"))]
     except (KeyError, ValueError, TypeError, IndexError):
         raise broken("missing entries") from None
     if not embeddings or set(embeddings) != set(raw):
@@ -323,6 +380,7 @@ def load_card(path: Path | str) -> Identity:
         image_size=image_size,  # type: ignore[arg-type]
         used=used,
         excluded=excluded,
+        faces=faces,
     )
     if identity.hash != meta.get("hash"):
         raise broken("damaged (its embeddings do not match its recorded hash)")
