@@ -22,13 +22,13 @@ from typing import Any, Callable
 from .errors import BadInput, Cancelled, ModelError
 from .identity import get_method_class
 from .memory import free_memory
+from .models.bases import DEFAULT_BASE, base_family, dtype_kwargs, load_base_pipeline
 from .identity.base import Conditioning, ControlUnit, IdentityMethod
 from .requests import GenerateRequest
 from .samplers import SDXL_BUCKETS, SD15_BUCKETS, demo_size, make_scheduler
 from .settings import DEMO_BANNER, Settings
 
 StepCallback = Callable[[dict], None]
-DEFAULT_BASE = {"sdxl": "sdxl-base", "sd15": "sd15-base"}
 
 
 @dataclass
@@ -68,12 +68,7 @@ class Engine:
 
     # ----------------------------------------------------------------- models
     def base_family(self, base_name: str) -> str:
-        if base_name in self.store.user_checkpoints():
-            return "sdxl"
-        kind = self.store.catalog.get(base_name).kind
-        if kind not in ("sdxl", "sd15"):
-            raise BadInput(f"base_model {base_name!r} is a {kind} model, not an SDXL or SD1.5 base.")
-        return kind
+        return base_family(self.store, base_name)
 
     def pipeline(self, base_name: str = DEFAULT_BASE["sdxl"], vae: str = "auto"):
         """The resident base pipeline (loaded once; reloaded only when the base changes)."""
@@ -93,29 +88,13 @@ class Engine:
         import torch
 
         family = self.base_family(base_name)
-        cls = diffusers.StableDiffusionXLPipeline if family == "sdxl" else diffusers.StableDiffusionPipeline
-        user = self.store.user_checkpoints()
-        if base_name in user:
-            config_dir = self.store.ensure("sdxl-base-config")  # configs + tokenizers, no weights
-            pipe = cls.from_single_file(
-                str(user[base_name]), config=str(config_dir), torch_dtype=self.dtype, local_files_only=True
-            )
-        else:
-            entry = self.store.catalog.get(base_name)
-            folder = self.store.ensure(base_name)
-            pipe = cls.from_pretrained(
-                folder, variant=entry.variant, torch_dtype=self.dtype, local_files_only=True,
-                use_safetensors=True,
-            )
-        if family == "sd15" and getattr(pipe, "safety_checker", None) is not None:
-            pipe.safety_checker = None
+        pipe = load_base_pipeline(self.store, base_name, self.dtype)
         use_fix = vae == "fp16-fix" or (vae == "auto" and family == "sdxl" and self.dtype == torch.float16)
         if use_fix:
             fix = diffusers.AutoencoderKL.from_pretrained(
-                self.store.ensure("sdxl-vae-fp16-fix"), torch_dtype=self.dtype, local_files_only=True
+                self.store.ensure("sdxl-vae-fp16-fix"), local_files_only=True, **dtype_kwargs(self.dtype)
             )
             pipe.register_modules(vae=fix)
-        pipe.set_progress_bar_config(disable=True)
         self._place(pipe)
         return pipe
 

@@ -105,3 +105,44 @@ def test_registered_checkpoint_generates_like_the_diffusers_base(tmp_path):
     c = np.asarray(engine.generate(GenerateRequest(base_model=store.register_checkpoint(other), **REQ))
                    .images[0].image).astype(np.int16)
     assert np.abs(c - a).mean() > 0.5
+
+
+def test_lora_trains_on_a_registered_checkpoint_without_the_sdxl_base(tiny_models_dir, photos_dir, tmp_path):
+    """A LoRA trained on a user's single-file checkpoint needs only the SDXL
+    configs beside it (`sdxl-base-config`), never the full `sdxl-base`, and its
+    metadata names the checkpoint by name and content hash."""
+    from pipelines.lora import kohya
+    from pipelines.lora.dataset import DatasetOptions
+    from pipelines.lora.train import LoraTrainer, TrainConfig
+    from pipelines.models.store import ModelStore
+    from pipelines.tiny.single_file import write_sdxl_single_file
+
+    source = ModelStore(_settings(tiny_models_dir, tmp_path / "src")).ensure("sdxl-base")
+    path = write_sdxl_single_file(source, tmp_path / "user" / "myModelXL.safetensors")
+
+    settings = _settings(tmp_path / "models", tmp_path / "out")  # a models folder without sdxl-base
+    store = ModelStore(settings)
+    name = store.register_checkpoint(path)
+    asked: list[str] = []
+    ensure = store.ensure
+
+    def recording_ensure(model):
+        asked.append(model)
+        return ensure(model)
+
+    store.ensure = recording_ensure
+    trainer = LoraTrainer(settings, store)
+    tset = trainer.prepare([photos_dir / "astronaut.png"], DatasetOptions(demo=True, framings=("close-up",)))
+    result = trainer.train(tset, TrainConfig(name="mine", steps=2, lr=0.01, base_model=name), progress=False)
+
+    assert "sdxl-base" not in asked and "sdxl-base-config" in asked
+    assert not store.folder("sdxl-base").exists()
+    assert result.steps == 2 and len(result.losses) == 2
+    from safetensors.torch import load_file
+
+    sd = load_file(str(result.path))
+    ups = [v for k, v in sd.items() if k.startswith("lora_unet_") and k.endswith("lora_up.weight")]
+    assert ups and max(float(v.abs().max()) for v in ups) > 0  # it learned something
+    meta = kohya.read_metadata(result.path)
+    assert meta["ss_sd_model_name"] == name
+    assert meta["ss_sd_model_hash"] == hashlib.sha256(path.read_bytes()).hexdigest()[:10]

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import BadInput, Cancelled, ModelError
 from ..memory import free_memory
+from ..models.bases import check_family, ensure_base, load_base_pipeline
 from ..paths import confine
 from . import kohya
 from .checkpoints import Checkpoints
@@ -219,19 +220,7 @@ def tokenize(tokenizer, captions: list[str]):
 
 def load_base(store, base_model: str, dtype):
     """The SDXL pipeline to train on (catalog model or a registered single file), on CPU."""
-    import diffusers
-
-    user = store.user_checkpoints()
-    if base_model in user:
-        config_dir = store.ensure("sdxl-base")
-        return diffusers.StableDiffusionXLPipeline.from_single_file(
-            str(user[base_model]), config=str(config_dir), torch_dtype=dtype, local_files_only=True)
-    entry = store.catalog.get(base_model)
-    if entry.kind != "sdxl":
-        raise BadInput(f"base_model {base_model!r} is a {entry.kind} model; LoRA training needs an SDXL base.")
-    folder = store.ensure(base_model)
-    return diffusers.StableDiffusionXLPipeline.from_pretrained(
-        folder, variant=entry.variant, torch_dtype=dtype, local_files_only=True, use_safetensors=True)
+    return load_base_pipeline(store, base_model, dtype, family="sdxl", purpose="LoRA training")
 
 
 # ----------------------------------------------------------------- trainer
@@ -328,11 +317,10 @@ class LoraTrainer:
 
         emit(phase="load", message=f"loading {plan.base_model}")
         wdtype = _weight_dtype(mp)
+        check_family(self.store, plan.base_model, "sdxl", "LoRA training")
         with acc.main_process_first():  # demo packs are built once, not raced by every process
-            if plan.base_model not in self.store.user_checkpoints():
-                self.store.ensure(plan.base_model)
+            ensure_base(self.store, plan.base_model)
         pipe = load_base(self.store, plan.base_model, wdtype)
-        pipe.set_progress_bar_config(disable=True)
         emit(phase="cache", message=f"caching latents of {len(tset.samples)} crops")
         data, texts = self._cache(pipe, tset, acc.device, keep_text=plan.text_encoder)
         unet = pipe.unet

@@ -28,9 +28,10 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BadInput, Cancelled, LikenessError
+from ..models.bases import DEFAULT_BASE
 from .align import MIN_FACE_PX, align_face
 
-BASES = {"sd15": "sd15-base", "sdxl": "sdxl-base"}
+BASES = DEFAULT_BASE  # family -> the catalog base trained on
 E4E_MODEL, E4E_FILE = "e4e-ffhq", "e4e_ffhq_encode.pt"
 PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 TEMPLATES = (
@@ -102,16 +103,9 @@ def collect_faces(faces_dir: Path | str, settings, analyzer=None, aligned: bool 
 
 
 def _load_base(store, base: str, dtype, device):
-    import diffusers
+    from ..models.bases import load_base_pipeline
 
-    name = BASES[base]
-    entry = store.catalog.get(name)
-    cls = diffusers.StableDiffusionXLPipeline if base == "sdxl" else diffusers.StableDiffusionPipeline
-    kwargs = {"safety_checker": None, "requires_safety_checker": False} if base == "sd15" else {}
-    pipe = cls.from_pretrained(store.ensure(name), variant=entry.variant, dtype=dtype,
-                               local_files_only=True, use_safetensors=True, **kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return load_base_pipeline(store, BASES[base], dtype, family=base, purpose="W+ training").to(device)
 
 
 def _encode_texts(pipe, base: str, prompts: list[str], device):
