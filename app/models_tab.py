@@ -19,6 +19,14 @@ def _store(settings: Settings):
     return ModelStore(settings)
 
 
+def missing_text(store, missing: list[str], choice: tuple[str, ...] = ()) -> str:
+    """What the UI says when models are missing: every one at once, sizes, the
+    total, and where to get them."""
+    from pipelines.models.bundles import missing_error
+
+    return missing_error(store, missing, choice).ui_message
+
+
 def model_rows(settings: Settings) -> list[list[str]]:
     store = _store(settings)
     rows = []

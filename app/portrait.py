@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.errors import Cancelled, LikenessError
+from pipelines.errors import Cancelled, LikenessError, ModelMissing
 from pipelines.settings import Settings
 
 from .jobs import CancelRegistry, EngineHolder, run_job
@@ -27,8 +27,8 @@ PREVIEW_EVERY = 0.4  # seconds between live previews
 
 def user_error(exc: BaseException) -> gr.Error:
     """An engine error as the one-sentence message the user sees."""
-    if isinstance(exc, LikenessError):
-        return gr.Error(str(exc))
+    if isinstance(exc, LikenessError):  # missing models: the UI's wording (download card, Models tab)
+        return gr.Error(getattr(exc, "ui_message", None) or str(exc))
     traceback.print_exception(exc, file=sys.stderr)
     msg = " ".join(str(exc).split())[:300]
     return gr.Error(f"unexpected {type(exc).__name__}: {msg}")
@@ -65,14 +65,36 @@ class PortraitTab:
             return [], ""
         recognizer = get_method_class(method).recognizer if method != "none" else None
         packs = (recognizer,) if recognizer else ("buffalo_l",)
+        missing = self.missing_for(method)
+        if any(p in missing for p in packs):  # the photos cannot be read without the face models
+            return [], self.missing_report(method, missing)
         try:
             identity = self.holder.get().identity(photos=paths, packs=packs)
+        except ModelMissing as exc:
+            return [], getattr(exc, "ui_message", None) or str(exc)
         except LikenessError as exc:
             return [], f"**No usable photo.** {exc}"
         crops = [(crop, Path(src).name) for crop, src in zip(identity.crops, identity.used)]
         lines = [f"Using **{len(identity.used)} of {len(paths)}** photos."]
         lines += [f"- left out **{Path(f).name}**: {reason}" for f, reason in identity.excluded]
+        if missing:
+            lines.append(self.missing_report(method, missing))
         return crops, "\n".join(lines)
+
+    def missing_for(self, method: str) -> list[str]:
+        """The models `method` needs here that are not downloaded (none in demo mode)."""
+        from pipelines.models.bundles import base_models, method_models, missing_models
+        from pipelines.models.store import ModelStore
+
+        names = method_models(method, self.settings) if method != "none" else base_models("sdxl-base", self.settings)
+        return missing_models(ModelStore(self.settings), names)
+
+    def missing_report(self, method: str, missing: list[str]) -> str:
+        from pipelines.models.store import ModelStore
+
+        from .models_tab import missing_text
+
+        return missing_text(ModelStore(self.settings), missing, (method,) if method != "none" else ())
 
     # ---------------------------------------------------------------- presets
     def preset_fields(self, name: str) -> dict:

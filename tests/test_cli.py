@@ -58,7 +58,7 @@ def test_download_unknown_model_is_bad_input(tmp_path):
 
 def test_download_research_model_needs_acceptance(tmp_path):
     r = cli("--models-dir", str(tmp_path), "models", "download", "instantid")
-    assert r.returncode == 1 and "--accept-license" in r.stderr
+    assert r.returncode == 2 and "--accept-license" in r.stderr  # refused before any download
 
 
 def test_demo_models_verify_builds_and_verifies_every_pack(tiny_models_dir):

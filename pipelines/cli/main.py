@@ -36,15 +36,7 @@ def _truthy(value: str | None) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="launch.py", description="Likeness: personalised portraits from a few photos.")
-    p.add_argument("--demo", action="store_true", help="use tiny offline models with random weights (also LIKENESS_DEMO=1)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--models-dir", help="where models are stored (LIKENESS_MODELS_DIR)")
-    p.add_argument("--loras-dir", help="LoRA folder (LIKENESS_LORAS_DIR)")
-    p.add_argument("--outputs-dir", help="output folder (LIKENESS_OUTPUTS_DIR)")
-    p.add_argument("--device", help="auto, cuda, mps or cpu (LIKENESS_DEVICE)")
-    p.add_argument("--dtype", help="auto, float16, bfloat16 or float32 (LIKENESS_DTYPE)")
-    p.add_argument("--offload", help="none, model or sequential (LIKENESS_OFFLOAD)")
-    p.add_argument("--accept-license", action="store_true", help="accept research-only / non-commercial model licences")
+    _add_global_flags(p, suppress=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for mod in COMMAND_MODULES:
         try:
@@ -54,7 +46,40 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    _global_flags_on_subcommands(p)
     return p
+
+
+# (flags, add_argument keywords): accepted before the sub-command and after it
+# (`launch.py --demo models list` = `launch.py models list --demo`)
+GLOBAL_FLAGS: tuple[tuple[tuple[str, ...], dict], ...] = (
+    (("--demo",), dict(action="store_true", help="use tiny offline models with random weights (also LIKENESS_DEMO=1)")),
+    (("--debug",), dict(action="store_true", help="show tracebacks on errors")),
+    (("--models-dir",), dict(help="where models are stored (LIKENESS_MODELS_DIR)")),
+    (("--loras-dir",), dict(help="LoRA folder (LIKENESS_LORAS_DIR)")),
+    (("--outputs-dir",), dict(help="output folder (LIKENESS_OUTPUTS_DIR)")),
+    (("--device",), dict(help="auto, cuda, mps or cpu (LIKENESS_DEVICE)")),
+    (("--dtype",), dict(help="auto, float16, bfloat16 or float32 (LIKENESS_DTYPE)")),
+    (("--offload",), dict(help="none, model or sequential (LIKENESS_OFFLOAD)")),
+    (("--accept-license",), dict(action="store_true", help="accept research-only / non-commercial model licences")),
+)
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    for flags, kwargs in GLOBAL_FLAGS:
+        if any(f in parser._option_string_actions for f in flags):
+            continue  # a sub-command's own option of that name wins
+        # on sub-commands the default is "not given", so a value set before the
+        # sub-command is kept unless the flag is repeated after it
+        parser.add_argument(*flags, **({**kwargs, "default": argparse.SUPPRESS} if suppress else kwargs))
+
+
+def _global_flags_on_subcommands(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                _add_global_flags(child, suppress=True)
+                _global_flags_on_subcommands(child)
 
 
 def settings_from_args(args: argparse.Namespace):

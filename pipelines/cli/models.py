@@ -1,4 +1,10 @@
-"""`launch.py models list|download|verify`."""
+"""`launch.py models list|download|verify|register`.
+
+`models download --for faceid|instantid|wplus|pose|restore|preset NAME|all`
+fetches everything that choice needs on this machine. Before any byte moves it
+prints each model's size and licence, the total and the free disk space; it
+takes one licence acceptance for the lot and refuses when the disk is too small.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,14 @@ from ..settings import DEMO_BANNER
 def register(sub) -> None:
     p = sub.add_parser("models", help="list, download and verify models")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True, parser_class=type(p))
-    lp = msub.add_parser("list", help="every catalog entry and its local state")
+    lp = msub.add_parser("list", help="every catalog entry, its size and local state, and the bundles")
     lp.set_defaults(func=cmd_list)
-    dp = msub.add_parser("download", help="download models by name (or 'all')")
-    dp.add_argument("names", nargs="+", metavar="NAME")
+    dp = msub.add_parser("download", help="download models by name (or 'all'), or a bundle with --for")
+    dp.add_argument("names", nargs="*", metavar="NAME")
+    dp.add_argument("--for", dest="bundle", nargs="+", metavar="CHOICE",
+                    help="everything a choice needs here: faceid, instantid, wplus, pose, restore, "
+                         "preset NAME, all (several may be given)")
+    dp.add_argument("--yes", action="store_true", help="do not ask before downloading")
     dp.set_defaults(func=cmd_download)
     vp = msub.add_parser("verify", help="check every present model (or the named ones) against its sha256")
     vp.add_argument("names", nargs="*", metavar="NAME")
@@ -23,23 +33,37 @@ def register(sub) -> None:
     rp.set_defaults(func=cmd_register)
 
 
-def _human(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def _store(settings):
     from ..models.store import ModelStore
 
     return ModelStore(settings)
 
 
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+
+
+def bundle_rows(store, settings) -> list[tuple[str, str, str, str]]:
+    """(bundle, models, total size, still to download) for every bundle choice."""
+    from ..models.bundles import BUNDLE_CHOICES, choice_models, plan
+    from ..models.catalog import human_size
+
+    rows = []
+    for choice in BUNDLE_CHOICES:
+        names = choice_models([choice], settings, store.catalog)
+        sizes = [store.entry(n).planned_size for n in names]
+        total = human_size(sum(s[0] or 0 for s in sizes), all(s[1] for s in sizes))
+        todo = plan(store, names)
+        rows.append((choice, ", ".join(names), total, human_size(todo.total, todo.exact)))
+    return rows
+
+
 def cmd_list(args, settings) -> int:
+    from ..models.bundles import free_space
+    from ..models.catalog import human_size
+
     store = _store(settings)
     rows = [("NAME", "KIND", "SOURCE", "SIZE", "LICENCE", "STATE")]
     for entry in store.catalog:
@@ -48,10 +72,13 @@ def cmd_list(args, settings) -> int:
         if entry.research_only:
             state += " (research-only)"
         src = entry.repo if entry.source == "hf" else "release URL"
-        rows.append((entry.name, entry.kind, src or "", _human(entry.size), entry.license, state))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+        rows.append((entry.name, entry.kind, src or "", human_size(*entry.planned_size), entry.license, state))
+    _table(rows)
+    print()
+    print("Bundles (models download --for CHOICE; 'preset NAME' too):")
+    _table([("BUNDLE", "TOTAL", "TO DOWNLOAD", "MODELS"),
+            *((b, total, todo, names) for b, names, total, todo in bundle_rows(store, settings))])
+    print(f"free disk space in {store.root}: {human_size(free_space(store.root))} (~ = estimated size)")
     if settings.demo:
         print(f"({DEMO_BANNER}; folder {store.root})")
     return 0
@@ -65,14 +92,55 @@ def _names(store, names: list[str]) -> list[str]:
     return names
 
 
+def resolve_download(args, settings, store) -> list[str]:
+    """The models `models download` would fetch for these arguments (validated)."""
+    from ..errors import BadInput
+    from ..models.bundles import choice_models
+
+    names = _names(store, list(args.names or []))
+    if args.bundle:
+        names += choice_models(args.bundle, settings, store.catalog)
+    if not names:
+        raise BadInput("models download: name the models, or a bundle with --for faceid|instantid|wplus|pose|"
+                       "restore|preset NAME|all.")
+    return list(dict.fromkeys(names))
+
+
+def _accept(plan, settings, args) -> bool:
+    """One acceptance for every research-only licence in the plan."""
+    if not plan.research_only or settings.accept_research_licenses:
+        return True
+    if not args.yes and sys.stdin.isatty():
+        answer = input(f"Accept the research / non-commercial licences of "
+                       f"{', '.join(e.name for e in plan.research_only)}? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+    return False
+
+
 def cmd_download(args, settings) -> int:
-    from ..errors import LikenessError
+    from ..errors import LicenseNotAccepted, LikenessError
+    from ..models.bundles import check_disk, plan
 
     store = _store(settings)
+    todo = plan(store, resolve_download(args, settings, store))
+    if not settings.demo:  # demo packs are built locally: nothing to plan or accept
+        for n in todo.present:
+            print(f"{n}: already here")
+        if not todo.items:
+            return 0
+        print("To download:")
+        print("\n".join(todo.lines()))
+        check_disk(todo)
+        if not _accept(todo, settings, args):
+            raise LicenseNotAccepted(
+                f"{', '.join(e.name for e in todo.research_only)} are licensed for research / non-commercial use "
+                "only (see the licences above); accept them with --accept-license "
+                "(or LIKENESS_ACCEPT_RESEARCH_LICENSES=1) and run the command again."
+            )
     failed = 0
-    for name in _names(store, args.names):
+    for name in todo.names:
         try:
-            path = store.download(name, accept_license=settings.accept_research_licenses)
+            path = store.download(name, accept_license=True)
             print(f"{name}: ok ({path})")
         except LikenessError as exc:
             failed += 1
@@ -81,12 +149,13 @@ def cmd_download(args, settings) -> int:
 
 
 def cmd_verify(args, settings) -> int:
+    from ..errors import LikenessError
+    from ..models.bundles import choice_command
+
     store = _store(settings)
     names = _names(store, args.names) if args.names else [e.name for e in store.catalog]
     failed = 0
     checked = 0
-    from ..errors import LikenessError
-
     for name in names:
         try:
             if settings.demo:
@@ -106,7 +175,7 @@ def cmd_verify(args, settings) -> int:
             failed += 1
             print(f"{name}: FAILED: {'; '.join(st.problems or ['missing: ' + ', '.join(st.missing)])}")
     if checked == 0:
-        print("no models are present yet; download with `python launch.py models download NAME`")
+        print(f"no models are present yet; download them with `{choice_command(['faceid'], settings, store.catalog)}`")
     return 1 if failed else 0
 
 

@@ -58,6 +58,10 @@ class ModelFile(BaseModel):
     # where it comes from: the file's path in the HF repo (default: `path`) or a URL
     source: str | None = None
     size: int | None = Field(default=None, ge=0)
+    # a published rounded size (e.g. a hub listing's "1.24 kB") or an estimate from the
+    # published tensor shapes, where the exact byte count is not public: shown and used
+    # to plan disk space, never to verify a download
+    approx_size: int | None = Field(default=None, ge=0)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     # a published pickle (.bin/.pth/.pt): loaded once with weights_only=True,
     # converted to this safetensors path, and only that copy is used afterwards
@@ -70,7 +74,14 @@ class ModelFile(BaseModel):
                 raise ValueError(f"file path {p!r} must be relative, without '..'")
         if self.convert_to and not self.convert_to.endswith(".safetensors"):
             raise ValueError("convert_to must name a .safetensors file")
+        if self.size is not None and self.approx_size is not None:
+            raise ValueError("give either size (exact) or approx_size, not both")
         return self
+
+    @property
+    def planned_size(self) -> int | None:
+        """Bytes to plan for: the exact size, else the approximate one."""
+        return self.size if self.size is not None else self.approx_size
 
 
 class ModelEntry(BaseModel):
@@ -114,6 +125,28 @@ class ModelEntry(BaseModel):
     def size(self) -> int | None:
         sizes = [f.size for f in self.files]
         return None if any(s is None for s in sizes) else sum(sizes)  # type: ignore[arg-type]
+
+    @property
+    def planned_size(self) -> tuple[int | None, bool]:
+        """(bytes, exact): the exact total, else the total with approximate sizes
+        filled in (exact False); bytes None when some file has neither."""
+        sizes = [f.planned_size for f in self.files]
+        if any(s is None for s in sizes):
+            return None, False
+        return sum(sizes), all(f.size is not None for f in self.files)  # type: ignore[arg-type]
+
+
+def human_size(n: int | None, exact: bool = True) -> str:
+    """1.5 GB style (powers of 1000, as the hub lists sizes); '~' marks an estimate."""
+    if n is None:
+        return "?"
+    mark = "" if exact else "~"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{mark}{value:.0f} {unit}" if unit == "B" else f"{mark}{value:.1f} {unit}"
+        value /= 1000
+    return f"{mark}{n} B"
 
 
 class Catalog(BaseModel):

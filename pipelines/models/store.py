@@ -68,8 +68,9 @@ class ModelStatus:
 
 
 def _download_hint(entry: ModelEntry) -> str:
-    flag = " --accept-license" if entry.research_only else ""
-    return f"run `python launch.py models download {entry.name}{flag}`"
+    from .bundles import download_command
+
+    return f"run `{download_command([entry.name], accept_license=entry.research_only)}`"
 
 
 class ModelStore:

@@ -79,9 +79,11 @@ def load_annotator_weights(folder: Path | str, stem: str) -> tuple[dict, Path]:
         from ..models.convert import load_pickle_safely
 
         return load_pickle_safely(pth), pth
+    from ..models.bundles import model_command
+
     raise ModelMissing(
         f"OpenPose weights {stem}.safetensors (or {stem}.pth) are missing from {folder}; "
-        f"run `launch.py models download {ANNOTATOR_MODEL}`."
+        f"run `{model_command(ANNOTATOR_MODEL)}`."
     )
 
 

@@ -67,14 +67,16 @@ def load_descriptor(path: Path | str, spec: RestorerSpec, device: str = "cpu"):
     from safetensors import SafetensorError
     from spandrel import ModelLoader, UnsupportedModelError
 
+    from ..models.bundles import model_command
+
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ModelError(
             f"{path} is not a .safetensors file; face-restore weights are only loaded from the "
-            "model store's converted copy (run `launch.py models download`)."
+            f"model store's converted copy (run `{model_command(spec.model)}`)."
         )
     if not path.is_file():
-        raise ModelError(f"model file {path} does not exist; run `launch.py models download {spec.model}`.")
+        raise ModelError(f"model file {path} does not exist; run `{model_command(spec.model)}`.")
     loader = ModelLoader(device="cpu", registry=_registry(spec.extra_arches))
     try:
         state = _unwrap(loader.load_state_dict_from_file(path))

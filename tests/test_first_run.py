@@ -1,0 +1,267 @@
+"""From a fresh install to the first portrait: global flags after the command,
+every suggested command parsed by the real parser, bundles derived from the
+identity methods (with the fp16 VAE fix where SDXL runs in float16), the
+download plan (sizes, licences, free disk, one acceptance, a too-small disk
+refused), sizes for every catalog entry, one error naming every missing model,
+and the UI's wording when models are missing."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli.main import build_parser, run
+from pipelines.models import bundles
+from pipelines.models.catalog import Catalog, load_catalog
+from pipelines.models.store import ModelStore
+from pipelines.settings import load_settings
+from tests.fakehub import FakeHub
+
+REPO = Path(__file__).resolve().parents[1]
+HINT = re.compile(r"`((?:python )?launch\.py [^`]+)`")
+
+
+def real_settings(tmp_path: Path, **kw):
+    base = dict(models_dir=tmp_path / "models", loras_dir=tmp_path / "loras", outputs_dir=tmp_path / "outputs",
+                device="cpu", dtype="float32")
+    return load_settings(**{**base, **kw})
+
+
+# ---- 1. global flags after the sub-command; every hint parses -------------------------------
+@pytest.mark.parametrize("argv", [
+    ["models", "download", "sdxl-base", "--accept-license", "--demo", "--models-dir", "/x"],
+    ["--accept-license", "--demo", "--models-dir", "/x", "models", "download", "sdxl-base"],
+    ["--demo", "models", "download", "sdxl-base", "--models-dir", "/x", "--accept-license"],
+])
+def test_global_flags_before_or_after_the_command(argv):
+    args = build_parser().parse_args(argv)
+    assert (args.accept_license, args.demo, args.models_dir, args.names) == (True, True, "/x", ["sdxl-base"])
+
+
+def test_global_flags_after_the_command_take_effect(tmp_path, capsys):
+    code = run(["models", "list", "--demo", "--models-dir", str(tmp_path / "m"), "--device", "cpu"])
+    assert code == 0
+    assert f"folder {tmp_path / 'm' / 'demo'}" in capsys.readouterr().out
+
+
+def readme_commands() -> list[str]:
+    """Every `launch.py ...` command in the README's code blocks (continuations joined)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            for part in line.split(" #")[0].split(";"):
+                if "launch.py " in part:
+                    out.append(part[part.index("launch.py"):].strip())
+    return out
+
+
+def collected_hints(tmp_path, photos_dir) -> list[str]:
+    """Every command the app suggests, produced by the code paths that print them."""
+    from pipelines.errors import LikenessError
+    from pipelines.faces.analysis import check_pack_folder
+    from pipelines.pose.extract import load_annotator_weights
+    from pipelines.requests import GenerateRequest
+    from pipelines.restore.base import RESTORERS
+    from pipelines.restore.spandrel_restorer import load_descriptor
+
+    messages: list[str] = []
+    store = ModelStore(real_settings(tmp_path, dtype="float16"))
+    for entry in store.catalog:  # the store's own "not downloaded" errors
+        with pytest.raises(LikenessError) as exc:
+            store.ensure(entry.name)
+        messages.append(str(exc.value))
+    for choice in bundles.BUNDLE_CHOICES:
+        names = bundles.choice_models([choice], store.settings, store.catalog)
+        with pytest.raises(bundles.MissingModels) as exc:
+            bundles.require(store, names, (choice,))
+        messages += [str(exc.value), exc.value.ui_message]
+    req = GenerateRequest(prompt="p", photos=[str(photos_dir / "t1.jpg")], method="instantid", pose="front",
+                          restore="codeformer")
+    with pytest.raises(bundles.MissingModels) as exc:
+        bundles.require_for_request(req, store.settings, store)
+    messages += [str(exc.value), exc.value.ui_message]
+    for fn in (lambda: check_pack_folder(tmp_path / "none", "buffalo_l"),
+               lambda: load_annotator_weights(tmp_path, "body_pose_model"),
+               lambda: load_descriptor(tmp_path / "x.safetensors", RESTORERS["gfpgan"]),
+               lambda: load_descriptor(tmp_path / "x.pth", RESTORERS["codeformer"])):
+        with pytest.raises(LikenessError) as exc:
+            fn()
+        messages.append(str(exc.value))
+    return messages
+
+
+def test_every_suggested_command_parses_with_the_real_parser(tmp_path, photos_dir, capsys):
+    from pipelines.cli.models import resolve_download
+
+    assert run(["models", "verify", "--models-dir", str(tmp_path / "empty")]) == 0
+    cli_out = capsys.readouterr().out
+    commands = [m for text in [*collected_hints(tmp_path, photos_dir), cli_out] for m in HINT.findall(text)]
+    commands += readme_commands()
+    assert len(commands) > 40 and any("--for faceid" in c for c in commands)
+    assert any("sdxl-vae-fp16-fix" in c for c in readme_commands())  # the GPU default dtype needs it
+    parser = build_parser()
+    settings = real_settings(tmp_path)
+    store = ModelStore(settings)
+    for command in commands:
+        argv = shlex.split(command)
+        argv = argv[argv.index("launch.py") + 1:]
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"suggested command does not parse: {command}")
+        if getattr(args, "models_command", None) == "download":
+            names = resolve_download(args, settings, store)  # names and bundles exist
+            assert names, command
+
+
+def test_hints_come_from_one_function():
+    """No module spells a download command itself: they all call bundles.download_command."""
+    offenders = []
+    for path in [*(REPO / "pipelines").rglob("*.py"), *(REPO / "app").rglob("*.py")]:
+        if path.name == "bundles.py" and path.parent.name == "models":
+            continue
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"launch\.py[^\n]*models download", line):
+                offenders.append(f"{path.relative_to(REPO)}:{i}")
+    assert offenders == []
+
+
+# ---- 2/5. bundles ---------------------------------------------------------------------------------
+def test_bundles_derive_from_the_method_classes(tmp_path, monkeypatch):
+    from pipelines.identity.faceid import FaceIDPlusV2
+    from pipelines.identity.instantid import InstantID
+
+    fp32, fp16 = real_settings(tmp_path), real_settings(tmp_path, dtype="float16")
+    assert bundles.method_models("faceid", fp32) == ["sdxl-base", *FaceIDPlusV2.required_models, "buffalo_l"]
+    assert bundles.method_models("faceid", fp16)[:2] == ["sdxl-base", "sdxl-vae-fp16-fix"]
+    assert "sdxl-vae-fp16-fix" in bundles.method_models("instantid", real_settings(tmp_path, device="cuda",
+                                                                                   dtype="auto"))
+    assert "sdxl-vae-fp16-fix" not in bundles.method_models("wplus", fp16)  # SD1.5 needs no fix
+    monkeypatch.setattr(InstantID, "required_models", ("instantid", "controlnet-openpose-sdxl"))
+    assert "controlnet-openpose-sdxl" in bundles.method_models("instantid", fp32)
+    cat = load_catalog()
+    preset = bundles.choice_models(["preset", "corporate-portrait"], fp32, cat)
+    assert set(bundles.method_models("faceid", fp32)) <= set(preset) or set(
+        bundles.method_models("instantid", fp32)) <= set(preset)
+    assert bundles.choice_models(["all"], fp32, cat) == [e.name for e in cat]
+    with pytest.raises(Exception, match="unknown"):
+        bundles.choice_models(["faces"], fp32, cat)
+
+
+def test_models_list_has_a_size_for_every_entry_and_bundle_totals(tmp_path, capsys):
+    assert run(["models", "list", "--models-dir", str(tmp_path / "m"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    table, _, rest = out.partition("Bundles")
+    rows = [ln for ln in table.splitlines()[1:] if ln.strip()]
+    assert len(rows) == len(load_catalog().model)
+    assert all(re.search(r"\s~?\d+(\.\d)? (B|kB|MB|GB)\s", r) for r in rows), rows
+    for b in bundles.BUNDLE_CHOICES:
+        assert re.search(rf"^{b}\s+~?\d+\.\d GB", rest, re.M), b
+    assert "free disk space" in rest
+
+
+def file_gets(hub: FakeHub) -> list:
+    return [r for r in hub.requests if r.method == "GET" and r.path.startswith("/files/")]
+
+
+def blob(n: int, seed: int) -> bytes:
+    return bytes((i * 31 + seed * 7) % 251 for i in range(n))
+
+
+def fake_catalog(hub: FakeHub, names: list[str]) -> Catalog:
+    """A catalog with the real names (the method classes name them), each one
+    small file served by the fake hub; research-only where the real one is."""
+    real = load_catalog()
+    entries = []
+    for i, name in enumerate(names):
+        data = blob(1000 + 100 * i, i)
+        url = hub.add_url_file(f"{name}.bin", data)
+        e = real.get(name)
+        entries.append({"name": name, "kind": e.kind, "source": "url", "license": e.license,
+                        "research_only": e.research_only,
+                        "files": [{"path": "w.bin", "source": url, "size": len(data),
+                                   "sha256": hashlib.sha256(data).hexdigest()}]})
+    return Catalog.model_validate({"model": entries})
+
+
+@pytest.fixture()
+def faceid_hub(monkeypatch):
+    from pipelines.models import store as store_mod
+
+    with FakeHub() as hub:
+        names = ["sdxl-base", "sdxl-vae-fp16-fix", "ip-adapter-faceid-plusv2-sdxl", "clip-vit-h-image-encoder",
+                 "buffalo_l"]
+        cat = fake_catalog(hub, names)
+        monkeypatch.setattr(store_mod, "load_catalog", lambda *a, **k: cat)
+        yield hub, names
+
+
+def test_download_for_a_bundle_plans_accepts_once_and_fetches(tmp_path, faceid_hub, capsys):
+    hub, names = faceid_hub
+    argv = ["models", "download", "--for", "faceid", "--models-dir", str(tmp_path / "m"), "--dtype", "float16"]
+    assert run(argv) == 2  # research-only models and no acceptance: nothing moves
+    out, err = capsys.readouterr()
+    assert "ip-adapter-faceid-plusv2-sdxl, buffalo_l are licensed for research" in err
+    assert file_gets(hub) == []
+    for n in names:  # the plan: every model with its size and licence, the total, the free disk
+        assert re.search(rf"{n}\s+\d\.\d kB\s+licence: ", out), n
+    assert re.search(r"total to download: \d+\.\d kB; free disk space in .+: \d+\.\d (GB|MB|TB)", out)
+    assert run([*argv, "--accept-license"]) == 0
+    out = capsys.readouterr().out
+    assert [ln.split(":")[0] for ln in out.splitlines() if ": ok (" in ln] == names
+    store = ModelStore(real_settings(tmp_path / "x", models_dir=tmp_path / "m"))
+    assert all(store.status(n).verified for n in names)
+    assert run([*argv, "--accept-license"]) == 0  # a second run downloads nothing
+    assert "already here" in capsys.readouterr().out and len(file_gets(hub)) == len(names)
+
+
+def test_download_refuses_when_the_disk_is_too_small(tmp_path, faceid_hub, monkeypatch, capsys):
+    hub, _ = faceid_hub
+    monkeypatch.setattr(bundles, "free_space", lambda folder: 50_000_000)
+    code = run(["models", "download", "--for", "faceid", "--accept-license", "--models-dir", str(tmp_path / "m")])
+    assert code == 1
+    assert re.search(r"not enough free disk space in .+: the download needs \d+\.\d MB .+50\.0 MB is free",
+                     capsys.readouterr().err)
+    assert file_gets(hub) == []
+
+
+# ---- 3/8. one error for every missing model; the UI's wording --------------------------------------
+def test_generate_without_models_names_every_missing_model_once(tmp_path, photos_dir, capsys):
+    code = run(["generate", "--photo", str(photos_dir / "t1.jpg"), "--prompt", "a portrait", "--method", "faceid",
+                "--restore", "gfpgan", "--models-dir", str(tmp_path / "m"), "--device", "cpu",
+                "--dtype", "float16", "--outputs-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    for n in ("sdxl-base", "sdxl-vae-fp16-fix", "ip-adapter-faceid-plusv2-sdxl", "clip-vit-h-image-encoder",
+              "buffalo_l", "gfpgan-v1.4"):
+        assert n in err
+    cmd = HINT.search(err).group(1)
+    args = build_parser().parse_args(shlex.split(cmd)[2:])
+    from pipelines.cli.models import resolve_download
+
+    settings = real_settings(tmp_path, dtype="float16")
+    assert set(resolve_download(args, settings, ModelStore(settings))) >= {"gfpgan-v1.4", "sdxl-vae-fp16-fix"}
+
+
+def test_photo_upload_without_models_names_the_models_not_the_photo(tmp_path, photos_dir):
+    from app.jobs import CancelRegistry, EngineHolder
+    from app.portrait import PortraitTab, user_error
+    from pipelines.engine import Engine
+
+    settings = real_settings(tmp_path, dtype="float16")
+    tab = PortraitTab(settings, EngineHolder(settings, Engine), CancelRegistry(), w=None)
+    crops, report = tab.analyse([str(photos_dir / "t1.jpg")], "faceid")
+    assert crops == [] and "No usable photo" not in report
+    for n in bundles.method_models("faceid", settings):
+        assert n in report
+    assert "Models tab" in report and "bundle faceid" in report and "in all" in report
+    # a toast and the API answer say the same, for a missing-models error
+    with pytest.raises(bundles.MissingModels) as exc:
+        bundles.require(ModelStore(settings), ["sdxl-base", "buffalo_l"], ("faceid",))
+    assert "Models tab" in user_error(exc.value).message
