@@ -88,7 +88,8 @@ class TrainTab:
             self.start = gr.Button("Train", variant="primary", elem_id="train-start")
             self.stop = gr.Button("Cancel", variant="stop")
         self.status = gr.Markdown(elem_id="train-status")
-        self.preview = gr.Image(label="Training crops", interactive=False, format="png", height=320)
+        self.preview = gr.Image(label="Training crops", interactive=False, format="png", height=320,
+                                 elem_id="train-preview")
 
     def train(self, photos, name, steps, rank, trigger, class_word, flip, resume, request: gr.Request,
               progress=gr.Progress()):

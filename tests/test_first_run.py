@@ -20,6 +20,7 @@ from pipelines.models.catalog import Catalog, load_catalog
 from pipelines.models.store import ModelStore
 from pipelines.settings import load_settings
 from tests.fakehub import FakeHub
+from tests.test_browser import ui_server  # noqa: F401  (the demo UI server fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 HINT = re.compile(r"`((?:python )?launch\.py [^`]+)`")
@@ -265,3 +266,38 @@ def test_photo_upload_without_models_names_the_models_not_the_photo(tmp_path, ph
     with pytest.raises(bundles.MissingModels) as exc:
         bundles.require(ModelStore(settings), ["sdxl-base", "buffalo_l"], ("faceid",))
     assert "Models tab" in user_error(exc.value).message
+
+
+# ---- 4. training in the UI ends in success, with its preview -------------------------------------
+@pytest.mark.browser
+def test_ui_training_shows_success_and_its_preview(ui_server, photos_dir):
+    """The real trainer (demo models, 2 steps) through the web UI in chromium: the
+    status says trained, no error toast, and the preview (written beside the LoRA,
+    a folder that is never served) shows as an image the browser can fetch."""
+    import urllib.request
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    url, _ = ui_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.goto(url)
+            page.get_by_role("tab", name="Train").click()
+            page.set_input_files("#train-photos input[type=file]", str(photos_dir / "astronaut.png"))
+            page.locator("#train-name textarea, #train-name input").first.fill("me")
+            page.get_by_label("Steps (0 = 200 per photo, at most 800)").fill("2")
+            page.locator("#train-start").click()
+            expect(page.locator("#train-status")).to_contain_text("Trained", timeout=240_000)
+            img = page.locator("#train-preview img")
+            expect(img).to_be_visible(timeout=30_000)
+            assert page.locator(".toast-body.error").count() == 0
+            src = img.get_attribute("src")
+        finally:
+            browser.close()
+    assert "/loras/" not in src
+    with urllib.request.urlopen(src, timeout=30) as r:
+        assert r.status == 200 and r.read()[:8] == b"\x89PNG\r\n\x1a\n"
