@@ -207,7 +207,7 @@ def full_ours(args) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from pipelines.lora.train import CachedSample, Plan, TextTable, _mixed_precision, fit_lora
+    from pipelines.lora.train import CachedSample, FitData, FitOptions, Plan, TextTable, _mixed_precision, fit_lora
 
     device = "cuda" if _cuda() else "cpu"
     acc = Accelerator(mixed_precision=_mixed_precision("auto", device), cpu=device == "cpu")
@@ -220,9 +220,9 @@ def full_ours(args) -> dict:
         if info.get("phase") == "train" and device == "cuda":
             torch.cuda.synchronize()
 
-    losses, _, opt_name, times, used_ckpt = fit_lora(unet, None, [CachedSample(latents, 0, time_ids)],
-                                          TextTable(embeds=[emb], pooled=[pooled]), _noise_config(), plan, acc,
-                                          None, emit, progress=False)
+    fit = fit_lora(unet, None, FitData([CachedSample(latents, 0, time_ids)], TextTable(embeds=[emb], pooled=[pooled]),
+                                       _noise_config()), acc, FitOptions(plan, emit=emit, progress=False))
+    losses, opt_name, times, used_ckpt = fit.losses, fit.optimizer, fit.step_seconds, fit.gradient_checkpointing
     return {"s_per_step": _median(times, args.warmup), "peak_mem_mb": _peak_mb(device), "optimizer": opt_name,
             "mixed_precision": acc.mixed_precision, "gradient_checkpointing": used_ckpt,
             "final_loss": losses[-1], "resolution": [latents.shape[-1] * 8] * 2}

@@ -328,9 +328,11 @@ class LoraTrainer:
         noise_config = dict(pipe.scheduler.config)
         del pipe  # VAE (and text encoders unless trained) are freed here
 
-        result = fit_lora(unet, encoders, data, texts, noise_config, plan, acc, ckpts, emit, cancel,
-                          progress=progress, resume=resume, key=key, optimizer_choice=config.optimizer)
-        losses, start, opt_name, step_times, used_checkpointing = result
+        fit = fit_lora(unet, encoders, FitData(data, texts, noise_config), acc,
+                       FitOptions(plan, checkpoints=ckpts, emit=emit, cancel=cancel, progress=progress,
+                                  resume=resume, key=key, optimizer=config.optimizer))
+        losses, start, opt_name, step_times = fit.losses, fit.start, fit.optimizer, fit.step_seconds
+        used_checkpointing = fit.gradient_checkpointing
         acc.wait_for_everyone()
         sha = ""
         if acc.is_main_process:
@@ -457,19 +459,52 @@ def add_lora(model, rank: int, alpha: float, targets: list[str], seed: int) -> N
             inject_adapter_in_model(config, model, adapter_name="default")
 
 
-def fit_lora(unet, encoders, data, texts: TextTable, noise_config: dict, plan: Plan, acc, ckpts: Checkpoints | None,
-             emit, cancel=None, *, progress: bool = True, resume: tuple[dict, dict] | None = None,
-             key: dict | None = None, optimizer_choice: str = "auto") -> tuple[list[float], int, str, list[float], bool]:
-    """The training loop on cached latents. `resume` is a loaded checkpoint
-    (weights, state) already checked against `key`. Returns (losses of this run,
-    the step it started from, optimizer name, seconds of each step, whether
-    gradient checkpointing was on at the end)."""
+@dataclass
+class FitData:
+    """What the training loop reads: the cached latents, the caption table and
+    the base's noise-scheduler config."""
+
+    samples: list[CachedSample]
+    texts: TextTable
+    noise_config: dict
+
+
+@dataclass
+class FitOptions:
+    """How to run the loop: the resolved plan, where checkpoints go (None: none),
+    progress reporting and cancelling, and a loaded checkpoint to resume
+    ((weights, state), already checked against `key`)."""
+
+    plan: Plan
+    checkpoints: Checkpoints | None = None
+    emit: Callable[..., None] = field(default_factory=lambda: _Emitter(None))
+    cancel: threading.Event | None = None
+    progress: bool = True
+    resume: tuple[dict, dict] | None = None
+    key: dict = field(default_factory=dict)
+    optimizer: str = "auto"  # "auto", "adamw" or "adamw8bit"
+
+
+@dataclass
+class FitResult:
+    losses: list[float]  # of this run's steps
+    start: int  # the step it started from (resume)
+    optimizer: str  # the optimizer used ("AdamW", "AdamW8bit")
+    step_seconds: list[float]
+    gradient_checkpointing: bool  # on at the end (auto turns it on after an out-of-memory step)
+
+
+def fit_lora(unet, encoders, fit_data: FitData, acc, options: FitOptions) -> FitResult:
+    """The training loop on cached latents."""
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from tqdm.auto import tqdm
 
+    plan, ckpts, emit, cancel = options.plan, options.checkpoints, options.emit, options.cancel
+    progress, resume, optimizer_choice = options.progress, options.resume, options.optimizer
+    data, texts, noise_config = fit_data.samples, fit_data.texts, fit_data.noise_config
     device = acc.device
     wdtype = _weight_dtype(acc.mixed_precision)
     unet.requires_grad_(False)
@@ -503,7 +538,7 @@ def fit_lora(unet, encoders, data, texts: TextTable, noise_config: dict, plan: P
     encoders_run = models[1:] if encoders is not None else None
 
     world, rank = acc.num_processes, acc.process_index
-    key = key or {}
+    key = options.key
     start = 0
     if resume is not None:
         weights, state = resume
@@ -533,11 +568,6 @@ def fit_lora(unet, encoders, data, texts: TextTable, noise_config: dict, plan: P
             ckpts.save(step, named, state)
         acc.wait_for_everyone()
 
-    bar = tqdm(total=plan.steps, initial=start, desc=f"training {plan.name}", unit="step",
-               disable=not (progress and acc.is_main_process), file=sys.stderr, dynamic_ncols=True)
-    losses: list[float] = []
-    step_times: list[float] = []
-    t_run = time.perf_counter()
     def forward_backward(step: int):
         """Loss of global step `step` on this process, gradients accumulated."""
         index = step * world + rank
@@ -613,7 +643,7 @@ def fit_lora(unet, encoders, data, texts: TextTable, noise_config: dict, plan: P
                 save(done)
     finally:
         bar.close()
-    return losses, start, opt_name, step_times, checkpointing[0]
+    return FitResult(losses, start, opt_name, step_times, checkpointing[0])
 
 
 def _key_diff(old: dict, new: dict) -> str:
