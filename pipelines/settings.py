@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     compile: bool = False
     demo: bool = False
     accept_research_licenses: bool = False
+    # a ComfyUI-style extra_model_paths.yaml naming other apps' model folders (A1111,
+    # ComfyUI, Fooocus) whose verified files are reused; default <models_dir>/extra_model_paths.yaml
+    extra_model_paths: Path | None = None
     max_image_pixels: int = Field(default=64_000_000, ge=1_000_000, le=400_000_000)
     max_photo_side: int = Field(default=2048, ge=256, le=8192)
 

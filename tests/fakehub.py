@@ -47,6 +47,7 @@ class Request:
     method: str
     path: str
     range: str | None
+    authorization: str | None = None  # the Authorization header, e.g. "Bearer <HF_TOKEN>"
 
 
 @dataclass
@@ -130,7 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, head: bool) -> None:
         path = unquote(self.path.split("?", 1)[0])
         with self.fake._lock:
-            self.fake.requests.append(Request(self.command, path, self.headers.get("Range")))
+            self.fake.requests.append(Request(self.command, path, self.headers.get("Range"),
+                                              self.headers.get("Authorization")))
             f = self.fake.files.get(path)
         m = _RESOLVE.match(path)
         if f is None:

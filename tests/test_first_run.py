@@ -301,3 +301,153 @@ def test_ui_training_shows_success_and_its_preview(ui_server, photos_dir):
     assert "/loras/" not in src
     with urllib.request.urlopen(src, timeout=30) as r:
         assert r.status == 200 and r.read()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- 7. reuse what is on disk: the HF cache, other apps' folders; hub settings ---------------------
+HF_REPO, HF_COMMIT = "org/tiny-base", "0123456789abcdef0123456789abcdef01234567"
+
+
+def git_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def fake_hf_cache(root: Path, files: dict[str, bytes], lfs: set[str]) -> Path:
+    """The hub cache layout huggingface_hub writes: blobs named by their hub id,
+    snapshot entries as relative symlinks to them."""
+    repo = root / f"models--{HF_REPO.replace('/', '--')}"
+    for name, data in files.items():
+        blob_id = hashlib.sha256(data).hexdigest() if name in lfs else git_sha1(data)
+        (repo / "blobs").mkdir(parents=True, exist_ok=True)
+        (repo / "blobs" / blob_id).write_bytes(data)
+        link = repo / "snapshots" / HF_COMMIT / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(*[".."] * (len(Path(name).parts) + 1), "blobs", blob_id))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(HF_COMMIT)
+    return root
+
+
+def hf_base_catalog(files: dict[str, bytes], with_sha: set[str]) -> Catalog:
+    return Catalog.model_validate({"model": [{
+        "name": "sdxl-base", "kind": "sdxl", "source": "hf", "repo": HF_REPO, "revision": HF_COMMIT,
+        "license": "CreativeML Open RAIL++-M",
+        "files": [{"path": n, "size": len(d), **({"sha256": hashlib.sha256(d).hexdigest()} if n in with_sha else {})}
+                  for n, d in files.items()]}]})
+
+
+def st_bytes(seed: int) -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    return save({"w": torch.randn(16, 16, generator=torch.Generator().manual_seed(seed))})
+
+
+BASE_FILES = {"model_index.json": b'{"_class_name": "StableDiffusionXLPipeline"}',
+              "unet/diffusion_pytorch_model.fp16.safetensors": st_bytes(3)}
+
+
+@pytest.mark.parametrize("env", ["HF_HOME", "HF_HUB_CACHE"])
+def test_the_hf_cache_is_verified_and_linked_not_downloaded(tmp_path, monkeypatch, env):
+    root = tmp_path / "hfhome"
+    cache = fake_hf_cache(root / "hub" if env == "HF_HOME" else root, BASE_FILES,
+                          lfs={"unet/diffusion_pytorch_model.fp16.safetensors"})
+    monkeypatch.setenv(env, str(root))
+    monkeypatch.delenv("HF_HUB_CACHE" if env == "HF_HOME" else "HF_HOME", raising=False)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in cache.rglob("blobs/*")}
+    store = ModelStore(real_settings(tmp_path), hf_base_catalog(BASE_FILES, with_sha=set()))
+    folder = store.download("sdxl-base", progress=False)  # HF_HUB_OFFLINE=1: any network use would fail
+    for name, data in BASE_FILES.items():
+        placed = folder / name
+        assert placed.read_bytes() == data
+        blob_path = (cache / f"models--{HF_REPO.replace('/', '--')}" / "snapshots" / HF_COMMIT / name).resolve()
+        assert placed.resolve() == blob_path or placed.stat().st_ino == blob_path.stat().st_ino  # linked
+        assert store.pins("sdxl-base")[name]["reused_from"].endswith(name)
+    assert store.status("sdxl-base").verified and store.verify("sdxl-base").verified
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in cache.rglob("blobs/*")} == before  # untouched
+
+
+def test_a_cached_file_that_fails_its_hash_is_not_used(tmp_path, monkeypatch):
+    from pipelines.errors import DownloadError
+
+    files = dict(BASE_FILES)
+    fake_hf_cache(tmp_path / "hub", files, lfs=set(files))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    wrong = {**files, "unet/diffusion_pytorch_model.fp16.safetensors": st_bytes(4)}  # the catalog's bytes differ
+    store = ModelStore(real_settings(tmp_path), hf_base_catalog(wrong, with_sha=set(wrong)))
+    with pytest.raises(DownloadError, match="offline"):  # not reused: it would have to download
+        store.download("sdxl-base", progress=False)
+    assert not (store.folder("sdxl-base") / "unet/diffusion_pytorch_model.fp16.safetensors").exists()
+
+
+def test_other_apps_folders_from_extra_model_paths(tmp_path, monkeypatch):
+    """A ComfyUI-style extra_model_paths.yaml names an install; a catalog file found
+    there with the catalog's sha256 is linked, never changed; a same-size file with
+    other bytes is not used."""
+    comfy = tmp_path / "ComfyUI"
+    good = st_bytes(5)
+    (comfy / "models" / "ipadapter").mkdir(parents=True)
+    (comfy / "models" / "ipadapter" / "ip-adapter-faceid-plusv2_sdxl.safetensors").write_bytes(good)
+    (comfy / "models" / "insightface" / "models" / "buffalo_l").mkdir(parents=True)
+    (comfy / "models" / "insightface" / "models" / "buffalo_l" / "w600k_r50.onnx").write_bytes(blob(3000, 6))
+    yaml_file = tmp_path / "extra_model_paths.yaml"
+    yaml_file.write_text("comfyui:\n    base_path: ComfyUI/\n    ipadapter: models/ipadapter\n"
+                         "    insightface: |\n        models/insightface\n    checkpoints: models/checkpoints\n")
+    cat = Catalog.model_validate({"model": [
+        {"name": "adapter", "kind": "ip-adapter", "source": "url", "license": "MIT",
+         "files": [{"path": "a.safetensors", "source": "https://example.invalid/a", "size": len(good),
+                    "sha256": hashlib.sha256(good).hexdigest()}]},
+        {"name": "other", "kind": "insightface", "source": "url", "license": "MIT",
+         "files": [{"path": "w600k_r50.onnx", "source": "https://example.invalid/w", "size": 3000,
+                    "sha256": hashlib.sha256(blob(3000, 7)).hexdigest()}]}]})
+    settings = real_settings(tmp_path, extra_model_paths=yaml_file)
+    store = ModelStore(settings, cat)
+    src = comfy / "models" / "ipadapter" / "ip-adapter-faceid-plusv2_sdxl.safetensors"
+    stamp = src.stat().st_mtime_ns
+    folder = store.download("adapter", progress=False)
+    assert (folder / "a.safetensors").read_bytes() == good and store.status("adapter").verified
+    assert src.read_bytes() == good and src.stat().st_mtime_ns == stamp
+    assert store.pins("adapter")["a.safetensors"]["reused_from"] == str(src.resolve())
+    from pipelines.errors import DownloadError
+
+    with pytest.raises(DownloadError):  # same size, other bytes: not used, so it must download (and cannot)
+        store.download("other", progress=False)
+    # the default place for the file is the models folder itself
+    (tmp_path / "models").mkdir(exist_ok=True)
+    (tmp_path / "models" / "extra_model_paths.yaml").write_text(yaml_file.read_text().replace(
+        "ComfyUI/", str(comfy) + "/"))
+    from pipelines.models.external import extra_folders
+
+    assert extra_folders(real_settings(tmp_path))["ipadapter"] == [comfy / "models/ipadapter"]
+    with pytest.raises(Exception, match="LIKENESS_EXTRA_MODEL_PATHS"):
+        extra_folders(real_settings(tmp_path, extra_model_paths=tmp_path / "missing.yaml"))
+
+
+def test_hub_token_and_endpoint_are_honoured(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    with FakeHub() as hub:
+        hub.add_hub_file(HF_REPO, "w.safetensors", data := st_bytes(9))
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)  # a mirror
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+        cat = Catalog.model_validate({"model": [{"name": "vae-w", "kind": "vae", "source": "hf", "repo": HF_REPO,
+                                                 "license": "MIT", "files": [{"path": "w.safetensors"}]}]})
+        store = ModelStore(real_settings(tmp_path), cat)
+        store.download("vae-w", progress=False)
+        gets = [r for r in hub.requests if r.path.endswith("w.safetensors")]
+    assert gets and all(r.authorization == "Bearer hf_test_token" for r in gets)
+    assert (store.folder("vae-w") / "w.safetensors").read_bytes() == data
+
+
+def test_the_plan_counts_a_cached_base_as_nothing_to_download(tmp_path, monkeypatch, capsys):
+    from pipelines.models import store as store_mod
+
+    fake_hf_cache(tmp_path / "hub", BASE_FILES, lfs={"unet/diffusion_pytorch_model.fp16.safetensors"})
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    cat = hf_base_catalog(BASE_FILES, with_sha=set())
+    monkeypatch.setattr(store_mod, "load_catalog", lambda *a, **k: cat)
+    assert run(["models", "download", "sdxl-base", "--models-dir", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"sdxl-base\s+0 B .*on disk already", out) and "total to download: 0 B" in out
+    assert "sdxl-base: ok" in out

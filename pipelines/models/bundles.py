@@ -237,20 +237,37 @@ class DownloadPlan:
         for i in self.items:
             flag = " [research / non-commercial only]" if i.entry.research_only else ""
             url = f" <{i.entry.license_url}>" if i.entry.license_url else ""
+            found = "  (on disk already: verified, then linked)" if i.remaining == 0 else ""
             out.append(f"  {i.entry.name:32} {human_size(i.remaining, i.exact):>10}  licence: {i.entry.license}"
-                       f"{flag}{url}")
+                       f"{flag}{url}{found}")
         out.append(f"  total to download: {human_size(self.total, self.exact)}; "
                    f"free disk space in {self.folder}: {human_size(self.free)}")
         return out
 
 
-def _remaining(store, entry: ModelEntry) -> tuple[int | None, bool, int]:
+def _found_locally(store, entry: ModelEntry, f, sizes: dict) -> bool:
+    """A same-size copy sits in the HF cache or another app's folder (cheap: no
+    hashing; the download verifies it before linking, else downloads)."""
+    from .external import hf_cached_file
+
+    if f.size is None:
+        return False
+    if entry.source == "hf" and entry.repo:
+        cached = hf_cached_file(entry.repo, entry.revision, f.source or f.path)
+        if cached is not None and cached.stat().st_size == f.size:
+            return True
+    return bool(f.sha256) and f.size in sizes
+
+
+def _remaining(store, entry: ModelEntry, sizes: dict | None = None) -> tuple[int | None, bool, int]:
     """(bytes still to fetch, exact, peak extra bytes for pickle conversion)."""
     st = store.status(entry.name)
     missing = set(st.missing)
     todo, exact, peak = 0, True, 0
     for f in entry.files:
         if (f.convert_to or f.path) not in missing and not st.problems:
+            continue
+        if sizes is not None and _found_locally(store, entry, f, sizes):
             continue
         size = f.planned_size
         if size is None:
@@ -282,13 +299,16 @@ def missing_models(store, names) -> list[str]:
 
 def plan(store, names) -> DownloadPlan:
     """What fetching `names` would download here: sizes, licences, free space."""
+    from .external import files_by_size
+
     p = DownloadPlan(folder=store.root, free=free_space(store.root))
+    sizes = files_by_size(store.settings) if not store.demo else {}
     for n in _unique(names):
         entry = store.entry(n)
         if not store.demo and store.status(n).ok:
             p.present.append(n)
             continue
-        remaining, exact, peak = _remaining(store, entry) if not store.demo else (0, True, 0)
+        remaining, exact, peak = _remaining(store, entry, sizes) if not store.demo else (0, True, 0)
         p.items.append(PlanItem(entry, remaining, exact, peak))
     return p
 

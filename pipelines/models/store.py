@@ -33,6 +33,7 @@ from ..errors import BadInput, DownloadError, LicenseNotAccepted, ModelError, Mo
 from ..paths import atomic_path, atomic_write_text, check_name, confine, sanitize_name
 from .catalog import Catalog, ModelEntry, ModelFile, is_allowed_url, load_catalog
 from .convert import convert_pickle_to_safetensors
+from .external import files_by_size, reuse_file
 from .hashing import file_problem, sha256_file
 from .transfer import _fetch_to_part, _hub_error, _SilentTqdm, _Transient
 
@@ -287,8 +288,12 @@ class ModelStore:
         folder = self.folder(name)
         folder.mkdir(parents=True, exist_ok=True)
         fresh: set[str] = set()
+        sizes = files_by_size(self.settings)  # other apps' model files, by size
         for f in entry.files:
             if self._file_done(f, folder, self.pins(name)):
+                continue
+            if reuse_file(self, entry, f, confine(folder, f.path), sizes) is not None:  # HF cache, other apps
+                fresh.add(f.path)
                 continue
             if entry.source == "hf":
                 self._download_hf(entry, f, folder, progress)

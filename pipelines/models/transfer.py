@@ -29,7 +29,8 @@ def _hub_error(exc: BaseException) -> str:
     if name in ("OfflineModeIsEnabled",) or "offline" in str(exc).lower():
         return "offline mode is on (HF_HUB_OFFLINE=1); unset it to download"
     if name in ("RepositoryNotFoundError", "GatedRepoError"):
-        return "the repository was not found or needs a login (huggingface-cli login)"
+        return ("the repository was not found or is gated and needs a token: set HF_TOKEN (or run "
+                "`huggingface-cli login`) after accepting its terms on the hub")
     if name in ("RemoteEntryNotFoundError", "EntryNotFoundError"):
         return "the file does not exist in the repository"
     first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), name)
