@@ -175,6 +175,8 @@ class PortraitTab:
             lines[0] += f" ({DEMO_BANNER}.)"
         lines += [f"- left out **{Path(ex['file']).name}**: {ex['reason']}" for ex in result.excluded]
         info = [f"- `{g.path.name}`: seed {g.seed}, {likeness_text(g.recipe)}" for g in result.images]
+        if result.images:  # e.g. InstantID: a face that had to be scaled down to fit the size
+            lines += [f"- warning: {m}" for m in result.images[0].recipe.get("method_details", {}).get("warnings", [])]
         return {w.status: "\n".join(lines), w.results: items, w.result_info: "\n".join(info),
                 w.results_state: [g.recipe for g in result.images], w.selected: 0}
 

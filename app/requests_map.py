@@ -45,6 +45,7 @@ UI_DEFAULTS: dict[str, Any] = {
     "scale": DEFAULT_SCALE,
     "s_scale": 1.0,
     "identitynet_scale": 0.8,
+    "enhance_face_region": True,
     "pose": NONE,
     "pose_scale": 0.8,
     "restore": "none",
@@ -54,7 +55,8 @@ UI_DEFAULTS: dict[str, Any] = {
 }
 # request fields copied as they are
 _PLAIN = ("negative", "method", "sampler", "steps", "cfg", "count", "scale", "s_scale",
-          "identitynet_scale", "pose_scale", "restore", "restore_strength", "codeformer_fidelity")
+          "identitynet_scale", "enhance_face_region", "pose_scale", "restore", "restore_strength",
+          "codeformer_fidelity")
 _INTS = {"steps", "count"}
 _SIZE_RE = re.compile(r"^\s*(\d{2,4})\s*[x×]\s*(\d{2,4})\s*$")
 

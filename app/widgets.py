@@ -127,10 +127,20 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
             by_key["count"] = gr.Slider(1, 16, value=d["count"], step=1, label="Images")
             by_key["keep"] = gr.Slider(0, 16, value=d["keep"], step=1, label="Keep the best K (0 = all)")
         with gr.Row():
-            by_key["scale"] = gr.Slider(0, 2, value=d["scale"], step=0.05, label="Identity adapter scale")
+            by_key["scale"] = gr.Slider(
+                0, 2, value=d["scale"], step=0.05, label="Identity adapter scale",
+                info="FaceID: below 0.8 its attention LoRA fades with this scale, so 0 is the plain model "
+                     "(the reference keeps the LoRA at 1.0: CLI --faceid-lora-weight 1). The face crop goes to "
+                     "CLIP in RGB (the model card's example feeds BGR: --faceid-crop-channels bgr).",
+            )
             by_key["s_scale"] = gr.Slider(0, 3, value=d["s_scale"], step=0.05, label="FaceID face-structure (s_scale)")
             by_key["identitynet_scale"] = gr.Slider(0, 2, value=d["identitynet_scale"], step=0.05,
                                                     label="InstantID IdentityNet scale")
+            by_key["enhance_face_region"] = gr.Checkbox(
+                value=d["enhance_face_region"], label="InstantID: enhance non-face region",
+                info="IdentityNet and the face attention act on the face box only (the official demo's default)",
+                elem_id="enhance-face-region",
+            )
         with gr.Row():
             by_key["pose"] = gr.Dropdown([(NONE, NONE)] + [(t, n) for n, t, _ in poses], value=d["pose"],
                                          label="Pose template", elem_id="pose")

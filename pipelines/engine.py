@@ -25,7 +25,7 @@ from .memory import free_memory
 from .models.bases import DEFAULT_BASE, base_family, dtype_kwargs, load_base_pipeline
 from .identity.base import Conditioning, ControlUnit, IdentityMethod
 from .requests import GenerateRequest
-from .samplers import SDXL_BUCKETS, SD15_BUCKETS, demo_size, make_scheduler
+from .samplers import SDXL_BUCKETS, SD15_BUCKETS, demo_size, make_scheduler, nearest_bucket
 from .settings import DEMO_BANNER, Settings
 
 StepCallback = Callable[[dict], None]
@@ -217,11 +217,13 @@ class Engine:
         return self._cn_pipes[key]
 
     # ---------------------------------------------------------------- generate
-    def resolve_size(self, req: GenerateRequest, family: str) -> tuple[int, int]:
+    def resolve_size(self, req: GenerateRequest, family: str, photo_size=None) -> tuple[int, int]:
+        """The request's width/height; a missing one comes from the default bucket,
+        or, given `photo_size` (w, h), from the bucket nearest the photo's aspect."""
         buckets = SDXL_BUCKETS if family == "sdxl" else SD15_BUCKETS
         w, h = req.width, req.height
         if w is None or h is None:
-            bw, bh = buckets[0]
+            bw, bh = nearest_bucket(*photo_size, buckets) if photo_size else buckets[0]
             if self.settings.demo:
                 bw, bh = demo_size(bw, bh)
             w, h = w or bw, h or bh
@@ -253,7 +255,11 @@ class Engine:
                 identity = self.identity(req.photos or None, req.identity_card, packs, req.face_index)
             pipe = self.pipeline(req.base_model, req.vae)
             method = self.use_method(req.method, pipe)
-            width, height = self.resolve_size(req, family)
+            # a method that places the photo's face on the canvas (InstantID) gets the
+            # bucket nearest the photo's aspect, unless a pose places the face
+            follows_photo = identity is not None and getattr(method, "follows_photo_aspect", False)
+            posed = bool(req.pose) and req.pose_scale > 0
+            width, height = self.resolve_size(req, family, identity.image_size if follows_photo and not posed else None)
             seed0 = req.seed if req.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
             cond = method.conditioning(pipe, identity, req, width, height) if method else Conditioning()
             self._apply_loras(pipe, req, cond)

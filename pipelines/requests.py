@@ -57,6 +57,11 @@ class GenerateRequest(BaseModel):
     s_scale: float = Field(default=1.0, ge=0.0, le=3.0)  # FaceID Plus v2 face-structure weight
     shortcut: bool = True  # FaceID Plus v2
     identitynet_scale: float = Field(default=0.8, ge=0.0, le=2.0)  # InstantID ControlNet
+    # InstantID: mask IdentityNet and the face attention to the face box (the official demo's default)
+    enhance_face_region: bool = True
+    # FaceID Plus v2 attention-LoRA weight; None = fades with the scale below 0.8, 1.0 = the reference
+    faceid_lora_weight: float | None = Field(default=None, ge=0.0, le=2.0)
+    faceid_crop_channels: Literal["rgb", "bgr"] = "rgb"  # "bgr" = what IP-Adapter's model card feeds CLIP
     # LoRAs (issue: LoRA training), pose ControlNet, face restore, best-of-N, W+ edits
     loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
     pose: str | None = None  # a template name from assets/poses, or a .json / .png file

@@ -31,6 +31,13 @@ def register(sub) -> None:
     p.add_argument("--scale", type=float, help="identity adapter scale")
     p.add_argument("--s-scale", type=float, help="FaceID Plus v2 face-structure weight")
     p.add_argument("--identitynet-scale", type=float, help="InstantID IdentityNet conditioning scale")
+    p.add_argument("--enhance-face-region", action=argparse.BooleanOptionalAction, default=None,
+                   help="InstantID: keep IdentityNet and the face attention to the face box, as the official "
+                        "demo's 'Enhance non-face region' (default on)")
+    p.add_argument("--faceid-lora-weight", type=float, metavar="W",
+                   help="FaceID attention-LoRA weight (default: fades with --scale below 0.8; 1 = the reference)")
+    p.add_argument("--faceid-crop-channels", choices=["rgb", "bgr"],
+                   help="channel order of the face crop fed to CLIP (default rgb; bgr = IP-Adapter's model card)")
     p.add_argument("--pose", metavar="NAME|FILE", help="pose template name, or a .json template / reference .png photo")
     p.add_argument("--pose-scale", type=float, help="pose ControlNet conditioning scale")
     p.add_argument("--restore", choices=["none", "gfpgan", "codeformer"], help="face restoration")
@@ -54,6 +61,8 @@ _FIELDS = {
     "prompt": "prompt", "negative": "negative", "method": "method", "count": "count", "seed": "seed",
     "steps": "steps", "cfg": "cfg", "width": "width", "height": "height", "sampler": "sampler",
     "scale": "scale", "s_scale": "s_scale", "identitynet_scale": "identitynet_scale",
+    "enhance_face_region": "enhance_face_region", "faceid_lora_weight": "faceid_lora_weight",
+    "faceid_crop_channels": "faceid_crop_channels",
     "base_model": "base_model", "pose": "pose", "pose_scale": "pose_scale", "restore": "restore",
     "restore_strength": "restore_strength", "codeformer_fidelity": "codeformer_fidelity",
 }
@@ -156,6 +165,8 @@ def cmd_generate(args, settings) -> int:
     if req.keep is not None and req.keep < req.count:
         where = f"moved to {REJECTS_DIR}/" if req.rejects else "deleted"
         print(f"best-of-{req.count}: kept the {req.keep} most alike; the others were {where}", file=sys.stderr)
+    for warning in (result.images[0].recipe.get("method_details", {}).get("warnings", []) if result.images else []):
+        print(f"warning: {warning}", file=sys.stderr)
     for img in result.images:
         if "identity" in img.recipe:
             print(f"{img.path.name}: {describe(img.recipe.get('likeness'))}", file=sys.stderr)

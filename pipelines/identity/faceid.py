@@ -6,6 +6,25 @@ resampler), with `shortcut` and `s_scale` (face-structure weight) set on the
 projection layer. The .bin also carries a LoRA on attention that diffusers loads as
 the peft adapter `faceid_0`; `unload` deletes it (diffusers' `unload_ip_adapter`
 does not), so the base pipeline is left exactly as before.
+
+What the reference computes (tencent-ailab/IP-Adapter `ip_adapter/ip_adapter_faceid.py`,
+`IPAdapterFaceIDPlusXL.get_image_embeds`), and this file does too: the
+unconditional ID embedding is zeros, and the unconditional CLIP input is the
+image encoder run on an all-zero *pixel tensor* (`torch.zeros_like` of the
+processed face), which is also what diffusers' `encode_image` does -- not the
+processor applied to a black picture (that normalises to about -1.8, not 0).
+
+Two deliberate differences, each with a way back to the reference:
+- The attention LoRA's weight fades with the adapter scale below the default
+  0.8 (weight = scale / 0.8, capped at 1), so scale 0 is exactly the base model
+  and a low scale weakens the whole adapter, not only its tokens. The reference
+  keeps the LoRA at 1.0 whatever the scale. Reference: `faceid_lora_weight=1.0`
+  (`--faceid-lora-weight 1`); any fixed weight can be given.
+- The aligned face crop goes to the CLIP image encoder in RGB. The model card's
+  example passes insightface's BGR crop (a cv2 image) to the RGB processor;
+  tencent-ailab/IP-Adapter#430 reports that as a bug, and CLIP was trained on
+  RGB. Reference card behaviour: `faceid_crop_channels="bgr"`
+  (`--faceid-crop-channels bgr`).
 """
 
 from __future__ import annotations
@@ -22,6 +41,8 @@ LORA_NAME = "faceid_0"
 
 class FaceIDPlusV2(IdentityMethod):
     name = "faceid"
+    label, title = "FaceID Plus v2", "IP-Adapter FaceID Plus v2"
+    help = "ArcFace embedding + CLIP face features through IP-Adapter (SDXL)"
     base = "sdxl"
     required_models = (MODEL, ENCODER)
     recognizer = "buffalo_l"
@@ -76,19 +97,31 @@ class FaceIDPlusV2(IdentityMethod):
             self.set_lora_weight(pipe, getattr(self, "_lora_weight", 1.0))
 
     # ---------------------------------------------------------- conditioning
-    def clip_features(self, crops: list[np.ndarray]):
-        """Penultimate CLIP hidden states of aligned face crops, averaged over photos,
-        and of a blank image (the unconditional side)."""
+    def lora_weight_for(self, request, scale: float) -> float:
+        """The attention LoRA's weight: the request's `faceid_lora_weight` if set
+        (1.0 = the reference), else full at the default scale and fading to 0
+        with it, so scale 0 is exactly the base model (a deliberate choice; see
+        the module docstring)."""
+        fixed = getattr(request, "faceid_lora_weight", None)
+        if fixed is not None:
+            return float(fixed)
+        return min(scale / self.default_scale, 1.0)
+
+    def clip_features(self, crops: list[np.ndarray], channels: str = "rgb"):
+        """(uncond, cond): penultimate CLIP hidden states of the image encoder on an
+        all-zero pixel tensor (the reference's unconditional input), and of the
+        aligned face crops averaged over photos. `channels="bgr"` reverses the
+        crops' channels first (the model card's input; see the module docstring)."""
         import torch
 
         enc = self._ensure_encoder()
-        size = enc.config.image_size
-        blank = np.zeros((size, size, 3), dtype=np.uint8)
+        if channels == "bgr":
+            crops = [np.ascontiguousarray(c[..., ::-1]) for c in crops]
         with torch.no_grad():
-            pix = self._processor(images=[*crops, blank], return_tensors="pt").pixel_values
-            hs = enc(pix.to(self.device, self.dtype), output_hidden_states=True).hidden_states[-2]
-        cond = hs[:-1].mean(dim=0, keepdim=True)
-        return hs[-1:], cond
+            pix = self._processor(images=list(crops), return_tensors="pt").pixel_values.to(self.device, self.dtype)
+            cond = enc(pix, output_hidden_states=True).hidden_states[-2].mean(dim=0, keepdim=True)
+            uncond = enc(torch.zeros_like(pix[:1]), output_hidden_states=True).hidden_states[-2]
+        return uncond, cond
 
     def conditioning(self, pipe, identity, request, width, height) -> Conditioning:
         import torch
@@ -96,12 +129,11 @@ class FaceIDPlusV2(IdentityMethod):
         emb = self.embedding_for(identity)
         scale = self.scale_for(request)
         pipe.set_ip_adapter_scale(scale)
-        # the attention LoRA is part of the adapter: full weight at the default scale,
-        # fading to 0 with it, so scale 0 is exactly the base model
-        lora_weight = min(scale / self.default_scale, 1.0)
+        lora_weight = self.lora_weight_for(request, scale)
         self.set_lora_weight(pipe, lora_weight)
         id_pos = torch.as_tensor(np.asarray(emb), dtype=self.dtype).reshape(1, 1, 1, -1)
-        uncond_clip, cond_clip = self.clip_features(list(identity.crops))
+        channels = getattr(request, "faceid_crop_channels", "rgb")
+        uncond_clip, cond_clip = self.clip_features(list(identity.crops), channels)
         do_cfg = request.cfg > 1.0
         proj = pipe.unet.encoder_hid_proj.image_projection_layers[0]
         if do_cfg:
@@ -116,7 +148,7 @@ class FaceIDPlusV2(IdentityMethod):
         return Conditioning(
             call_kwargs={"ip_adapter_image_embeds": [embeds.to(self.device)]},
             recipe={"scale": scale, "lora_weight": round(lora_weight, 4), "s_scale": request.s_scale, "shortcut": request.shortcut,
-                    "recognizer": self.recognizer},
+                    "recognizer": self.recognizer, "crop_channels": channels},
         )
 
 

@@ -62,7 +62,9 @@ class PoseControl:
 def align_identitynet(units: list[ControlUnit], template, width: int, height: int) -> bool:
     """With a pose, draw InstantID's face keypoints where the pose puts the head
     (instead of where the reference photo had it), so IdentityNet and the pose
-    ControlNet agree. Returns whether anything changed."""
+    ControlNet agree. A unit that knows its face (InstantID's `IdentityNetUnit`)
+    moves its face region along and records a warning if a keypoint falls
+    off the canvas. Returns whether anything changed."""
     from .render import face_keypoints_pixels, render_face_keypoints
 
     kps = face_keypoints_pixels(template, width, height)
@@ -71,6 +73,9 @@ def align_identitynet(units: list[ControlUnit], template, width: int, height: in
     changed = False
     for u in units:
         if u.name == "identitynet":
-            u.image = render_face_keypoints(kps, width, height)
+            if hasattr(u, "move_face"):
+                u.move_face(kps, width, height)
+            else:
+                u.image = render_face_keypoints(kps, width, height)
             changed = True
     return changed

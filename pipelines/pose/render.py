@@ -7,9 +7,16 @@ controlnet-aux draws at a 512 px detection size and the result is scaled to the
 output, so stroke width and disc radius here scale with the canvas' short side
 / 512 to look the same at every SDXL bucket.
 
-`render_face_keypoints` draws InstantID's IdentityNet input: the four outer face
-points joined to the nose by ellipses (60 % colour), then a disc on each point,
-sized for a ~1024 px canvas as InstantID draws it.
+`render_face_keypoints` draws InstantID's IdentityNet input exactly as the
+reference `draw_kps` (InstantX/InstantID, `pipeline_stable_diffusion_xl_instantid.py`)
+does, with the same OpenCV calls: on a black canvas, the four outer face points
+joined to the nose by `cv2.ellipse2Poly` + `cv2.fillConvexPoly` limbs of
+half-width 4 (centre and angle truncated to int), the whole image times 0.6,
+then a filled radius-10 `cv2.circle` at each truncated point. The sizes are in
+pixels and do not scale with the canvas: IdentityNet was trained on this
+drawing, so an SDXL bucket gets exactly the reference pixels. (On demo mode's
+tiny canvases the discs therefore look large; that is the reference drawing,
+kept on purpose.)
 
 Everything is deterministic: no anti-aliasing, integer geometry, same input ->
 identical pixels (and identical PNG bytes from the same Pillow/zlib).
@@ -51,14 +58,15 @@ OPENPOSE_REFERENCE_SIZE = 512  # controlnet-aux's detection size: stroke 4, disc
 OPENPOSE_STROKE = 4
 OPENPOSE_DISC = 4
 
-# InstantID's face-keypoint drawing (insightface order: eyes, nose, mouth corners)
+# InstantID's face-keypoint drawing (insightface order: eyes, nose, mouth corners);
+# the published `draw_kps` parameters, in pixels at any canvas size
 FACE_COLORS: tuple[tuple[int, int, int], ...] = (
     (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255),
 )  # fmt: skip
 FACE_LIMBS: tuple[tuple[int, int], ...] = ((0, 2), (1, 2), (3, 2), (4, 2))  # colour of the first point
-FACE_REFERENCE_SIZE = 1024
-FACE_STROKE = 4
-FACE_DISC = 10
+FACE_STROKE = 4  # the limb ellipse's minor semi-axis ("stickwidth")
+FACE_DISC = 10  # the keypoint circle's radius
+FACE_LIMB_DIM = 0.6  # the limbs (and only they: circles come after) are dimmed
 
 MAX_SIDE = 8192
 
@@ -170,8 +178,13 @@ def render_openpose(template: PoseTemplate, width: int, height: int, *, face_dot
 
 
 def _check_kps5(kps5) -> np.ndarray:
+    """5 finite (x, y) points. float32 stays float32 (insightface's keypoints are
+    float32, and the reference's means and lengths are then computed in float32,
+    which decides the int truncations); anything else becomes float64."""
     try:
-        arr = np.asarray(kps5, dtype=np.float64)
+        arr = np.asarray(kps5)
+        if arr.dtype != np.float32:
+            arr = arr.astype(np.float64)
     except (TypeError, ValueError):
         raise BadInput("face keypoints must be 5 (x, y) pixel pairs.") from None
     if arr.shape != (5, 2):
@@ -183,17 +196,24 @@ def _check_kps5(kps5) -> np.ndarray:
 
 def render_face_keypoints(kps5, width: int, height: int) -> Image.Image:
     """InstantID IdentityNet conditioning: the 5 face points (pixel coordinates
-    in the width x height canvas, insightface order) drawn on black."""
+    in the width x height canvas, insightface order) drawn on black, pixel for
+    pixel as the reference `draw_kps` draws them (see the module docstring)."""
+    import cv2
+
     _check_size(width, height)
     kps = _check_kps5(kps5)
-    k = min(width, height) / FACE_REFERENCE_SIZE
-    canvas = Image.new("RGB", (width, height), (0, 0, 0))
-    draw = ImageDraw.Draw(canvas)
+    canvas = np.zeros((height, width, 3))  # float64, as the reference fills it
     for i, j in FACE_LIMBS:
-        draw.polygon(_ellipse_polygon(kps[i], kps[j], FACE_STROKE * k), fill=_dim(FACE_COLORS[i]))
-    for p, color in zip(kps, FACE_COLORS):
-        _disc(draw, p, FACE_DISC * k, color)
-    return canvas
+        xs, ys = kps[[i, j], 0], kps[[i, j], 1]
+        length = ((xs[0] - xs[1]) ** 2 + (ys[0] - ys[1]) ** 2) ** 0.5
+        angle = math.degrees(math.atan2(ys[0] - ys[1], xs[0] - xs[1]))
+        centre = (int(np.mean(xs)), int(np.mean(ys)))
+        polygon = cv2.ellipse2Poly(centre, (int(length / 2), FACE_STROKE), int(angle), 0, 360, 1)
+        cv2.fillConvexPoly(canvas, polygon, FACE_COLORS[i])
+    out = np.ascontiguousarray((canvas * FACE_LIMB_DIM).astype(np.uint8))
+    for (x, y), color in zip(kps, FACE_COLORS):
+        cv2.circle(out, (int(x), int(y)), FACE_DISC, color, -1)
+    return Image.fromarray(out, "RGB")
 
 
 # ---- previews ----------------------------------------------------------------------------
