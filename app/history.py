@@ -89,12 +89,15 @@ class HistoryTab:
         return updates
 
     def identity_card(self, recipe: dict) -> str | None:
-        """The recipe's identity card, only when it lies inside the outputs folder."""
+        """The recipe's identity card, only when it lies inside the outputs folder.
+        Recipes name the card by file name (in `<outputs>/identities/`); older
+        ones held its full path."""
         card = (recipe.get("identity") or {}).get("card")
-        if not card:
+        if not isinstance(card, str) or not card or "\x00" in card:
             return None
         root = Path(self.settings.outputs_dir).resolve()
-        p = Path(card).resolve()
+        p = Path(card) if Path(card).is_absolute() else root / "identities" / Path(card).name
+        p = p.resolve()
         return str(p) if p.is_file() and root in p.parents else None
 
     def wire(self, app_load) -> None:

@@ -4,6 +4,17 @@ status and the UI maps the message to `gr.Error`."""
 
 from __future__ import annotations
 
+import re
+
+# C0/C1 control characters other than whitespace (which `__str__` folds anyway):
+# a file name holding an escape sequence must not drive the user's terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with control characters written as Python escapes (`\\x1b`)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
 
 class LikenessError(Exception):
     """Base class: a failure the user can act on. `exit_code` follows the CLI
@@ -15,8 +26,8 @@ class LikenessError(Exception):
         super().__init__(message)
         self.message = message
 
-    def __str__(self) -> str:  # one line, always
-        return " ".join(self.message.split())
+    def __str__(self) -> str:  # one line, always, with no raw control characters
+        return escape_controls(" ".join(self.message.split()))
 
 
 class BadInput(LikenessError):

@@ -15,7 +15,15 @@ What comes out is always an upright 8-bit RGB image whose long side is at most
   transparency is flattened onto a neutral grey (not black, which would read
   as dark hair or shadow to a face detector);
 - huge JPEGs are decoded reduced (`Image.draft`), so memory stays bounded;
-  other formats are bounded by the pixel cap, then downscaled.
+  other formats are bounded by the pixel cap, then downscaled;
+- a strip (long side over `MAX_ASPECT` times the short side) is refused with its
+  real size: downscaled it would be a line of pixels that holds no face.
+
+Every file a user names (photos, cards, job files, recipes, pose files) is opened
+through `regular_file` / `read_user_file` / `hash_user_file`: only regular files,
+checked with `stat` before opening, opened non-blocking and checked again on the
+open descriptor, read up to a size limit. A FIFO, `/dev/zero` or a folder is
+refused at once instead of hanging a read.
 
 Pillow keeps its limits in module globals. We never change them at import; while
 decoding we set them under a lock and restore them afterwards. (Python < 3.14
@@ -26,8 +34,10 @@ never a looser one.)"""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
+import stat as _stat
 import threading
 import warnings
 from pathlib import Path
@@ -49,6 +59,11 @@ SUPPORTED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP or TIFF"  # for messages
 
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_SIDE = 2048
+# A photo file over this size is refused before it is read (a 64 MP 16-bit PNG is
+# well under it).
+MAX_PHOTO_BYTES = 512 * 1024 * 1024
+# Long side / short side above which an image is a strip, not a photo of a person.
+MAX_ASPECT = 20
 NEUTRAL_BACKGROUND = (128, 128, 128)
 _DRAFT_SLACK = 0.9
 
@@ -64,6 +79,102 @@ _FTYP_BRANDS = {
     b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
     b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF",
 }
+
+
+# --------------------------------------------------------------------------- user files
+
+
+def _kind(mode: int) -> str:
+    if _stat.S_ISDIR(mode):
+        return "a folder"
+    if _stat.S_ISFIFO(mode):
+        return "a pipe (FIFO)"
+    if _stat.S_ISCHR(mode) or _stat.S_ISBLK(mode):
+        return "a device"
+    if _stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def regular_file(path: str | os.PathLike, label: str | None = None, *,
+                 max_bytes: int | None = None) -> os.stat_result:
+    """`stat` of `path` if it is an existing regular file of at most `max_bytes`;
+    otherwise a one-sentence `BadInput` naming it. Follows symlinks (a link to a
+    regular file is fine; a link to a device is refused)."""
+    label = label or os.fspath(path)
+    if "\x00" in os.fspath(path):
+        raise BadInput(f"{label!r} contains a NUL byte; it cannot be a file name.")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise BadInput(f"{label} does not exist; check the path.") from None
+    except OSError as exc:
+        raise BadInput(f"{label} cannot be read: {exc.strerror or exc}.") from exc
+    if not _stat.S_ISREG(st.st_mode):
+        raise BadInput(f"{label} is {_kind(st.st_mode)}, not a file; give a regular file.")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise BadInput(f"{label} is {st.st_size:,} bytes; the limit is {max_bytes:,}.")
+    return st
+
+
+@contextlib.contextmanager
+def open_user_file(path: str | os.PathLike, label: str | None = None, *,
+                   max_bytes: int | None = None) -> Iterator[IO[bytes]]:
+    """Open a user-named regular file for reading, binary. Non-blocking open, so a
+    FIFO swapped in after the `stat` cannot block; the open descriptor is checked
+    again (`fstat`) before a byte is read."""
+    label = label or os.fspath(path)
+    regular_file(path, label, max_bytes=max_bytes)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise BadInput(f"{label} cannot be read: {exc.strerror or exc}.") from exc
+    try:
+        st = os.fstat(fd)
+        if not _stat.S_ISREG(st.st_mode):
+            raise BadInput(f"{label} is {_kind(st.st_mode)}, not a file; give a regular file.")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise BadInput(f"{label} is {st.st_size:,} bytes; the limit is {max_bytes:,}.")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with fh:
+        yield fh
+
+
+def read_user_file(path: str | os.PathLike, label: str | None = None, *, max_bytes: int) -> bytes:
+    """The bytes of a user-named regular file, at most `max_bytes` (a file that
+    grows past the limit while being read is refused too)."""
+    label = label or os.fspath(path)
+    with open_user_file(path, label, max_bytes=max_bytes) as fh:
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise BadInput(f"{label} cannot be read: {exc.strerror or exc}.") from exc
+    if len(data) > max_bytes:
+        raise BadInput(f"{label} is over the limit of {max_bytes:,} bytes.")
+    return data
+
+
+def hash_user_file(path: str | os.PathLike, label: str | None = None, *,
+                   max_bytes: int = MAX_PHOTO_BYTES) -> str:
+    """Hex sha256 of a user-named regular file, read in chunks up to `max_bytes`."""
+    label = label or os.fspath(path)
+    h = hashlib.sha256()
+    total = 0
+    with open_user_file(path, label, max_bytes=max_bytes) as fh:
+        try:
+            while chunk := fh.read(1 << 20):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise BadInput(f"{label} is over the limit of {max_bytes:,} bytes.")
+                h.update(chunk)
+        except OSError as exc:
+            raise BadInput(f"{label} cannot be read: {exc.strerror or exc}.") from exc
+    return h.hexdigest()
 
 
 def load_photo(
@@ -119,16 +230,16 @@ def _read_source(src: object, label: str) -> Path | bytes:
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise BadInput(f"{label} does not exist; check the path.") from None
-        except OSError as e:
-            raise UnreadableImage(f"{label} is unreadable: {e.strerror or e}.") from None
-        if path.is_dir():
-            raise BadInput(f"{label} is a folder, not an image file; choose a photo file.")
+            st = regular_file(path, label, max_bytes=MAX_PHOTO_BYTES)
+        except BadInput as e:
+            if os.path.isdir(path):
+                raise BadInput(f"{label} is a folder, not an image file; choose a photo file.") from None
+            raise e from None
         if st.st_size == 0:
             raise UnreadableImage(f"{label} is unreadable: the file is empty (0 bytes).")
-        return path
+        # decoded from memory: Pillow never opens the path itself (a file swapped
+        # for a FIFO after the stat would block it)
+        return read_user_file(path, label, max_bytes=MAX_PHOTO_BYTES)
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
     elif hasattr(src, "read"):
@@ -211,6 +322,12 @@ def _too_large(label: str, size: tuple[int, int] | None, cap: int) -> BadInput:
 def _check_pixels(label: str, size: tuple[int, int], cap: int) -> None:
     if max(1, size[0]) * max(1, size[1]) > cap:
         raise _too_large(label, size, cap)
+    w, h = size
+    if min(w, h) >= 1 and max(w, h) > MAX_ASPECT * min(w, h):
+        raise BadInput(
+            f"{label} is {w}x{h} px, a strip (more than {MAX_ASPECT}:1), not a photo of a person; "
+            "crop it around the face."
+        )
 
 
 def _declared_size(source: Path | bytes) -> tuple[int, int] | None:

@@ -15,6 +15,7 @@ chunk and in the recipe, so nobody mistakes them for real output."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from . import __version__
 from .errors import BadInput, UnreadableImage
-from .imageio import DEFAULT_MAX_PIXELS, pil_decoding_limits
+from .imageio import DEFAULT_MAX_PIXELS, pil_decoding_limits, read_user_file
 from .paths import atomic_path
 
 PARAMETERS_KEY = "parameters"
@@ -41,6 +42,28 @@ _IPTC_EXT_NS = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
 # Keys in the A1111 parameter line must match what its parser accepts
 # (a word character, then words, spaces, '-' or '/'), and never contain ':' or ','.
 _PARAM_KEY_RE = re.compile(r"^\w[\w \-/]*$")
+# Text in the prompt must not forge the lines infotext parsers look for (A1111's
+# `parse_generation_parameters` takes a line starting "Negative prompt:" as the
+# start of the negative prompt; others take the first line starting "Steps:").
+# Multi-line prompts keep their line breaks, but a line that starts like such a
+# line ("Word:") is joined to the line before it; every other control character
+# (\r, \x0b, U+2028, ...) becomes a space. The recipe keeps the exact text.
+_INFOTEXT_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]+")
+_KEY_LINE = re.compile(r"^\s*\w[\w \-/]*:")
+MAX_RECIPE_PNG_BYTES = 256 * 1024 * 1024
+
+
+def _infotext_block(text: str) -> str:
+    lines = [ln.strip() for ln in _INFOTEXT_CONTROL.sub(" ", text).strip().split("\n")]
+    out: list[str] = []
+    for line in lines:
+        if out and _KEY_LINE.match(line):
+            out[-1] = f"{out[-1]} {line}".strip()
+        else:
+            out.append(line)
+    if out and out[0].lower().startswith("negative prompt:"):
+        out[0] = "Negative prompt -" + out[0][len("negative prompt:"):]
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------- A1111 infotext
@@ -56,7 +79,7 @@ def _param_value(value: Any) -> str:
     else:
         text = json.dumps(value, ensure_ascii=False, sort_keys=True)
     # A1111 quotes a value (as JSON) only when it would break the line's syntax.
-    if "," in text or ":" in text or "\n" in text or text.startswith('"'):
+    if "," in text or ":" in text or "\n" in text or _INFOTEXT_CONTROL.search(text) or text.startswith('"'):
         return json.dumps(text, ensure_ascii=False)
     return text
 
@@ -101,9 +124,9 @@ def a1111_parameters(
             raise ValueError(f"parameter name {key!r} is already part of the A1111 parameters.")
         fields[key] = value
     line = ", ".join(f"{k}: {_param_value(v)}" for k, v in fields.items() if v is not None)
-    text = prompt.strip()
-    if negative and negative.strip():
-        text += f"\nNegative prompt: {negative.strip()}"
+    text = _infotext_block(prompt)
+    if negative and _infotext_block(negative):
+        text += f"\nNegative prompt: {_infotext_block(negative)}"
     return f"{text}\n{line}"
 
 
@@ -168,9 +191,12 @@ def read_recipe(path: Path | str) -> dict:
     """The JSON recipe stored by `save_png`. Raises `BadInput` naming the file
     when it is not a PNG or holds no (valid) Likeness recipe."""
     label = os.fspath(path)
+    if os.path.isdir(path):
+        raise BadInput(f"{label} is a folder; give a PNG written by Likeness.")
+    data = read_user_file(path, label, max_bytes=MAX_RECIPE_PNG_BYTES)  # a regular file, bounded
     raw = None
     try:
-        with pil_decoding_limits(DEFAULT_MAX_PIXELS), Image.open(path, formats=["PNG"]) as img:
+        with pil_decoding_limits(DEFAULT_MAX_PIXELS), Image.open(io.BytesIO(data), formats=["PNG"]) as img:
             raw = img.info.get(RECIPE_KEY)
             if raw is None:
                 # Some tools move text chunks behind the pixel data; reaching them
@@ -197,7 +223,9 @@ def read_recipe(path: Path | str) -> dict:
     try:
         recipe = json.loads(str(raw))
     except ValueError as e:
-        raise BadInput(f"{label} has a damaged Likeness recipe ({e.msg}); use another image.") from None
+        raise BadInput(f"{label} has a damaged Likeness recipe ({getattr(e, 'msg', e)}); use another image.") from None
+    except RecursionError as e:
+        raise BadInput(f"{label} has a damaged Likeness recipe (nested too deeply); use another image.") from e
     if not isinstance(recipe, dict):
         raise BadInput(f"{label} has a damaged Likeness recipe (not a JSON object); use another image.")
     return recipe

@@ -1,13 +1,22 @@
 """Writing generated images: file naming inside the output folder, the recipe, and
-the identity card that lets `generate --recipe` reproduce an image exactly."""
+the identity card that lets `generate --recipe` reproduce an image exactly.
+
+A recipe travels with the PNG wherever it is shared, so it holds no local paths:
+the identity card and the source photos are recorded by file name and sha256
+(`identity.card`, `identity.card_sha256`, `identity.photos`), and a pose file by
+its name. `find_recipe_identity` finds them again for a replay: beside the PNG,
+in the outputs folder's `identities/`, or in the current folder, and only a file
+whose content matches the recorded hash is used."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import functools
+import os
 from pathlib import Path
 
 from . import __version__
+from .errors import BadInput
 from .paths import sanitize_name
 from .samplers import SAMPLER_TITLES
 from .settings import DEMO_BANNER
@@ -65,6 +74,11 @@ def build_recipe(engine, req, cond, identity, seed: int, width: int, height: int
     # the photos (and the face chosen in each) live in the identity card the recipe names
     request = req.model_dump(exclude={"out_dir", "photos", "identity_card", "face_index"})
     request.update(seed=seed, count=1, width=width, height=height)
+    if request.get("pose"):
+        request["pose"] = _shareable_pose(request["pose"])
+    details = dict(cond.recipe)
+    if isinstance(details.get("pose"), dict) and details["pose"].get("pose"):
+        details["pose"] = {**details["pose"], "pose": _shareable_pose(details["pose"]["pose"])}
     recipe = {
         "app": "likeness",
         "app_version": __version__,
@@ -82,7 +96,7 @@ def build_recipe(engine, req, cond, identity, seed: int, width: int, height: int
         "negative": req.negative,
         "base_model": req.base_model,
         "models": model_hashes(engine, req, method),
-        "method_details": cond.recipe,
+        "method_details": details,
         "device": engine.device,
         "dtype": str(engine.dtype).replace("torch.", ""),
         "request": request,
@@ -93,17 +107,135 @@ def build_recipe(engine, req, cond, identity, seed: int, width: int, height: int
         card = ensure_identity_card(settings, identity)
         recipe["identity"] = {
             "hash": identity.hash,
-            "card": str(card),
-            "photos": [str(p) for p in getattr(identity, "sources", [])],
+            "card": card.name,
+            "card_sha256": _stat_sha256(card),
+            "photos": [{"name": Path(p).name, "sha256": _stat_sha256(p)}
+                       for p in getattr(identity, "sources", [])],
             # per used photo: faces found, the face number used (1 = the largest), its box
             "faces": [{**c.as_dict(), "file": Path(c.source).name} for c in getattr(identity, "faces", [])],
         }
     return recipe
 
 
+def _shareable_pose(pose: str) -> str:
+    """A pose template name stays; a pose file is recorded by its file name."""
+    return Path(pose).name if ("/" in pose or os.sep in pose) else pose
+
+
+def _stat_sha256(path) -> str | None:
+    """sha256 of a (regular, bounded) local file, cached per content version;
+    None when it cannot be read (an upload already cleaned up)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    try:
+        return _user_file_sha256(os.fspath(path), st.st_size, st.st_mtime_ns)
+    except BadInput:
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _user_file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    from .imageio import hash_user_file
+
+    return hash_user_file(path)
+
+
+# ------------------------------------------------------------------ replay
+def recipe_search_folders(recipe_png: Path | str, settings) -> list[Path]:
+    """Where a replay looks for the recipe's card and photos, in order."""
+    png_dir = Path(recipe_png).expanduser().resolve().parent
+    outs = Path(settings.outputs_dir).expanduser()
+    folders = [png_dir, png_dir / "identities", png_dir.parent / "identities", outs / "identities",
+               Path.cwd()]
+    seen, out = set(), []
+    for f in folders:
+        key = str(f)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+def _matching(folders: list[Path], name, sha256) -> Path | None:
+    """The first regular file called `name` (a bare file name) in `folders` whose
+    sha256 is `sha256` (any content when no hash was recorded)."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+            or "\x00" in name:
+        return None
+    for folder in folders:
+        p = folder / name
+        if not p.is_file():
+            continue
+        if sha256 is None or _stat_sha256(p) == sha256:
+            return p
+    return None
+
+
+def find_recipe_identity(recipe_png: Path | str, ident: dict, settings) -> dict:
+    """`{"identity_card": path}` or `{"photos": [paths]}` for a replay of a recipe's
+    identity, found by name and content hash (see the module docstring). A card is
+    used only when it also holds the recorded identity hash."""
+    from .faces.identity import load_card
+
+    folders = recipe_search_folders(recipe_png, settings)
+    card_name = ident.get("card")
+    if isinstance(card_name, str):
+        card_name = Path(card_name).name  # older recipes recorded a full path: only its name is used
+    card = _matching(folders, card_name, ident.get("card_sha256") if isinstance(ident.get("card_sha256"), str)
+                     else None)
+    if card is not None:
+        try:
+            if ident.get("hash") in (None, load_card(card).hash):
+                return {"identity_card": str(card)}
+        except BadInput:
+            pass
+    photos = ident.get("photos")
+    found: list[str] = []
+    if isinstance(photos, list) and photos:
+        for ph in photos:
+            if isinstance(ph, dict) and isinstance(ph.get("sha256"), str):
+                p = _matching(folders, ph.get("name"), ph["sha256"])
+                if p is not None:
+                    found.append(str(p))
+    if found:
+        return {"photos": found}
+    where = ", ".join(str(f) for f in folders)
+    raise BadInput(
+        f"{recipe_png}: the recipe's identity card {card_name!r} (or its photos) was not found in {where}; "
+        "put the card or the photos beside the PNG, or give --identity CARD or --photo FILE."
+    )
+
+
+def check_output_dir(path: Path | str, what: str = "output folder") -> Path:
+    """`path` as an output folder: an existing writable folder, or one that can be
+    created (its nearest existing parent is a writable folder). Nothing is created."""
+    p = Path(path).expanduser()
+    if "\x00" in str(p):
+        raise BadInput(f"{what} {str(p)!r} contains a NUL byte.")
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        if probe == p:
+            raise BadInput(f"{what} {p} is a file, not a folder; choose a folder.")
+        raise BadInput(f"{what} {p} cannot be created: {probe} is a file, not a folder.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BadInput(f"{what} {p} is not writable ({probe} does not allow writing); choose another folder.")
+    return p
+
+
 def output_path(settings, req, seed: int, index: int) -> Path:
     base = Path(req.out_dir).expanduser() if req.out_dir else settings.outputs_dir / _dt.date.today().isoformat()
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        check_output_dir(base)  # names the file that is in the way
+        raise BadInput(f"output folder {base} cannot be created ({exc.strerror}).") from exc
+    except PermissionError as exc:
+        raise BadInput(f"output folder {base} cannot be created: permission denied; choose another "
+                       "folder.") from exc
     stem = f"{sanitize_name(req.name_prefix, 'likeness')}-{req.method}-{seed}"
     for n in range(index, index + 10_000):
         p = base / f"{stem}-{n:03d}.png"

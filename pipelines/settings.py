@@ -42,7 +42,18 @@ class Settings(BaseSettings):
     @field_validator("models_dir", "loras_dir", "outputs_dir")
     @classmethod
     def _expand(cls, v: Path) -> Path:
-        return Path(v).expanduser()
+        p = Path(v).expanduser()
+        if "\x00" in str(p):
+            raise ValueError("the path contains a NUL byte")
+        # a folder, or something that can become one: /dev/null or a file is refused here,
+        # not when the first image is about to be written
+        probe = p
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise ValueError(f"{probe} is a file, not a folder" if probe == p
+                             else f"{p} cannot be a folder: {probe} is a file")
+        return p
 
     @property
     def demo_models_dir(self) -> Path:
@@ -50,9 +61,16 @@ class Settings(BaseSettings):
 
     def resolve_device(self) -> str:
         """The torch device string for `device=auto` (probed lazily, never at import)."""
+        import torch
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise BadInput("--device cuda (LIKENESS_DEVICE): no CUDA GPU is available to torch here; "
+                           "use --device auto or cpu.")
+        if self.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise BadInput("--device mps (LIKENESS_DEVICE): Apple's MPS is not available here; "
+                           "use --device auto or cpu.")
         if self.device != "auto":
             return self.device
-        import torch
 
         if torch.cuda.is_available():
             return "cuda"
@@ -79,6 +97,7 @@ def load_settings(**overrides) -> Settings:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err.get("loc", ())) or "settings"
         raise BadInput(
-            f"setting {field} (env LIKENESS_{field.upper()}) is invalid: {err.get('msg')}"
+            f"setting {field} (env LIKENESS_{field.upper()}) is invalid: "
+            f"{str(err.get('msg', '')).removeprefix('Value error, ')}"
             f" (got {err.get('input')!r})."
         ) from None

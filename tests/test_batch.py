@@ -228,7 +228,7 @@ def test_json_job_files_work_too(job_dir):
         ("  - identity: alice\n    prompt: p\n    prompts: [q]\n", 4, r"items\[0\]: give prompt: or prompts:, not both"),
         ("  - identity: alice\n    prompt: p\n  - identity: alice\n    prompt: p\n    prompt: q\n", 8, r"items\[1\]\.prompt: key given twice"),
         ("  - identity: alice\n    preset: studio-headshot\n", 5, r"items\[0\]\.preset: presets are not available"),
-        ("  - identity: alice\n    prompt: p\n    loras: [[mine:3.5]]\n", 6, r"items\[0\]\.loras: .*less than or equal to 2"),
+        ("  - identity: alice\n    prompt: p\n    loras: [[mine:7.5]]\n", 6, r"items\[0\]\.loras: .*less than or equal to 5"),
     ],
 )
 def test_job_errors_name_the_key_and_the_line(job_dir, body, line, key, monkeypatch):

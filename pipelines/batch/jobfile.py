@@ -19,7 +19,15 @@ line numbers):
 Each entry of `items` expands as identities x presets x prompts x methods x
 seeds x poses x loras. Paths (photos, card, pose files) are relative to the job
 file. Every expanded item is validated as a `GenerateRequest` up front, so a bad
-option fails the whole job before anything runs.
+option fails the whole job before anything runs; `check_resources` then checks
+what the run will need from the installation (LoRA files, base models, pose
+templates), so `--dry-run` fails exactly where the run would.
+
+A job file may come from anywhere, so the loader bounds its work before it looks
+at the content: a size limit, no YAML anchors or aliases (a few hundred bytes of
+nested aliases expand to billions of nodes), at most `MAX_DEPTH` levels of
+nesting, and the product of every item's axes counted (duplicates included)
+before anything is expanded. Only regular files are read (no FIFOs or devices).
 
 An item's id is the sha256 of its resolved recipe: the validated request
 (without the photo paths and output options) as sorted JSON plus a hash of the
@@ -40,10 +48,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import BadInput, LikenessError
+from ..imageio import MAX_PHOTO_BYTES, hash_user_file, read_user_file
 from ..paths import check_name, sanitize_name
 
 MAX_ITEMS = 100_000  # a typo like seeds: range(10**9) must not eat memory
 MAX_JOB_BYTES = 5_000_000
+MAX_DEPTH = 32  # nesting levels of mappings/lists; a real job file needs 6
+MAX_CARD_BYTES = 64 * 1024 * 1024
+_URL_SCHEMES = ("http://", "https://", "ftp://", "file://", "data:")
 
 # request fields the batch owns; an override naming them is a mistake
 _RESERVED = {
@@ -165,6 +177,7 @@ class Job:
     identities: dict[str, IdentitySource]
     items: list[BatchItem] = field(default_factory=list)
     duplicates: int = 0  # expanded items whose recipe equals an earlier one
+    lines: Any = field(default=None, repr=False, compare=False)  # _Lines, for errors after loading
 
     @property
     def folder_name(self) -> str:
@@ -253,15 +266,42 @@ def _reject_duplicate_keys(root, errors: _Errors) -> None:
 
 
 # -------------------------------------------------------------------- loading
+def _check_events(text: str, path: Path) -> None:
+    """Refuse anchors, aliases and deep nesting from the YAML event stream: the
+    parser is a state machine (linear in the text, no recursion), so this runs
+    before anything builds or walks a tree."""
+    import yaml
+
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise BadInput(f"job file {path}, line {line}: YAML anchors and aliases (& and *) are not "
+                           "allowed in job files; write the values out.")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise BadInput(f"job file {path}, line {line}: nested more than {MAX_DEPTH} levels deep.")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def _json_depth_ok(data, limit: int) -> bool:
+    """Iteratively: is `data` nested at most `limit` levels of dicts/lists?"""
+    stack = [(data, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, (dict, list)):
+            if d > limit:
+                return False
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return True
+
+
 def _parse(path: Path) -> tuple[Any, _Lines]:
     import yaml
 
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BadInput(f"job file {path} cannot be read: {exc.strerror or exc}.") from None
-    if len(raw) > MAX_JOB_BYTES:
-        raise BadInput(f"job file {path} is {len(raw)} bytes; the limit is {MAX_JOB_BYTES}.")
+    raw = read_user_file(path, f"job file {path}", max_bytes=MAX_JOB_BYTES)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -271,12 +311,18 @@ def _parse(path: Path) -> tuple[Any, _Lines]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise BadInput(f"job file {path}, line {exc.lineno}: not valid JSON ({exc.msg}).") from None
+        except RecursionError as exc:
+            raise BadInput(f"job file {path}: nested more than {MAX_DEPTH} levels deep.") from exc
+        if not _json_depth_ok(data, MAX_DEPTH + 1):
+            raise BadInput(f"job file {path}: nested more than {MAX_DEPTH} levels deep.")
         try:
+            _check_events(text, path)
             root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError:  # valid JSON that YAML 1.1 rejects: no line numbers then
+        except (yaml.YAMLError, BadInput, RecursionError):  # valid JSON that YAML 1.1 rejects: no line numbers then
             root = None
         return data, _Lines(root)
     try:
+        _check_events(text, path)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
@@ -285,6 +331,10 @@ def _parse(path: Path) -> tuple[Any, _Lines]:
         raise BadInput(f"job file {path}, {line}not valid YAML ({exc.problem or exc.context}).") from None
     except yaml.YAMLError as exc:
         raise BadInput(f"job file {path} is not valid YAML ({' '.join(str(exc).split())}).") from None
+    except RecursionError as exc:  # bounded by _check_events; kept as the last line of defence
+        raise BadInput(f"job file {path}: nested too deeply.") from exc
+    except ValueError as exc:  # the YAML resolver's own errors (e.g. a timestamp out of range)
+        raise BadInput(f"job file {path} has a value YAML cannot read ({' '.join(str(exc).split())}).") from exc
     return data, _Lines(root)
 
 
@@ -306,37 +356,50 @@ def load_job(path: Path | str, request_model=None, demo: bool = False) -> Job:
             check_name(name, "identity name")  # it becomes part of file names
         except BadInput as exc:
             raise errors.at(("identities", name), str(exc)) from None
-    job = Job(path=path, name=spec.name or path.stem, identities=_resolve_identities(spec, path))
+    job = Job(path=path, name=spec.name or path.stem, identities=_resolve_identities(spec, path, errors),
+              lines=lines)
     job.items, job.duplicates = expand(spec, job, errors, request_model, demo)
     return job
 
 
-def _resolve_identities(spec: JobSpec, path: Path) -> dict[str, IdentitySource]:
+def _local_path(base: Path, value: str, loc: tuple, errors: _Errors) -> Path:
+    """A path named in the job file, resolved against its folder; URLs and NUL
+    bytes are refused (photos are read from this machine only)."""
+    if "\x00" in value:
+        raise errors.at(loc, "the path contains a NUL byte")
+    if value.strip().lower().startswith(_URL_SCHEMES):
+        raise errors.at(loc, f"{value!r} is a URL; download the file and give its local path")
+    return (base / value).expanduser()
+
+
+def _resolve_identities(spec: JobSpec, path: Path, errors: _Errors) -> dict[str, IdentitySource]:
     base = path.parent
     out = {}
     for name, ident in spec.identities.items():
+        loc = ("identities", name)
         if ident.card is not None:
-            card = (base / ident.card).expanduser()
-            out[name] = IdentitySource(name, card=card, content_hash=_contents_hash([card]))
+            card = _local_path(base, ident.card, loc + ("card",), errors)
+            out[name] = IdentitySource(name, card=card, content_hash=_contents_hash(
+                [card], [loc + ("card",)], errors, MAX_CARD_BYTES))
         else:
-            photos = tuple((base / p).expanduser() for p in ident.photos or ())
-            out[name] = IdentitySource(name, photos=photos, content_hash=_contents_hash(photos))
+            locs = [loc + ("photos", k) for k in range(len(ident.photos or ()))]
+            photos = tuple(_local_path(base, p, at, errors) for p, at in zip(ident.photos or (), locs))
+            out[name] = IdentitySource(name, photos=photos, content_hash=_contents_hash(photos, locs, errors))
     return out
 
 
-def _contents_hash(files) -> str:
-    """sha256 over the files' bytes in order; a file that cannot be read
-    contributes its path (its items fail at run time, with the reason)."""
+def _contents_hash(files, locs=None, errors: _Errors | None = None, max_bytes: int = MAX_PHOTO_BYTES) -> str:
+    """sha256 over the files' bytes in order. Only regular files within the size
+    limit are read; anything else (missing, a FIFO, a device, a folder) is an
+    error naming the key, raised before the run starts."""
     h = hashlib.sha256()
-    for f in files:
-        fh = hashlib.sha256()
+    for k, f in enumerate(files):
         try:
-            with open(f, "rb") as src:
-                for chunk in iter(lambda: src.read(1 << 20), b""):
-                    fh.update(chunk)
-            h.update(fh.hexdigest().encode())
-        except OSError:
-            h.update(f"unreadable:{Path(f).resolve()}".encode())
+            h.update(hash_user_file(f, str(f), max_bytes=max_bytes).encode())
+        except BadInput as exc:
+            if errors is None or locs is None:
+                raise
+            raise errors.at(locs[k], str(exc)) from None
     return h.hexdigest()
 
 
@@ -373,33 +436,55 @@ def _axis_field(model, key: str, candidates: tuple[str, ...], loc: tuple, errors
     raise errors.at(loc, f"{key} are not available in this build (generate has no {candidates[0]} option)")
 
 
-def _pose_value(value, base: Path):
-    if isinstance(value, str):
-        p = (base / value).expanduser()
-        if p.is_file():
-            return str(p.resolve())
-    return value
+_POSE_PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def _lora_value(value, field_name: str):
+def _pose_value(value, base: Path, loc: tuple, errors: _Errors):
+    """A pose file (a .json template or a reference photo) resolved against the
+    job file and checked now: a regular file, and a template that parses.
+    Template names are checked against the installation by `check_resources`."""
+    if not isinstance(value, str):
+        return value
+    looks_like_file = value.lower().endswith((".json", *_POSE_PHOTO_SUFFIXES)) or "/" in value or "\\" in value
+    if not looks_like_file:
+        return value
+    p = _local_path(base, value, loc, errors)
+    try:
+        if value.lower().endswith(".json"):
+            from ..pose.templates import load_template
+
+            read_user_file(p, f"pose file {p}", max_bytes=MAX_JOB_BYTES)  # a regular file, bounded
+            load_template(p)
+        else:
+            hash_user_file(p, f"pose photo {p}")
+    except BadInput as exc:
+        raise errors.at(loc, str(exc)) from None
+    return str(p.resolve())
+
+
+def _lora_value(value, field_name: str, loc: tuple, errors: _Errors):
     """An entry of `loras:` is one LoRA set: a name, `NAME:WEIGHT`, {name, weight},
     or a list of those ([] = no LoRA)."""
     entries = value if isinstance(value, list) else [value]
-    parsed = [_lora_entry(e) for e in entries]
+    parsed = [_lora_entry(e, loc, errors) for e in entries]
     if field_name == "loras":
         return parsed
     return parsed[0] if len(parsed) == 1 else parsed
 
 
-def _lora_entry(entry):
+def _lora_entry(entry, loc: tuple, errors: _Errors):
+    """`NAME[:WEIGHT]` through the same parser as `generate --lora`."""
     if isinstance(entry, str):
-        name, sep, weight = entry.rpartition(":")
-        if sep:
-            try:
-                return {"name": name, "weight": float(weight)}
-            except ValueError:
-                pass
-        return {"name": entry}
+        from pydantic import ValidationError as _VE
+
+        from ..requests import LoraSpec
+
+        try:
+            return LoraSpec.parse(entry).model_dump()
+        except _VE as exc:
+            raise errors.at(loc, f"{entry!r}: {exc.errors()[0]['msg']}") from None
+        except ValueError as exc:
+            raise errors.at(loc, str(exc)) from None
     return entry
 
 
@@ -424,13 +509,31 @@ def _file_ids(value):
     return value
 
 
+def _count_combinations(spec: JobSpec, job: Job, errors: _Errors) -> None:
+    """Refuse a job whose axes multiply past `MAX_ITEMS`, duplicates included,
+    before a single item is built (10^9 identical items take hours to dedupe)."""
+    total = 0
+    for i, it in enumerate(spec.items):
+        n = 1
+        names = it.axis("identity")
+        for axis in (names if names is not None else (list(job.identities) or [None]),
+                     it.axis("preset"), it.axis("prompt"), it.axis("method"), it.axis("seed"), it.poses, it.loras):
+            n *= max(1, len(axis or ()))
+        total += n
+        if total > MAX_ITEMS:
+            raise errors.at(("items", i), f"the job expands to more than {MAX_ITEMS} items "
+                                          f"(duplicates included); split it")
+
+
 def expand(spec: JobSpec, job: Job, errors: _Errors, request_model=None, demo: bool = False) -> tuple[list[BatchItem], int]:
     """identities x presets x prompts x methods x seeds x poses x loras, each
     validated as a request. Returns (unique items, number of duplicates)."""
     model = _request_model(request_model)
     base = job.path.parent
+    _count_combinations(spec, job, errors)
     _check_overrides(spec.defaults, ("defaults",), model, errors)
     items: list[BatchItem] = []
+    pose_values: dict[str, Any] = {}
     seen: set[str] = set()
     duplicates = 0
     for i, it in enumerate(spec.items):
@@ -469,10 +572,13 @@ def expand(spec: JobSpec, job: Job, errors: _Errors, request_model=None, demo: b
             if method is not None:
                 data["method"] = method
             if pose_field is not None:
-                pv = _pose_value(pose, base)
+                key = json.dumps(pose, sort_keys=True, default=str)
+                if key not in pose_values:  # each pose file is read and checked once
+                    pose_values[key] = _pose_value(pose, base, loc + ("poses",), errors)
+                pv = pose_values[key]
                 data[pose_field] = [pv] if pose_field == "poses" else pv
             if lora_field is not None:
-                data[lora_field] = _lora_value(lora, lora_field)
+                data[lora_field] = _lora_value(lora, lora_field, loc + ("loras",), errors)
             source = job.identities.get(name) if name else None
             if source is not None:
                 if source.card is not None:
@@ -531,3 +637,56 @@ def _validate(model, data: dict, seed, ident_hash, loc, it: ItemSpec, preset, de
         if name is not None and preset is not None:
             raise errors.at(loc + ("preset" if it.preset else "presets",), f"preset {preset!r}: {name}: {msg}") from None
         raise errors.at(loc, f"{name}: {msg}" if name else msg) from None
+
+
+# ------------------------------------------------- what the run will need
+def check_resources(job: Job, settings) -> None:
+    """Check what the items need from this installation, before anything runs (and
+    in `--dry-run`): every LoRA file exists and is a safetensors file, every base
+    model is in the catalog or registered, every pose template name exists. The
+    error names the item and the line of the job file."""
+    from ..lora.manager import lora_path
+    from ..models.catalog import load_catalog
+    from ..pose.templates import load_template, user_poses_dir
+
+    errors = _Errors(job.path, job.lines or _Lines(None))
+    catalog = {e.name: e for e in load_catalog()}
+    user = _user_checkpoints(settings)
+    checked: set[tuple] = set()
+    for item in job.items:
+        req, loc = item.request, ("items", item.spec_index)
+        for spec in getattr(req, "loras", None) or []:
+            if ("lora", spec.name) in checked:
+                continue
+            try:
+                lora_path(settings.loras_dir, spec.name)
+            except BadInput as exc:
+                raise errors.at(loc + ("loras",), str(exc)) from None
+            checked.add(("lora", spec.name))
+        base = getattr(req, "base_model", None)
+        if base is not None and ("base", base) not in checked:
+            entry = catalog.get(base)
+            if entry is None and base not in user:
+                known = ", ".join(sorted(n for n, e in catalog.items() if e.kind in ("sdxl", "sd15")) + sorted(user))
+                raise errors.at(loc, f"base_model {base!r} is not a known base model "
+                                f"({known}; or register a checkpoint with `models register PATH`)")
+            if entry is not None and entry.kind not in ("sdxl", "sd15"):
+                raise errors.at(loc,
+                                f"base_model {base!r} is a {entry.kind} model, not an SDXL or SD1.5 base")
+            checked.add(("base", base))
+        pose = getattr(req, "pose", None)
+        if isinstance(pose, str) and not Path(pose).is_absolute() and ("pose", pose) not in checked:
+            try:
+                load_template(pose, user_dir=user_poses_dir(settings))
+            except BadInput as exc:
+                raise errors.at(loc + ("poses",), str(exc)) from None
+            checked.add(("pose", pose))
+
+
+def _user_checkpoints(settings) -> set[str]:
+    from ..models.store import ModelStore
+
+    try:
+        return set(ModelStore(settings).user_checkpoints())
+    except LikenessError:
+        return set()

@@ -23,10 +23,14 @@ def register(sub) -> None:
 
 
 def cmd_batch(args, settings) -> int:
-    from ..batch.jobfile import load_job
+    from ..batch.jobfile import check_resources, load_job
     from ..batch.runner import print_items, run_job
+    from ..outputs import check_output_dir
 
+    if args.out:
+        check_output_dir(args.out, "--out")
     job = load_job(args.jobfile, demo=settings.demo)
+    check_resources(job, settings)  # in --dry-run too: it fails where the run would
     if args.dry_run:
         import os
 

@@ -16,6 +16,27 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_ui)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """`BadInput` when `port` cannot be bound on `host` (another server has it),
+    checked before gradio starts so the advice names the flag that works."""
+    import errno
+    import socket
+
+    from ..errors import BadInput
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as a server binds it: a port in TIME_WAIT is free, a listening one is not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                why = "is in use" if exc.errno == errno.EADDRINUSE else "needs privileges"
+                raise BadInput(f"port {port} {why}; choose another with --port.") from exc
+            raise BadInput(f"port {port} on {host} cannot be used ({exc.strerror}); choose another with --port.") \
+                from exc
+
+
 def cmd_ui(args, settings) -> int:
     from app.security import resolve_launch
 
@@ -25,6 +46,7 @@ def cmd_ui(args, settings) -> int:
     )
     for w in cfg.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    check_port_free(cfg.host, cfg.port)
     from app.server import serve
 
     serve(settings, cfg, open_browser=not args.no_browser)

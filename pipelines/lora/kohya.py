@@ -25,6 +25,11 @@ from ..errors import BadInput
 from ..paths import atomic_path
 
 TRIGGER_KEYS = ("likeness_trigger_word", "ss_trigger_word", "modelspec.trigger_phrase")
+# A LoRA's header comes from whoever made the file; its trigger words go into the
+# prompt and the PNG's metadata, so they are held to what a trigger word is.
+MAX_TRIGGER_CHARS = 100
+MAX_TRIGGERS = 16
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 BASE_MODEL_VERSION = "sdxl_base_v1-0"
 
 _DOWN = re.compile(r"^down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$")
@@ -171,13 +176,26 @@ def read_metadata(path: Path | str) -> dict[str, str]:
         raise BadInput(f"LoRA {path} cannot be read as safetensors ({exc}).") from None
 
 
-def trigger_words(metadata: Mapping[str, str]) -> list[str]:
-    """Trigger words a LoRA declares in its header (ours, kohya-style, ModelSpec)."""
+def trigger_words(metadata: Mapping[str, str], source: object = "the LoRA") -> list[str]:
+    """Trigger words a LoRA declares in its header (ours, kohya-style, ModelSpec).
+    `BadInput` naming `source` when one is over `MAX_TRIGGER_CHARS`, holds a line
+    break or another control character, or there are more than `MAX_TRIGGERS`."""
     words: list[str] = []
     for key in TRIGGER_KEYS:
-        raw = (metadata.get(key) or "").strip()
-        for word in raw.split(","):
+        raw = metadata.get(key) or ""
+        if not isinstance(raw, str):
+            raise BadInput(f"LoRA {source}: header field {key} is not text; the file is damaged.")
+        for word in raw.strip().split(","):
             word = word.strip()
+            if len(word) > MAX_TRIGGER_CHARS:
+                raise BadInput(f"LoRA {source}: header field {key} declares a trigger word of {len(word):,} "
+                               f"characters (at most {MAX_TRIGGER_CHARS}); the file was not loaded.")
+            if _CONTROL.search(word):
+                raise BadInput(f"LoRA {source}: header field {key} declares a trigger word with a line break "
+                               "or control character; the file was not loaded.")
             if word and word not in words:
                 words.append(word)
+    if len(words) > MAX_TRIGGERS:
+        raise BadInput(f"LoRA {source} declares {len(words)} trigger words (at most {MAX_TRIGGERS}); "
+                       "the file was not loaded.")
     return words

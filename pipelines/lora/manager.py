@@ -180,6 +180,17 @@ def split_lora(pipe, state: dict) -> SplitLora:
     return out
 
 
+def nonfinite_tensor(state: dict) -> str | None:
+    """The key of the first floating-point tensor holding NaN or inf, or None.
+    (Such a LoRA turns every image black or grey without any error.)"""
+    import torch
+
+    for key, tensor in state.items():
+        if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
+            return key
+    return None
+
+
 def _unet_peft_keys(pipe, unet_state: dict) -> dict:
     """The UNet part in peft key form (`module.lora_A.weight`), through
     diffusers' own converters (what `load_lora_weights` will do)."""
@@ -348,6 +359,10 @@ class LoraManager:
             state = load_file(str(path))
         except Exception as exc:
             raise BadInput(f"LoRA {path} cannot be read as safetensors ({exc}).") from None
+        bad = nonfinite_tensor(state)
+        if bad is not None:
+            raise BadInput(f"LoRA {path} holds NaN or infinite values (tensor {bad!r}); the file is damaged "
+                           "(re-download or retrain it); nothing was loaded.")
         problem = compatibility_problem(pipe, state)
         if problem:
             family = "SDXL" if getattr(pipe, "text_encoder_2", None) is not None else "SD1.5"
@@ -373,6 +388,7 @@ class LoraManager:
             if have is not None and have.sha256 == sha and loaded:
                 have.stat = stat
                 return have
+            triggers = kohya.trigger_words(kohya.read_metadata(path), path)  # header checked before loading
             state = self._read_checked(name, path, pipe)
             if any(adapter in _peft_adapters(m) for m in _components(pipe).values()):
                 _drop_adapter(pipe, adapter)  # the file changed: replace the old weights
@@ -385,7 +401,7 @@ class LoraManager:
             except Exception as exc:
                 _drop_adapter(pipe, adapter)
                 raise ModelError(f"LoRA {path} could not be loaded ({' '.join(str(exc).split())[:200]}).") from None
-            resident = _Resident(adapter, sha, kohya.trigger_words(kohya.read_metadata(path)), stat)
+            resident = _Resident(adapter, sha, triggers, stat)
             table[name] = resident
             # a fresh adapter is active at weight 1 until `apply` sets the weights
             return resident

@@ -85,7 +85,8 @@ def load_base_pipeline(store, base_name: str, dtype, *, family: str | None = Non
     user = store.user_checkpoints()
     if base_name in user:
         config_dir = ensure_base(store, base_name)
-        pipe = cls.from_single_file(str(user[base_name]), config=str(config_dir), local_files_only=True,
+        checkpoint = store.checked_checkpoint(base_name)  # the registered file, unchanged since
+        pipe = cls.from_single_file(str(checkpoint), config=str(config_dir), local_files_only=True,
                                     **dtype_kwargs(dtype))
     else:
         entry = store.catalog.get(base_name)

@@ -49,7 +49,7 @@ def safetensors_problem(path: Path | str) -> str | None:
             return "has a safetensors header that runs past the end of the file (truncated download?)"
         try:
             header = json.loads(fh.read(n))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             return "has an unreadable safetensors header (corrupt or not a safetensors file)"
     if not isinstance(header, dict):
         return "has an unreadable safetensors header (corrupt or not a safetensors file)"
@@ -58,9 +58,13 @@ def safetensors_problem(path: Path | str) -> str | None:
         if key == "__metadata__":
             continue
         try:
-            end = max(end, int(info["data_offsets"][1]))
-        except (KeyError, TypeError, ValueError, IndexError):
-            return f"has a malformed safetensors header entry {key!r}"
+            offset = info["data_offsets"][1]
+        except (KeyError, TypeError, IndexError):
+            return f"has a malformed safetensors header entry {str(key)[:80]!r}"
+        # offsets are non-negative integers (json gives floats for 1e400 / Infinity)
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            return f"has a malformed safetensors header entry {str(key)[:80]!r}"
+        end = max(end, offset)
     data = size - 8 - n
     if end > data:
         return f"is truncated: its header declares {end} bytes of tensor data but only {data} are present"

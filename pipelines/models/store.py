@@ -512,7 +512,55 @@ class ModelStore:
 
     def user_checkpoints(self) -> dict[str, Path]:
         data = self._read_json(self.user_models_file).get("checkpoints", {})
-        return {name: Path(rec["path"]) for name, rec in data.items() if isinstance(rec, dict) and "path" in rec}
+        if not isinstance(data, dict):
+            raise ModelError(f"{self.user_models_file} is damaged (checkpoints is not an object); fix or delete it.")
+        return {name: Path(rec["path"]) for name, rec in data.items()
+                if isinstance(rec, dict) and isinstance(rec.get("path"), str)}
+
+    def checked_checkpoint(self, name: str) -> Path:
+        """The file of registered checkpoint `name`, after checking it is the file
+        that was registered: size and mtime first (free), then, when either
+        changed, its sha256 against the one recorded at registration. A record
+        from before hashes were kept gets its hash pinned now. A changed file is
+        refused with `ModelError`; nothing is loaded."""
+        with _RECORD_LOCK:
+            data = self._read_json(self.user_models_file)
+            rec = (data.get("checkpoints") or {}).get(name)
+        if not isinstance(rec, dict) or not isinstance(rec.get("path"), str):
+            raise BadInput(f"{name!r} is not a registered checkpoint.")
+        path = Path(rec["path"])
+        again = f"if the change is yours, register it again: `python launch.py models register {path}`"
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise ModelMissing(f"registered checkpoint {name} ({path}) cannot be read ({exc.strerror or exc}); "
+                               f"{again}.") from exc
+        import stat as _stat
+
+        if not _stat.S_ISREG(st.st_mode):
+            raise ModelError(f"registered checkpoint {name} ({path}) is no longer a regular file; {again}.")
+        if rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns and rec.get("sha256"):
+            return path
+        problem = file_problem(path)
+        if problem:
+            raise ModelError(f"registered checkpoint {name}: {path} {problem}; {again}.")
+        actual = sha256_file(path)
+        expected = rec.get("sha256")
+        if expected is not None and actual != expected:
+            raise ModelError(
+                f"registered checkpoint {name} ({path}) was replaced after it was registered (sha256 "
+                f"{actual[:12]}…, registered {str(expected)[:12]}…); it was not loaded; {again}."
+            )
+        self._update_checkpoint(name, {"sha256": actual, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        return path
+
+    def _update_checkpoint(self, name: str, fields: dict) -> None:
+        with _RECORD_LOCK:
+            data = self._read_json(self.user_models_file)
+            rec = data.get("checkpoints", {}).get(name)
+            if isinstance(rec, dict):
+                rec.update(fields)
+                atomic_write_text(self.user_models_file, json.dumps(data, indent=1, sort_keys=True))
 
     def register_checkpoint(self, path: Path | str) -> str:
         """Register a user's single-file SDXL checkpoint (.safetensors) by path;
@@ -540,11 +588,18 @@ class ModelStore:
                 "conditioner.embedders.1.*); only SDXL base models are supported."
             )
         resolved = p.resolve()
+        st = resolved.stat()
+        # hashed once here, so a file swapped later is caught before it is loaded
+        record = {"path": str(resolved), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                  "sha256": sha256_file(resolved)}
         with _RECORD_LOCK:
             data = self._read_json(self.user_models_file)
             table = data.setdefault("checkpoints", {})
             for name, rec in table.items():
-                if rec.get("path") == str(resolved):
+                if isinstance(rec, dict) and rec.get("path") == str(resolved):
+                    if rec != record:  # registering again accepts the file as it is now
+                        table[name] = record
+                        atomic_write_text(self.user_models_file, json.dumps(data, indent=1, sort_keys=True))
                     return name
             taken = set(table) | {e.name for e in self.catalog}
             base = sanitize_name(p.stem, fallback="checkpoint")[:90]
@@ -552,7 +607,7 @@ class ModelStore:
             while name in taken:
                 name, n = f"{base}-{n}", n + 1
             check_name(name, "checkpoint name")
-            table[name] = {"path": str(resolved), "size": resolved.stat().st_size}
+            table[name] = record
             data["version"] = 1
             atomic_write_text(self.user_models_file, json.dumps(data, indent=1, sort_keys=True))
         return name

@@ -31,7 +31,7 @@ MAX_STRENGTH = 4.0
 LATENT_ROWS = (0, 8)  # rows a latent_directions vector moves
 FIELD = "--edit"
 
-_EDIT = re.compile(r"^\s*(?P<name>[A-Za-z][A-Za-z0-9_.]*)\s*=\s*(?P<value>[+-]?(\d+(\.\d*)?|\.\d+))\s*$")
+_EDIT = re.compile(r"^\s*(?P<name>[A-Za-z][A-Za-z0-9_.]*)\s*=\s*(?P<value>[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan|infinity))\s*$", re.I)
 
 
 @dataclass(frozen=True)
