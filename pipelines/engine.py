@@ -150,6 +150,10 @@ class Engine:
         from .imageio import load_photo_array
 
         if card:
+            from .faces.identity import card_path
+            from .imageio import regular_file
+
+            regular_file(card_path(card), f"identity card {card_path(card)}")  # no FIFO/device: never a hang
             return load_card(card)
         if not photos:
             raise BadInput("photos: give at least one photo of the person.")
@@ -394,14 +398,10 @@ def _init_params(cls) -> set[str]:
 
 
 def _file_digest(path) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError as exc:
-        raise BadInput(f"photo {path} cannot be read: {exc.strerror}.") from None
-    return h.hexdigest()
+    """Content hash of a photo: regular files only, size-limited (imageio's rules)."""
+    from .imageio import hash_user_file
+
+    return hash_user_file(path, f"photo {path}")
 
 
 __all__ = ["Engine", "GenerateResult", "GeneratedImage", "DEMO_BANNER"]

@@ -11,6 +11,7 @@ from .errors import BadInput
 from .samplers import SAMPLERS
 
 MethodName = Literal["faceid", "instantid", "wplus", "none"]
+LORA_WEIGHT_MAX = 5.0
 
 
 class LoraSpec(BaseModel):
@@ -19,18 +20,23 @@ class LoraSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=100)
-    weight: float = Field(default=1.0, ge=-2.0, le=2.0)
+    # Negative weights push away from what the LoRA learned (A1111 and ComfyUI
+    # accept them); beyond +-5 images break down, so that is the range.
+    weight: float = Field(default=1.0, ge=-LORA_WEIGHT_MAX, le=LORA_WEIGHT_MAX, allow_inf_nan=False)
 
     @classmethod
     def parse(cls, text: str) -> "LoraSpec":
-        """`NAME` or `NAME:WEIGHT` (command line form)."""
+        """`NAME` or `NAME:WEIGHT` (the command line and job files): one parser.
+        Raises ValueError (a bad weight) or pydantic's ValidationError (range)."""
         name, sep, weight = text.rpartition(":") if ":" in text else (text, "", "")
         if not sep:
             return cls(name=text)
         try:
-            return cls(name=name, weight=float(weight))
+            value = float(weight)
         except ValueError:
-            raise ValueError(f"LoRA weight in {text!r} is not a number; use NAME or NAME:WEIGHT") from None
+            raise ValueError(f"LoRA weight in {text!r} is not a number; use NAME or NAME:WEIGHT, "
+                             f"WEIGHT from -{LORA_WEIGHT_MAX:g} to {LORA_WEIGHT_MAX:g}") from None
+        return cls(name=name, weight=value)
 
 
 class GenerateRequest(BaseModel):

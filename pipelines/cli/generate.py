@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -15,7 +16,10 @@ def register(sub) -> None:
                         "numbered largest first by box area, 1 (the default) is the largest; the output "
                         "says how many faces each photo has")
     src.add_argument("--identity", metavar="CARD", help="a saved identity card instead of photos")
-    src.add_argument("--recipe", metavar="PNG", help="reproduce the image a Likeness PNG was made from")
+    p.add_argument("--recipe", metavar="PNG",
+                   help="reproduce the image a Likeness PNG was made from (its card or photos are looked up "
+                        "by name and hash beside the PNG, in outputs/identities or here; --photo/--identity "
+                        "give them instead)")
     p.add_argument("--preset", metavar="NAME", help="start from a portrait preset (`presets list`); --prompt then "
                    "describes the subject and other flags override the preset")
     p.add_argument("--prompt")
@@ -87,16 +91,12 @@ def request_from_args(args, settings) -> dict:
     from ..errors import BadInput
 
     data: dict = {}
-    if args.recipe:
-        from ..metadata import read_recipe
+    if args.out:
+        from ..outputs import check_output_dir
 
-        recipe = read_recipe(args.recipe)
-        data.update(recipe["request"])
-        for key in ("keep", "rejects"):  # a replay makes one image: no best-of-N
-            data.pop(key, None)
-        ident = recipe.get("identity")
-        if ident:
-            data["identity_card"] = ident["card"]
+        check_output_dir(args.out, "--out")
+    if args.recipe:
+        data.update(recipe_request(args.recipe, settings, need_identity=not (args.photo or args.identity)))
     preset = getattr(args, "preset", None)
     if preset:
         from ..presets import load_preset
@@ -107,13 +107,19 @@ def request_from_args(args, settings) -> dict:
         if v is not None and not (preset and field == "prompt"):  # with a preset, --prompt is the subject
             data[field] = v
     if args.photo:
+        data.pop("identity_card", None)
         data["photos"] = list(args.photo)
         if getattr(args, "face_index", None):
             data["face_index"] = dict(args.face_index)
     if getattr(args, "edit", None):
         data["edits"] = list(args.edit)
     if args.identity:
+        data.pop("photos", None)
         data["identity_card"] = args.identity
+    if isinstance(data.get("pose"), str) and data["pose"].lower().endswith(".json"):
+        from ..imageio import regular_file
+
+        regular_file(Path(data["pose"]).expanduser(), f"pose file {data['pose']}", max_bytes=5_000_000)
     if args.out:
         data["out_dir"] = args.out
     if getattr(args, "lora", None):
@@ -126,6 +132,55 @@ def request_from_args(args, settings) -> dict:
         data["rejects"] = True
     if "prompt" not in data:
         raise BadInput("--prompt is required (or --preset NAME, or --recipe PNG).")
+    return data
+
+
+# Request fields only the local user sets: where output goes and what it is called,
+# which local files are read, and best-of-N (a replay makes one image).
+RECIPE_LOCAL_ONLY = ("out_dir", "name_prefix", "photos", "identity_card", "keep", "rejects")
+
+
+def recipe_request(png, settings, need_identity: bool = True) -> dict:
+    """The request stored in a Likeness PNG, validated like any request, for a
+    replay: fields only the local user may set are dropped, the count is 1 (more
+    with -n), and the identity is found by name and content hash (see
+    `outputs.find_recipe_identity`). A malformed recipe is a `BadInput`."""
+    from ..errors import BadInput
+    from ..metadata import read_recipe
+    from ..outputs import find_recipe_identity
+    from ..requests import GenerateRequest, validate_request
+
+    recipe = read_recipe(png)
+
+    def damaged(why: str) -> BadInput:
+        return BadInput(f"{png}: damaged recipe: {why}; use another image.")
+
+    request = recipe.get("request")
+    if not isinstance(request, dict):
+        raise damaged("'request' is missing or not an object")
+    data = {k: v for k, v in request.items() if k not in RECIPE_LOCAL_ONLY}
+    data["count"] = 1
+    if isinstance(data.get("pose"), str) and ("/" in data["pose"] or "\\" in data["pose"]):
+        data["pose"] = Path(data["pose"]).name  # never a path chosen by the file
+    ident = recipe.get("identity")
+    if ident is not None and not isinstance(ident, dict):
+        raise damaged("'identity' is not an object")
+    probe = dict(data)
+    if ident or not need_identity:
+        probe["identity_card"] = "card"  # stands in for the card found below (or --photo/--identity)
+    try:
+        validate_request(GenerateRequest, probe, "request")
+    except BadInput as exc:
+        raise damaged(str(exc).rstrip(".")) from None
+    if ident and need_identity:
+        data.update(find_recipe_identity(png, ident, settings))
+    pose = data.get("pose")
+    if isinstance(pose, str) and "." in pose:  # a pose file, recorded by name: look beside the PNG first
+        from ..outputs import _matching, recipe_search_folders
+
+        found = _matching(recipe_search_folders(png, settings), pose, None)
+        if found is not None:
+            data["pose"] = str(found)
     return data
 
 
