@@ -17,7 +17,8 @@ from pipelines.settings import Settings
 from .jobs import CancelRegistry, EngineHolder, run_job
 from .progress import StepClock, describe_step, format_seconds, latent_preview
 from .requests_map import (
-    NONE, caption, likeness_text, lora_names, lora_rows, photo_paths, request_from_ui, ui_from_fields,
+    NONE, RECIPE_KEYS, caption, likeness_text, lora_names, lora_rows, photo_paths, request_from_ui,
+    switch_method, ui_from_fields,
 )
 from .widgets import PortraitWidgets
 
@@ -125,6 +126,15 @@ class PortraitTab:
         current = {lo["name"]: lo["weight"] for lo in loras_from_rows(rows)}
         return lora_rows(lora_names(self.settings.loras_dir), current)
 
+    def switch_method(self, method: str, *recipe_values):
+        """Show the chosen method's reference recipe in the widgets the user has
+        not changed (W+: Euler, cfg 7.5, its negative prompt)."""
+        from .widgets import method_choices
+
+        current = dict(zip(RECIPE_KEYS, recipe_values))
+        values = switch_method(method, current, [m for _, m in method_choices()])
+        return self.updates(values)
+
     # --------------------------------------------------------------- generate
     def generate(self, values: dict, request: gr.Request, progress=gr.Progress()):
         try:
@@ -199,7 +209,8 @@ class PortraitTab:
         fields = dict(recipe.get("request") or {})
         if not fields:
             raise gr.Error("This image has no Likeness recipe to reuse.")
-        out = ui_from_fields(fields, self.settings.demo, lora_names(self.settings.loras_dir))
+        out = ui_from_fields(fields, self.settings.demo, lora_names(self.settings.loras_dir),
+                             edit_names=self.w.extra.get("edit_names"))
         if identity_card is not None:
             out["identity_card"] = identity_card
         return self.updates(out)
@@ -216,6 +227,9 @@ class PortraitTab:
         photos.change(lambda: None, None, w.by_key["identity_card"], queue=False, api_visibility="private")
         method.input(self.analyse, [photos, method], [w.crops, w.photo_report],
                      concurrency_id=GPU, api_visibility="private")
+        recipe_widgets = [w.by_key[k] for k in RECIPE_KEYS]
+        method.input(self.switch_method, [method, *recipe_widgets], recipe_widgets, queue=False,
+                     api_visibility="private")
         gen = dict(fn=self.generate, inputs=inputs, outputs=outputs, concurrency_id=GPU,
                    concurrency_limit=1, api_visibility="private", show_progress="full",
                    show_progress_on=[w.status, w.results])

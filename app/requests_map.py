@@ -52,7 +52,10 @@ UI_DEFAULTS: dict[str, Any] = {
     "restore_strength": 0.7,
     "codeformer_fidelity": 0.5,
     "loras": None,
+    "edits": None,
 }
+# widgets that hold a method's reference recipe (W+: Euler, cfg 7.5, its negative prompt)
+RECIPE_KEYS = ("sampler", "cfg", "negative")
 # request fields copied as they are
 _PLAIN = ("negative", "method", "sampler", "steps", "cfg", "count", "scale", "s_scale",
           "identitynet_scale", "enhance_face_region", "pose_scale", "restore", "restore_strength",
@@ -135,6 +138,66 @@ def loras_from_rows(rows) -> list[dict]:
     return out
 
 
+# ------------------------------------------------------------------ W+ edits
+def edit_rows(names: Iterable[str], strengths: dict[str, float] | None = None) -> list[list]:
+    """Table rows [edit, strength] for every W+ edit (strength 0 = off), plus any
+    edit in `strengths` that is not listed (so a reused recipe shows it)."""
+    strengths = dict(strengths or {})
+    rows = [[n, float(strengths.pop(n, 0.0))] for n in names]
+    return rows + [[n, float(s)] for n, s in strengths.items()]
+
+
+def edits_from_rows(rows) -> list[str]:
+    """Table rows -> `--edit` strings ("name=+1.5") for the non-zero strengths."""
+    out = []
+    for name, weight in _table_rows(rows):
+        if weight != 0.0:
+            out.append(f"{name}={weight:+g}")
+    return out
+
+
+def edits_to_strengths(edits: Iterable[str]) -> dict[str, float]:
+    from pipelines.wplus.edits import parse_edit
+
+    return dict(parse_edit(e, field="edit") for e in edits or [])
+
+
+def _table_rows(rows):
+    if rows is None:
+        return []
+    if hasattr(rows, "values") and hasattr(rows, "columns"):  # a pandas frame
+        rows = rows.values.tolist()
+    out = []
+    for row in rows or []:
+        if not row or row[0] is None or not str(row[0]).strip():
+            continue
+        name, raw = str(row[0]).strip(), (row[1] if len(row) > 1 else 0.0)
+        try:
+            out.append((name, float(raw) if raw not in (None, "") else 0.0))
+        except (TypeError, ValueError):
+            raise BadInput(f"edit {name!r}: strength {raw!r} is not a number.") from None
+    return out
+
+
+# ------------------------------------------------------------- method recipes
+def method_recipe(method: str) -> dict[str, Any]:
+    """The recipe widgets' values for `method`: its reference recipe where it
+    declares one (`IdentityMethod.recipe_defaults`), else the UI defaults."""
+    from pipelines.identity import get_method_class
+
+    declared = get_method_class(method).recipe_defaults if method != "none" else {}
+    return {k: declared.get(k, UI_DEFAULTS[k]) for k in RECIPE_KEYS}
+
+
+def switch_method(method: str, current: dict[str, Any], methods: Iterable[str]) -> dict[str, Any]:
+    """Recipe widget values after the method changes to `method`: a widget the
+    user has not changed (it still shows some method's default) takes the new
+    method's default; an edited one is kept."""
+    untouched = {k: {method_recipe(m)[k] for m in methods} for k in RECIPE_KEYS}
+    new = method_recipe(method)
+    return {k: new[k] for k in RECIPE_KEYS if current.get(k) in untouched[k]}
+
+
 # ------------------------------------------------------------------ UI -> request
 def _file_path(f) -> str:
     for attr in ("path", "name"):
@@ -197,6 +260,7 @@ def request_data(values: dict[str, Any], demo: bool) -> dict:
     data["loras"] = loras_from_rows(v.get("loras"))
     if data["method"] == "wplus":  # the W+ adapter exists for SD1.5 only
         data["base_model"] = "sd15-base"
+        data["edits"] = edits_from_rows(v.get("edits"))
         if v.get("size") in SIZE_BUCKETS:  # SDXL buckets do not apply
             data["width"] = data["height"] = None
     return data
@@ -209,7 +273,7 @@ def request_from_ui(values: dict[str, Any], demo: bool) -> GenerateRequest:
 
 # ------------------------------------------------------------------ request -> UI
 def ui_from_fields(fields: dict[str, Any], demo: bool, lora_on_disk: Iterable[str] = (),
-                   include_prompt: bool = True) -> dict[str, Any]:
+                   include_prompt: bool = True, edit_names: Iterable[str] | None = None) -> dict[str, Any]:
     """`GenerateRequest` fields (a preset's, or a recipe's `request`) -> widget
     values by key. Keys the fields do not mention are left out (unchanged)."""
     out: dict[str, Any] = {}
@@ -232,6 +296,8 @@ def ui_from_fields(fields: dict[str, Any], demo: bool, lora_on_disk: Iterable[st
     if "loras" in fields:
         weights = {lo["name"]: lo.get("weight", 1.0) for lo in fields["loras"] or []}
         out["loras"] = lora_rows(lora_on_disk, weights)
+    if "edits" in fields and edit_names is not None:
+        out["edits"] = edit_rows(edit_names, edits_to_strengths(fields["edits"]))
     return out
 
 

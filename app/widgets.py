@@ -15,7 +15,7 @@ import gradio as gr
 from pipelines.samplers import SAMPLER_TITLES
 from pipelines.settings import Settings
 
-from .requests_map import NONE, UI_DEFAULTS, lora_names, lora_rows, size_choices
+from .requests_map import NONE, UI_DEFAULTS, edit_rows, lora_names, lora_rows, size_choices
 
 PHOTO_TYPES = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic"]
 POSE_PREVIEWS = Path(__file__).resolve().parents[1] / "assets" / "poses" / "previews"
@@ -42,6 +42,14 @@ class PortraitWidgets:
     selected: Any
     lora_refresh: Any
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def wplus_edit_names(settings: Settings) -> list[str]:
+    """Every W+ edit name when the direction files are here (else none)."""
+    from pipelines.models.store import ModelStore
+    from pipelines.wplus.edits import available_edit_names
+
+    return available_edit_names(ModelStore(settings))
 
 
 def method_choices() -> list[tuple[str, str]]:
@@ -165,6 +173,14 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
                 label=f"LoRAs from {settings.loras_dir} (weight 0 = off)", elem_id="loras",
             )
             lora_refresh = gr.Button("Rescan LoRAs", size="sm", scale=0)
+        edit_names = wplus_edit_names(settings)
+        with gr.Row(visible=bool(edit_names)):
+            by_key["edits"] = gr.Dataframe(
+                value=edit_rows(edit_names), headers=["W+ edit", "strength"], datatype=["str", "number"],
+                type="array", interactive=True, column_count=2, max_height=300, elem_id="wplus-edits",
+                label=f"W+ attribute edits, all {len(edit_names)} from the direction files (method W+; "
+                      "strength -4 to 4, 0 = off; GANSpace edits set a position, see `launch.py wplus edits`)",
+            )
     with gr.Row():
         generate = gr.Button("Generate", variant="primary", elem_id="generate")
         cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -182,5 +198,5 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
         pose_gallery=pose_gallery, pose_names=[n for n, _, img in poses if img is not None], crops=crops,
         photo_report=photo_report, generate=generate, cancel=cancel, status=status, preview=preview,
         results=results, result_info=result_info, reuse=reuse, results_state=gr.State([]),
-        selected=gr.State(0), lora_refresh=lora_refresh,
+        selected=gr.State(0), lora_refresh=lora_refresh, extra={"edit_names": edit_names},
     )

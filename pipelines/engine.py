@@ -29,6 +29,9 @@ from .samplers import SDXL_BUCKETS, SD15_BUCKETS, demo_size, make_scheduler, nea
 from .settings import DEMO_BANNER, Settings
 
 StepCallback = Callable[[dict], None]
+SD15_FT_MSE_VAE = "sd-vae-ft-mse"
+# csxmli2016/w-plus-adapter w_plus_adapter.py generate_idnoise(use_freeu=True)
+FREEU_SD15 = {"s1": 0.6, "s2": 0.4, "b1": 1.1, "b2": 1.2}
 
 
 @dataclass
@@ -89,6 +92,11 @@ class Engine:
 
         family = self.base_family(base_name)
         pipe = load_base_pipeline(self.store, base_name, self.dtype)
+        if vae == "ft-mse":  # stabilityai/sd-vae-ft-mse, the W+ adapter demo's VAE (SD1.5)
+            ft = diffusers.AutoencoderKL.from_pretrained(
+                self.store.ensure(SD15_FT_MSE_VAE), local_files_only=True, **dtype_kwargs(self.dtype)
+            )
+            pipe.register_modules(vae=ft)
         use_fix = vae == "fp16-fix" or (vae == "auto" and family == "sdxl" and self.dtype == torch.float16)
         if use_fix:
             fix = diffusers.AutoencoderKL.from_pretrained(
@@ -242,9 +250,11 @@ class Engine:
         t0 = time.perf_counter()
         with self._lock:
             method_cls = get_method_class(req.method) if req.method != "none" else None
+            req = apply_method_defaults(req, method_cls)
             if req.base_model is None:
                 req = req.model_copy(update={"base_model": self.default_base(req.method)})
             family = self.base_family(req.base_model)
+            check_family_options(req, family)
             if method_cls is not None and method_cls.base != family:
                 raise BadInput(
                     f"method {req.method!r} runs on {method_cls.base.upper()} bases; "
@@ -279,6 +289,7 @@ class Engine:
                                        "start": req.pose_start, "end": req.pose_end}
             run = self._controlnet_pipe(pipe, units) if units else pipe
             run.scheduler = make_scheduler(req.sampler, self._base_scheduler_config)
+            set_freeu(run, req, cond)
             images: list[GeneratedImage] = []
             for i in range(req.count):
                 seed = (seed0 + i) % 2**32
@@ -389,6 +400,35 @@ class Engine:
         kwargs["callback_on_step_end"] = _on_step_end
         kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
         return kwargs
+
+
+def apply_method_defaults(req: GenerateRequest, method_cls) -> GenerateRequest:
+    """The method's reference recipe (`recipe_defaults`) for each field the
+    request did not set itself (pydantic's `model_fields_set`: the CLI, the batch
+    runner and replayed recipes set only what they were given). The returned
+    request is what runs and what the recipe records, so a replay is exact."""
+    defaults = getattr(method_cls, "recipe_defaults", None) or {}
+    unset = {k: v for k, v in defaults.items() if k not in req.model_fields_set}
+    return req.model_copy(update=unset) if unset else req
+
+
+def check_family_options(req: GenerateRequest, family: str) -> None:
+    """Options that exist for one base family only, checked before any loading."""
+    if req.vae == "ft-mse" and family != "sd15":
+        raise BadInput(f"vae 'ft-mse' (sd-vae-ft-mse) is an SD1.5 VAE; base_model {req.base_model!r} is "
+                       f"{family.upper()}: use vae 'auto'.")
+    if req.freeu and family != "sd15":
+        raise BadInput(f"freeu has SD1.5 values only (the W+ demo's); base_model {req.base_model!r} is "
+                       f"{family.upper()}: set freeu off.")
+
+
+def set_freeu(pipe, req: GenerateRequest, cond: Conditioning) -> None:
+    """FreeU on or off for this call (the UNet is shared, so it is set every time)."""
+    if req.freeu:
+        pipe.enable_freeu(**FREEU_SD15)
+        cond.recipe["freeu"] = dict(FREEU_SD15)
+    else:
+        pipe.disable_freeu()
 
 
 def _init_params(cls) -> set[str]:

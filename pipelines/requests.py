@@ -81,7 +81,10 @@ class GenerateRequest(BaseModel):
     rejects: bool = False  # best-of-N: move the others into rejects/ instead of deleting them
     edits: list[str] = Field(default_factory=list, max_length=16)  # W+ attribute edits, "age=+2"
     base_model: str | None = None  # default: sdxl-base, or sd15-base for SD1.5 methods (wplus)
-    vae: Literal["auto", "base", "fp16-fix"] = "auto"
+    # "ft-mse": stabilityai/sd-vae-ft-mse on an SD1.5 base (the W+ adapter's demo VAE)
+    vae: Literal["auto", "base", "fp16-fix", "ft-mse"] = "auto"
+    # FreeU on the UNet (SD1.5 only: the W+ demo's s1 0.6, s2 0.4, b1 1.1, b2 1.2)
+    freeu: bool = False
     out_dir: str | None = None
     name_prefix: str = Field(default="likeness", max_length=60)
 

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipelines.errors import BadInput
 from pipelines.requests import GenerateRequest
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(steps=3, width=64, height=64, cfg=5.0, sampler="euler", prompt="a portrait", seed=4)
+W_RECIPE = dict(negative="monochrome, lowres, bad anatomy, worst quality, low quality", freeu=True, vae="ft-mse")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,8 @@ def test_wplus_generates_on_sd15_and_edits_change_the_image(engine, photos_dir):
     smiling, recipe2 = run(engine, photos_dir, edits=["smile=+2"])
     assert recipe2["method_details"]["edits"] == ["smile=+2"]
     assert np.abs(plain - smiling).mean() > 0.1
-    base, _ = run(engine, photos_dir, method="none", photos=[], base_model="sd15-base")
+    # the plain base under the W+ recipe (which a W+ request gets by default)
+    base, _ = run(engine, photos_dir, method="none", photos=[], base_model="sd15-base", **W_RECIPE)
     zero, _ = run(engine, photos_dir, scale=0.0)
     assert np.abs(base - zero).max() <= 1  # scale 0 = the base model
     assert np.abs(base - plain).mean() > 0.1
@@ -73,3 +76,79 @@ def test_train_wplus_cli_runs_and_its_result_loads(tiny_models_dir, photos_dir, 
     remove_wplus(unet, handle)
     r = subprocess.run([*cmd, "--name", "../escape"], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 2 and "--name" in r.stderr
+
+
+# ------------------------------------------------------------ the reference recipe
+REFERENCE = dict(sampler="euler", cfg=7.5, negative="monochrome, lowres, bad anatomy, worst quality, low quality",
+                 freeu=True, vae="ft-mse")
+
+
+def test_reference_recipe_is_the_default_and_each_part_overridable(engine, photos_dir):
+    data = dict(steps=2, width=64, height=64, prompt="a portrait", seed=4, method="wplus",
+                photos=[str(photos_dir / "astronaut.png")])
+    res = engine.generate(GenerateRequest(**data))
+    recipe = res.images[0].recipe
+    assert {k: recipe["request"][k] for k in REFERENCE} == REFERENCE
+    assert recipe["sampler"] == "euler" and recipe["cfg"] == 7.5 and recipe["negative"] == REFERENCE["negative"]
+    assert recipe["method_details"]["freeu"] == {"s1": 0.6, "s2": 0.4, "b1": 1.1, "b2": 1.2}
+    assert recipe["method_details"]["unconditioned_steps"] == 1  # int(0.2 * 2) + 1
+    assert 0 < recipe["method_details"]["whitened"] < 1
+    # the sd-vae-ft-mse weights decode, not the base's own VAE
+    from safetensors.torch import load_file
+
+    pipe = engine.pipeline("sd15-base", "ft-mse")
+    ft = load_file(str(engine.store.folder("sd-vae-ft-mse") / "diffusion_pytorch_model.safetensors"))
+    key = "decoder.conv_out.weight"
+    assert torch.equal(pipe.vae.state_dict()[key].float(), ft[key].float())
+    first = np.asarray(res.images[0].image).astype(np.int16)
+
+    # replaying the recorded request gives the same pixels
+    replay = dict(recipe["request"], photos=data["photos"])
+    again = engine.generate(GenerateRequest(**replay))
+    assert np.array_equal(np.asarray(again.images[0].image).astype(np.int16), first)
+
+    # every part of the recipe yields to a value the request sets, even the field defaults
+    own = dict(sampler="ddim", cfg=5.0, negative="", freeu=False, vae="base")
+    res2 = engine.generate(GenerateRequest(**data, **own))
+    assert {k: res2.images[0].recipe["request"][k] for k in own} == own
+    assert "freeu" not in res2.images[0].recipe["method_details"]
+    assert np.abs(np.asarray(res2.images[0].image).astype(np.int16) - first).mean() > 0.1
+
+    # FreeU alone changes the picture
+    no_freeu = engine.generate(GenerateRequest(**data, freeu=False))
+    assert np.abs(np.asarray(no_freeu.images[0].image).astype(np.int16) - first).mean() > 0.1
+
+
+def test_recipe_options_of_one_family_are_refused_on_the_other(engine):
+    from pipelines.engine import check_family_options
+
+    req = GenerateRequest(prompt="p", method="none", vae="ft-mse", base_model="sdxl-base")
+    with pytest.raises(BadInput, match="vae 'ft-mse'"):
+        check_family_options(req, "sdxl")
+    with pytest.raises(BadInput, match="freeu"):
+        check_family_options(GenerateRequest(prompt="p", method="none", freeu=True), "sdxl")
+    check_family_options(GenerateRequest(prompt="p", method="none", freeu=True, vae="ft-mse"), "sd15")
+
+
+def test_cli_sets_only_the_fields_it_was_given(demo_settings):
+    from pipelines.cli.generate import request_from_args
+    from pipelines.cli.main import build_parser
+    from pipelines.engine import apply_method_defaults
+    from pipelines.identity import get_method_class
+    from pipelines.requests import validate_request
+
+    args = build_parser().parse_args(["generate", "--method", "wplus", "--photo", "me.png", "--prompt", "p",
+                                      "--edit", "lipstick=+1"])
+    req = validate_request(GenerateRequest, request_from_args(args, demo_settings), "generate")
+    assert not set(REFERENCE) & req.model_fields_set
+    eff = apply_method_defaults(req, get_method_class("wplus"))
+    assert {k: getattr(eff, k) for k in REFERENCE} == REFERENCE and eff.edits == ["lipstick=+1"]
+    args = build_parser().parse_args(["generate", "--method", "wplus", "--photo", "me.png", "--prompt", "p",
+                                      "--cfg", "4", "--sampler", "ddim", "--negative", "", "--no-freeu",
+                                      "--vae", "base"])
+    req = validate_request(GenerateRequest, request_from_args(args, demo_settings), "generate")
+    eff = apply_method_defaults(req, get_method_class("wplus"))
+    assert (eff.cfg, eff.sampler, eff.negative, eff.freeu, eff.vae) == (4.0, "ddim", "", False, "base")
+    # other methods declare no recipe: their requests are unchanged
+    faceid = GenerateRequest(prompt="p", photos=["me.png"])
+    assert apply_method_defaults(faceid, get_method_class("faceid")) is faceid

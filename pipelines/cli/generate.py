@@ -48,8 +48,13 @@ def register(sub) -> None:
     p.add_argument("--restore-strength", type=float, help="blend of the restored face, 0-1")
     p.add_argument("--codeformer-fidelity", type=float, help="CodeFormer fidelity weight w, 0-1")
     p.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
-                   help="W+ attribute edit, e.g. age=+2 or smile=+1 (repeatable; method wplus)")
+                   help="W+ attribute edit, e.g. age=+2 or lipstick=+1 (repeatable; method wplus; "
+                        "`launch.py wplus edits` lists all)")
     p.add_argument("--base-model", help="catalog name or a registered single-file checkpoint")
+    p.add_argument("--vae", choices=["auto", "base", "fp16-fix", "ft-mse"],
+                   help="VAE: auto, the base's own, SDXL fp16-fix, or SD1.5 sd-vae-ft-mse (W+ default: ft-mse)")
+    p.add_argument("--freeu", action=argparse.BooleanOptionalAction, default=None,
+                   help="FreeU on the SD1.5 UNet with the W+ demo's values (W+ default: on)")
     p.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
                    help="a LoRA from the loras folder, weight default 1 (repeatable)")
     p.add_argument("--keep", type=int, metavar="K",
@@ -69,6 +74,7 @@ _FIELDS = {
     "faceid_crop_channels": "faceid_crop_channels",
     "base_model": "base_model", "pose": "pose", "pose_scale": "pose_scale", "restore": "restore",
     "restore_strength": "restore_strength", "codeformer_fidelity": "codeformer_fidelity",
+    "vae": "vae", "freeu": "freeu",
 }
 
 

@@ -1,5 +1,7 @@
 """`launch.py train-wplus`: train a W+ adapter (adapter only, base frozen) on a
-folder of faces, for SD1.5 or SDXL (no public SDXL weights exist)."""
+folder of faces, for SD1.5 or SDXL (no public SDXL weights exist).
+`launch.py wplus edits`: every attribute edit the downloaded direction files hold
+(each usable as `generate --edit NAME=STRENGTH`)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,29 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-face-px", type=float, help="smallest face kept (default 160; 64 in demo mode)")
     p.set_defaults(func=cmd_train_wplus)
+
+    w = sub.add_parser("wplus", help="W+ adapter tools: list the attribute edits")
+    wsub = w.add_subparsers(dest="wplus_command", metavar="ACTION", required=True, parser_class=type(w))
+    e = wsub.add_parser("edits", help="every attribute edit in the downloaded direction files (for --edit)")
+    e.set_defaults(func=cmd_edits)
+
+
+def cmd_edits(args, settings) -> int:
+    """One line per edit: the name --edit takes, its set, the W+ rows it moves."""
+    from ..models.store import ModelStore
+    from ..wplus.edits import MAX_STRENGTH, edit_catalog, load_directions
+
+    store = ModelStore(settings)
+    rows = edit_catalog(load_directions(store.ensure("wplus-directions")))
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        also = f"  (also {r['qualified']})" if r["qualified"] != r["name"] else ""
+        print(f"{r['name'].ljust(width)}  {r['set']:<12}  rows {r['rows']:<5}{also}")
+    counts = {s: sum(r["set"] == s for r in rows) for s in ("interfacegan", "latent", "ganspace")}
+    print(f"{len(rows)} edits ({counts['interfacegan']} InterFaceGAN, {counts['latent']} latent directions, "
+          f"{counts['ganspace']} GANSpace); use --edit NAME=STRENGTH, strength -{MAX_STRENGTH:g} to "
+          f"{MAX_STRENGTH:g} (GANSpace: the target position along its component)", file=sys.stderr)
+    return 0
 
 
 def cmd_train_wplus(args, settings) -> int:

@@ -46,6 +46,10 @@ class ControlUnit:
 class IdentityMethod(ABC):
     #: registry name, used on the command line (`--method`)
     name: ClassVar[str]
+    #: short name for choices (UI, CLI help), full name for reports, one line of help
+    label: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    help: ClassVar[str] = ""
     #: base model family it runs on: "sdxl" or "sd15"
     base: ClassVar[str] = "sdxl"
     #: catalog names of the models it needs (downloaded/built by the store)
@@ -54,6 +58,9 @@ class IdentityMethod(ABC):
     recognizer: ClassVar[str | None] = None
     #: default adapter scale
     default_scale: ClassVar[float] = 0.8
+    #: the reference demo's recipe (request field -> value); the engine applies each
+    #: only to fields the request did not set, and the recipe records the result
+    recipe_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, store, device: str, dtype):
         self.store = store

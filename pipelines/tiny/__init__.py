@@ -33,6 +33,7 @@ _MODULES = (
     "pipelines.tiny.annotator",
     "pipelines.tiny.sd15",
     "pipelines.tiny.wplus",
+    "pipelines.tiny.parsenet",
     "pipelines.tiny.openclip",
 )
 

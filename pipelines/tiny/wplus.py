@@ -10,8 +10,8 @@
   {age,smile}.pt` ((1, 512) float32 unit vectors, torch pickles of a bare tensor),
   `latent_directions/<name>.npy` ((18, 512) float64) for the 21 published names, and
   `gan_space/ffhq_pca.pt` ({mean (1, 512), comp (80, 1, 512), std (80,)}) with
-  `gan_space/ganspace_configs.csv` (tab-separated, CRLF: name, pca index, layer
-  start, layer end, strength).
+  `gan_space/ganspace_configs.csv` (tab-separated, CRLF, no header: name, pca
+  index, layer start, layer end, strength) holding the 42 published names.
 
 The W+ width (18x512) is never shrunk: it is the interface between e4e, the edits
 and the adapter.
@@ -37,8 +37,32 @@ LATENT_DIRECTIONS = (
     "emotion_fear", "emotion_happy", "emotion_sad", "emotion_surprise", "eyes_open", "face_shape", "gender",
     "glasses", "height", "race_black", "race_white", "race_yellow", "smile", "width",
 )
-# a few GANSpace rows in the published format (the real file has 43)
-GANSPACE_ROWS = (("eye_openness", 54, 7, 8, 20), ("smile", 46, 4, 5, -20), ("displeased", 36, 4, 7, 3))
+# the 42 GANSpace edit names of the published ganspace_configs.csv, in its order;
+# the tiny pack gives each a seeded component index and row range
+GANSPACE_NAMES = (
+    "frizzy_hair", "background_blur", "bald", "big_smile", "caricature_smile", "scary_eyes", "curly_hair",
+    "dark_bg_shiny_hair", "dark_hair_and_light_pos", "dark_hair", "disgusted", "displeased", "eye_openness",
+    "eye_wrinkles", "eyebrow_thickness", "face_roundness", "fearful_eyes", "hairline", "happy_frizzy_hair",
+    "happy_elderly_lady", "head_angle_up", "huge_grin", "in_awe", "wide_smile", "large_jaw", "light_lr",
+    "lipstick_and_age", "lipstick", "mascara_vs_beard", "nose_length", "elderly_woman", "overexposed",
+    "screaming", "short_face", "show_front_teeth", "smile", "straight_bowl_cut", "sunlight_in_face",
+    "trimmed_beard", "white_hair", "wrinkles", "boyishness",
+)
+PCA_COMPONENTS = 80
+
+
+def ganspace_rows() -> list[tuple]:
+    """(name, pca index, layer start, layer end, strength) per published name;
+    the last row reaches row 17, the end of W+."""
+    import random
+
+    rng = random.Random(SEED_DIRECTIONS)
+    rows = []
+    for i, name in enumerate(GANSPACE_NAMES):
+        start = rng.randrange(0, 17)
+        end = 18 if i == len(GANSPACE_NAMES) - 1 else rng.randrange(start + 1, 19)
+        rows.append((name, rng.randrange(PCA_COMPONENTS), start, end, rng.choice((-20, 10, 20))))
+    return rows
 
 
 def tiny_adapter_state() -> dict:
@@ -113,7 +137,7 @@ def build_e4e(dest: Path) -> None:
     torch.save(tiny_e4e_checkpoint(), dest / E4E_FILE)
 
 
-@pack("wplus-directions", version=1)
+@pack("wplus-directions", version=2)
 def build_directions(dest: Path) -> None:
     import numpy as np
     import torch
@@ -129,9 +153,9 @@ def build_directions(dest: Path) -> None:
         d = (torch.randn(18, 512, generator=gen) * 0.1).numpy().astype(np.float64)
         np.save(dest / "latent_directions" / f"{name}.npy", d)
     (dest / "gan_space").mkdir(parents=True, exist_ok=True)
-    comp = torch.randn(80, 1, 512, generator=gen)
+    comp = torch.randn(PCA_COMPONENTS, 1, 512, generator=gen)
     pca = {"mean": torch.randn(1, 512, generator=gen), "comp": comp / comp.norm(dim=-1, keepdim=True),
-           "std": torch.rand(80, generator=gen) + 0.5}
+           "std": torch.rand(PCA_COMPONENTS, generator=gen) + 0.5}
     torch.save(pca, dest / "gan_space" / "ffhq_pca.pt")
-    rows = ["\t".join(str(v) for v in row) for row in GANSPACE_ROWS]
+    rows = ["\t".join(str(v) for v in row) for row in ganspace_rows()]
     (dest / "gan_space" / "ganspace_configs.csv").write_bytes(("\r\n".join(rows) + "\r\n").encode())

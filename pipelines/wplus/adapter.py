@@ -32,7 +32,6 @@ there before, so the UNet is exactly as before `install_wplus`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +44,8 @@ from ..errors import ModelError
 W_ROWS, W_DIM = 18, 512
 GROUPS = ((0, 4), (4, 8), (8, 12), (12, 18))  # W+ rows per token (coarse -> fine)
 NUM_TOKENS = len(GROUPS)
-DEFAULT_DELAY = 0.2  # fraction of the first steps run at scale 0 (delayed conditioning)
+DEFAULT_DELAY = 0.2  # start_embed_step_ratio 20 (%) of the published demo (delayed conditioning)
+START_STEP_CAP = 30  # the published pipeline caps start_embed_step at 30
 
 
 class WProjModel(nn.Module):
@@ -363,8 +363,14 @@ def wplus_embeds(wplus: torch.Tensor, do_cfg: bool, dtype=None, device=None) -> 
 
 
 class DelayedScale:
-    """Delayed conditioning as a `callback_on_step_end`: the adapter runs at scale
-    0 for the first `delay` fraction of the steps, then at `scale`.
+    """Delayed conditioning as a `callback_on_step_end`, as the published
+    pipeline does it (csxmli2016/w-plus-adapter `w_plus_adapter.py`
+    `generate_idnoise` and `wplus_pipeline.py`): with `start_embed_step =
+    min(int(ratio / 100 * N), 30)` (ratio 20 by default), the adapter runs at
+    scale 0 while the step index i <= start_embed_step and at `scale` after.
+    So the first int(0.2 N) + 1 steps are unconditioned: 7 of 30, 1 of 4, and
+    the single step of N = 1. (The published code prints one step fewer than it
+    runs; the code is what counts. Its cap of 30 steps is kept too.)
 
     The published pipeline switches before each UNet call; a step-end callback
     sets the scale for the *next* step, so `start()` (called when the request is
@@ -381,7 +387,10 @@ class DelayedScale:
         self.start()
 
     def delayed_steps(self, total: int) -> int:
-        return int(math.floor(self.delay * total + 0.5))
+        """How many steps run at scale 0 (i <= start_embed_step)."""
+        ratio = round(self.delay * 100, 6)  # the published percentage, e.g. 20
+        start_embed_step = min(int(float(ratio) / 100 * total), START_STEP_CAP)
+        return start_embed_step + 1
 
     def scale_at(self, step: int, total: int) -> float:
         return 0.0 if step < self.delayed_steps(total) else self.scale

@@ -8,6 +8,19 @@ approximation of dlib's eye-contour means).
 
 The square's horizontal extent in the source photo is the face size the W+
 pipeline gates on: faces under 160 px were dropped when the adapter was trained.
+
+Deviations from csxmli2016/w-plus-adapter `script/utils.py` `align_face`, and why:
+- 5 insightface points instead of dlib's 68: the app detects faces with
+  insightface everywhere; dlib would be a second detector stack (and a C++
+  build). The eye centres stand in for dlib's eye-contour means.
+- the square is warped with one affine map (cv2) instead of PIL's QUAD
+  transform to 4096² followed by an antialiased resize; the same square.
+- padding: that copy sets `enable_padding = False`, so PIL fills the area
+  outside the photo with black, while FFHQ itself (and e4e's copy of the
+  script, which is what e4e saw in training) reflects, blurs and fades it
+  (`ffhq_pad`). We pad the FFHQ way: for a face near the border this is
+  what e4e was trained on; the area beyond the photo carries no face, so
+  the parser will mostly label it background and whitening removes it.
 """
 
 from __future__ import annotations
@@ -53,9 +66,53 @@ def ffhq_quad(kps) -> tuple[np.ndarray, float]:
     return quad, float(np.hypot(*x) * 2)
 
 
+def ffhq_pad(img: np.ndarray, quad: np.ndarray, qsize: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The FFHQ crop-and-pad step (NVlabs/ffhq-dataset `download_ffhq.py`
+    `recreate_aligned_images`, copied into omertov/encoder4editing
+    `utils/alignment.py`): crop the quad's box plus a 10 % border, then, when the
+    quad reaches outside the photo, pad by at least 30 % of the quad, reflected,
+    blurred towards the edge (sigma 2 % of the quad) and faded to the median
+    colour. Returns (image uint8, quad in its pixels, offset added to source
+    pixels)."""
+    from scipy.ndimage import gaussian_filter
+
+    h, w = img.shape[:2]
+    border = max(int(np.rint(qsize * 0.1)), 3)
+    lo = np.floor(quad.min(axis=0)).astype(int)
+    hi = np.ceil(quad.max(axis=0)).astype(int)
+    x0, y0 = max(lo[0] - border, 0), max(lo[1] - border, 0)
+    x1, y1 = min(hi[0] + border, w), min(hi[1] + border, h)
+    offset = np.zeros(2)
+    if x1 - x0 < w or y1 - y0 < h:
+        img = img[y0:y1, x0:x1]
+        quad = quad - (x0, y0)
+        offset -= (x0, y0)
+    h, w = img.shape[:2]
+    lo = np.floor(quad.min(axis=0)).astype(int)
+    hi = np.ceil(quad.max(axis=0)).astype(int)
+    pad = np.array([max(-lo[0] + border, 0), max(-lo[1] + border, 0),
+                    max(hi[0] - w + border, 0), max(hi[1] - h + border, 0)])
+    if pad.max() > border - 4:
+        pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
+        big = np.pad(np.float32(img), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
+        hh, ww, _ = big.shape
+        y, x, _ = np.ogrid[:hh, :ww, :1]
+        mask = np.maximum(1.0 - np.minimum(np.float32(x) / pad[0], np.float32(ww - 1 - x) / pad[2]),
+                          1.0 - np.minimum(np.float32(y) / pad[1], np.float32(hh - 1 - y) / pad[3]))
+        blur = qsize * 0.02
+        big += (gaussian_filter(big, [blur, blur, 0]) - big) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
+        big += (np.median(big, axis=(0, 1)) - big) * np.clip(mask, 0.0, 1.0)
+        img = np.uint8(np.clip(np.rint(big), 0, 255))
+        quad = quad + pad[:2]
+        offset += pad[:2]
+    return np.ascontiguousarray(img), quad, offset
+
+
 def align_face(image, kps, size: int = OUTPUT_SIZE, min_face_px: float = MIN_FACE_PX) -> AlignedFace:
     """Warp the FFHQ square around the face in `image` (RGB uint8 (H, W, 3)) to a
-    `size`² crop. Borders outside the photo are mirrored (as FFHQ pads)."""
+    `size`² crop. Outside the photo the FFHQ padding applies (`ffhq_pad`:
+    reflected, blurred and faded to the median colour), never a sharp mirror
+    copy of the face."""
     import cv2
 
     img = np.asarray(image)
@@ -66,19 +123,21 @@ def align_face(image, kps, size: int = OUTPUT_SIZE, min_face_px: float = MIN_FAC
     # a bilinear warp aliases when it shrinks more than 2:1, so a large face is
     # first reduced with an area filter
     h, w = img.shape[:2]
-    src = img
+    src, f = img, np.array([1.0, 1.0])
     if side > 2 * size:
-        f = 2 * size / side
-        src = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-        quad = quad * np.array([src.shape[1] / w, src.shape[0] / h])
+        s = 2 * size / side
+        src = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        f = np.array([src.shape[1] / w, src.shape[0] / h])
+        quad = quad * f
+    work, wquad, offset = ffhq_pad(src, quad, side * float(f.mean()))
     # quad corners are pixel-index coordinates; the crop's outer corners lie half a
     # pixel outside its first and last pixel centres
     dst = np.array([[0, 0], [0, size], [size, size]], dtype=np.float64) - 0.5
-    m = cv2.getAffineTransform(quad[:3].astype(np.float32), dst.astype(np.float32))
-    crop = cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    if src is not img:  # express the matrix in source-photo pixels
-        scale = np.diag([src.shape[1] / w, src.shape[0] / h, 1.0])
-        m = (np.vstack([m, [0, 0, 1]]) @ scale)[:2]
+    m = cv2.getAffineTransform(wquad[:3].astype(np.float32), dst.astype(np.float32))
+    crop = cv2.warpAffine(work, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    # express the matrix in source-photo pixels: work = source * f + offset
+    to_work = np.array([[f[0], 0, offset[0]], [0, f[1], offset[1]], [0, 0, 1.0]])
+    m = (np.vstack([m, [0, 0, 1]]) @ to_work)[:2]
     return AlignedFace(image=crop, face_px=face_px, too_small=face_px < min_face_px, matrix=m)
 
 

@@ -248,3 +248,15 @@ def encode(encoder: Encoder4Editing, faces, latent_avg: torch.Tensor | None = No
     w = encoder.eval()(x).float() + avg.to(x.device).float()
     w = w.cpu()
     return w[0] if single else w
+
+
+@torch.no_grad()
+def encode_normalized(encoder: Encoder4Editing, x: torch.Tensor, latent_avg: torch.Tensor | None = None) -> torch.Tensor:
+    """A ready e4e input (N, 3, 256, 256) in [-1, 1] (e.g. a whitened face from
+    `parsing.prepare_face`) -> W+ (N, 18, 512) float32 on the CPU."""
+    if x.ndim != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
+        raise BadInput(f"e4e input has shape {tuple(x.shape)}; expected (N, 3, {INPUT_SIZE}, {INPUT_SIZE}).")
+    param = next(encoder.parameters())
+    avg = encoder.latent_avg if latent_avg is None else latent_avg
+    w = encoder.eval()(x.to(param.device, param.dtype)).float() + avg.to(param.device).float()
+    return w.cpu()
