@@ -392,3 +392,29 @@ def test_pose_moves_the_keypoints_and_the_face_region(engine, photos_dir):
     # a keypoint off the canvas is a recorded warning, not silence
     unit.move_face(kps + (200, 0), 128, 128)
     assert any("outside the 128x128 canvas" in w for w in cond.recipe["warnings"])
+
+
+def test_command_line_flags_reach_the_request(demo_settings):
+    import argparse
+
+    from pipelines.cli.generate import register, request_from_args
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    base = ["generate", "--photo", "me.jpg", "--prompt", "p"]
+    data = request_from_args(parser.parse_args(base), demo_settings)
+    req = GenerateRequest(**data)
+    assert req.enhance_face_region is True and req.faceid_lora_weight is None and req.faceid_crop_channels == "rgb"
+    args = parser.parse_args([*base, "--no-enhance-face-region", "--faceid-lora-weight", "1",
+                              "--faceid-crop-channels", "bgr"])
+    req = GenerateRequest(**request_from_args(args, demo_settings))
+    assert req.enhance_face_region is False and req.faceid_lora_weight == 1.0 and req.faceid_crop_channels == "bgr"
+
+
+def test_unloading_instantid_removes_its_hooks_and_region(engine, photos_dir):
+    method, pipe, _, _, _ = method_ready(engine, "instantid", photos_dir / "astronaut.png", width=64, height=64)
+    net = method.identitynet
+    assert net._forward_hooks and net._forward_pre_hooks and method.region.active
+    engine.use_method("none", pipe)
+    assert not net._forward_hooks and not net._forward_pre_hooks and not method.region.active
+    assert not any("FaceRegion" in type(p).__name__ for p in pipe.unet.attn_processors.values())

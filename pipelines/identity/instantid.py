@@ -133,8 +133,9 @@ class InstantID(IdentityMethod):
         if isinstance(output, tuple):
             down, mid = output
             return ([r * self.region.residual_weight(r) for r in down], mid * self.region.residual_weight(mid))
-        output.down_block_res_samples = tuple(r * self.region.residual_weight(r) for r in output.down_block_res_samples)
-        output.mid_block_res_sample = output.mid_block_res_sample * self.region.residual_weight(output.mid_block_res_sample)
+        weight = self.region.residual_weight
+        output.down_block_res_samples = tuple(r * weight(r) for r in output.down_block_res_samples)
+        output.mid_block_res_sample = output.mid_block_res_sample * weight(output.mid_block_res_sample)
         return output
 
     # ---------------------------------------------------------- conditioning
@@ -421,9 +422,12 @@ def _region_class(base):
 
 
 def install_region_processors(unet, region: FaceRegion) -> None:
-    """Replace the UNet's IP-Adapter attention processors with face-region
-    aware copies (same class family, same weights). diffusers' `unload_ip_adapter`
-    still recognises them (they are subclasses) and puts the defaults back."""
+    """Replace the UNet's IP-Adapter attention processors with face-region aware
+    ones of the same class family that share the loaded `to_k_ip`/`to_v_ip`
+    modules (no weight copy, so device placement and offload hooks on them stay
+    as they are). diffusers' `unload_ip_adapter` still recognises them (they are
+    subclasses) and puts the defaults back."""
+    import torch
     from diffusers.models.attention_processor import (
         IPAdapterAttnProcessor,
         IPAdapterAttnProcessor2_0,
@@ -434,10 +438,11 @@ def install_region_processors(unet, region: FaceRegion) -> None:
     for name, proc in unet.attn_processors.items():
         if isinstance(proc, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0, IPAdapterXFormersAttnProcessor)):
             base = next(c for c in type(proc).__mro__ if c.__module__.startswith("diffusers."))
-            new = _region_class(base)(proc.hidden_size, proc.cross_attention_dim, proc.num_tokens, proc.scale)
-            new.load_state_dict(proc.state_dict())
-            param = next(proc.parameters())
-            new.to(device=param.device, dtype=param.dtype)
+            with torch.device("meta"):  # its own projections are replaced by the loaded ones below
+                new = _region_class(base)(proc.hidden_size, proc.cross_attention_dim, proc.num_tokens, proc.scale)
+            new.to_k_ip, new.to_v_ip = proc.to_k_ip, proc.to_v_ip
+            if hasattr(proc, "attention_op"):  # the xformers variant
+                new.attention_op = proc.attention_op
             new.face_region = region
             procs[name] = new
         else:
