@@ -54,33 +54,53 @@ class PortraitTab:
         return {self.w.by_key[k]: v for k, v in by_key.items() if k in self.w.by_key}
 
     # ----------------------------------------------------------------- photos
-    def analyse(self, photos, method: str):
-        """Detect the face in each photo: the crops used and the photos left out."""
+    def analyse(self, photos, method: str, face_index=None):
+        """Detect the faces in each photo: the crops used (every face of a group
+        photo, to pick from) and the photos left out."""
+        crops, report, _ = self.analyse_faces(photos, method, face_index)
+        return crops, report
+
+    def analyse_faces(self, photos, method: str, face_index=None):
+        """`analyse`, plus which photo and face number each gallery item is."""
         from pipelines.identity import get_method_class
+
+        from .face_choice import face_view
 
         try:
             paths = photo_paths(photos)
         except LikenessError as exc:
             raise user_error(exc) from None
         if not paths:
-            return [], ""
+            return [], "", []
         recognizer = get_method_class(method).recognizer if method != "none" else None
         packs = (recognizer,) if recognizer else ("buffalo_l",)
         missing = self.missing_for(method)
         if any(p in missing for p in packs):  # the photos cannot be read without the face models
-            return [], self.missing_report(method, missing)
+            return [], self.missing_report(method, missing), []
         try:
-            identity = self.holder.get().identity(photos=paths, packs=packs)
+            view = face_view(self.holder.get(), paths, packs, face_index)
         except ModelMissing as exc:
-            return [], getattr(exc, "ui_message", None) or str(exc)
+            return [], getattr(exc, "ui_message", None) or str(exc), []
         except LikenessError as exc:
-            return [], f"**No usable photo.** {exc}"
-        crops = [(crop, Path(src).name) for crop, src in zip(identity.crops, identity.used)]
-        lines = [f"Using **{len(identity.used)} of {len(paths)}** photos."]
-        lines += [f"- left out **{Path(f).name}**: {reason}" for f, reason in identity.excluded]
+            return [], f"**No usable photo.** {exc}", []
+        lines = [view.report]
         if missing:
             lines.append(self.missing_report(method, missing))
-        return crops, "\n".join(lines)
+        return view.items, "\n".join(lines), view.targets
+
+    def pick_face(self, photos, method: str, face_index, evt: gr.SelectData):
+        """A click on a face of a group photo: use that face for that photo. The
+        gallery is rebuilt the same way to learn which face was clicked (the
+        identity is cached; only the group photos are detected again)."""
+        from .face_choice import pick
+
+        _, _, targets = self.analyse_faces(photos, method, face_index)
+        chosen = pick(targets, evt.index, face_index)
+        if chosen is None:  # a photo with one face: nothing to choose
+            return {}
+        crops, report, _ = self.analyse_faces(photos, method, chosen)
+        w = self.w
+        return {w.crops: crops, w.photo_report: report, w.by_key["face_index"]: chosen}
 
     def missing_for(self, method: str) -> list[str]:
         """The models `method` needs here that are not downloaded (none in demo mode)."""
@@ -222,11 +242,14 @@ class PortraitTab:
         outputs = [w.status, w.preview, w.results, w.result_info, w.results_state, w.selected]
         fill = list(w.fields)
         photos, method = w.by_key["photos"], w.by_key["method"]
-        photos.change(self.analyse, [photos, method], [w.crops, w.photo_report],
+        faces = w.by_key["face_index"]
+        photos.change(self.analyse, [photos, method, faces], [w.crops, w.photo_report],
                       concurrency_id=GPU, api_visibility="private")
         photos.change(lambda: None, None, w.by_key["identity_card"], queue=False, api_visibility="private")
-        method.input(self.analyse, [photos, method], [w.crops, w.photo_report],
+        method.input(self.analyse, [photos, method, faces], [w.crops, w.photo_report],
                      concurrency_id=GPU, api_visibility="private")
+        w.crops.select(self.pick_face, [photos, method, faces], [w.crops, w.photo_report, faces],
+                       concurrency_id=GPU, api_visibility="private")
         recipe_widgets = [w.by_key[k] for k in RECIPE_KEYS]
         method.input(self.switch_method, [method, *recipe_widgets], recipe_widgets, queue=False,
                      api_visibility="private")

@@ -31,6 +31,7 @@ DEFAULT_SCALE = 0.8  # the identity methods' default adapter scale
 UI_DEFAULTS: dict[str, Any] = {
     "photos": None,
     "identity_card": None,
+    "face_index": None,  # {photo: face number} picked in the face gallery (1 = the largest)
     "preset": NONE,
     "prompt": "",
     "negative": "",
@@ -245,6 +246,9 @@ def request_data(values: dict[str, Any], demo: bool) -> dict:
     photos = photo_paths(values.get("photos"))
     if photos:
         data["photos"] = photos
+        chosen = {p: int(k) for p, k in (v.get("face_index") or {}).items() if p in photos}
+        if chosen:
+            data["face_index"] = chosen
     elif v.get("identity_card"):
         data["identity_card"] = str(v["identity_card"])
     elif data["method"] != "none":

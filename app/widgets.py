@@ -102,11 +102,13 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
                 file_types=PHOTO_TYPES, elem_id="photos",
             )
             by_key["method"] = gr.Radio(method_choices(), value=d["method"], label="Identity method", elem_id="method")
-            crops = gr.Gallery(label="Detected faces", columns=5, height=150, allow_preview=False,
+            crops = gr.Gallery(label="Detected faces (in a group photo, click the face to use)", columns=5,
+                               height=150, allow_preview=False,
                                format="png", interactive=False, object_fit="contain", fit_columns=False,
                                elem_id="face-crops")
             photo_report = gr.Markdown(elem_id="photo-report")
             by_key["identity_card"] = gr.State(None)
+            by_key["face_index"] = gr.State({})  # {photo: face number} chosen by a click on a face
         with gr.Column(scale=3, min_width=400):
             preset_gallery = gr.Gallery(
                 value=[(img, title) for _, title, img in cards], label="Presets — one click generates",

@@ -200,12 +200,24 @@ def find_recipe_identity(recipe_png: Path | str, ident: dict, settings) -> dict:
                 if p is not None:
                     found.append(str(p))
     if found:
-        return {"photos": found}
+        chosen = _recorded_faces(ident.get("faces"), found)
+        return {"photos": found, **({"face_index": chosen} if chosen else {})}
     where = ", ".join(str(f) for f in folders)
     raise BadInput(
         f"{recipe_png}: the recipe's identity card {card_name!r} (or its photos) was not found in {where}; "
         "put the card or the photos beside the PNG, or give --identity CARD or --photo FILE."
     )
+
+
+def _recorded_faces(entries, found: list[str]) -> dict[str, int]:
+    """The face chosen in each group photo (the recipe's `identity.faces`, by file
+    name) for the photos found again; face 1, the default, is left out. Malformed
+    entries are ignored (the request's validation bounds the numbers)."""
+    by_name: dict[str, int] = {}
+    for e in entries if isinstance(entries, list) else []:
+        if isinstance(e, dict) and isinstance(e.get("file"), str) and type(e.get("face")) is int:
+            by_name[e["file"]] = e["face"]
+    return {p: by_name[Path(p).name] for p in found if by_name.get(Path(p).name, 1) != 1}
 
 
 def check_output_dir(path: Path | str, what: str = "output folder") -> Path:

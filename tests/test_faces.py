@@ -576,3 +576,109 @@ def test_generate_with_a_chosen_face_reports_it_everywhere(engine, photos_dir, c
     x1, y1, x2, y2 = (int(round(v)) for v in entry["bbox"])
     assert f"t1.jpg: 6 faces, used face 4 (face box x {x1}-{x2}, y {y1}-{y2})" in err
     assert "--face-index N (1-6)" in err
+
+
+def _job(folder: Path, face: int | None) -> Path:
+    photo = "t1.jpg" if face is None else f"{{photo: t1.jpg, face: {face}}}"
+    text = f"""
+identities:
+  group: {{photos: [{photo}]}}
+items:
+  - identity: group
+    prompt: a portrait
+    method: faceid
+    seed: 5
+    overrides: {{steps: 2, width: 64, height: 64, sampler: euler}}
+"""
+    path = folder / f"job-{face}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_job_file_names_the_face_of_a_group_photo(engine, photos_dir, tmp_path):
+    import io
+    import json
+
+    from pipelines.batch import jobfile as jf
+    from pipelines.batch.runner import run_job
+
+    shutil.copy(photos_dir / "t1.jpg", tmp_path / "t1.jpg")
+    default, face1, face3 = (jf.load_job(_job(tmp_path, f)) for f in (None, 1, 3))
+    (it,) = face3.items
+    assert it.request.face_index == {str(tmp_path / "t1.jpg"): 3}
+    assert default.items[0].request.face_index == {}
+    # another face is another identity: another id; moving nothing keeps it
+    assert it.id != default.items[0].id and it.id == jf.load_job(_job(tmp_path, 3)).items[0].id
+    assert face1.items[0].id != it.id
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(_job(tmp_path, 3).read_text().replace("face: 3", "face: 0"))
+    with pytest.raises(BadInput, match="face"):
+        jf.load_job(bad)
+    reserved = tmp_path / "reserved.yaml"
+    reserved.write_text(_job(tmp_path, None).read_text().replace("steps: 2,", "steps: 2, face_index: {t1.jpg: 2},"))
+    with pytest.raises(BadInput, match="face_index"):
+        jf.load_job(reserved)
+
+    log, out = io.StringIO(), tmp_path / "out"
+    report = run_job(face3, None, out, engine=engine, stream=log, out=io.StringIO())
+    assert report.exit_code == 0
+    assert "group: " in log.getvalue() and "6 faces, used face 3 (face box x " in log.getvalue()
+    card = json.loads((out / "identities.json").read_text())["group"]["card"]
+    assert [(c.faces, c.face) for c in load_card(card).faces] == [(6, 3)]
+
+
+def test_portrait_tab_shows_every_face_of_a_group_photo_and_a_click_picks_one(engine, photos_dir):
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from app.jobs import CancelRegistry, EngineHolder
+    from app.portrait import PortraitTab
+    from app.requests_map import request_from_ui
+    from app.widgets import build_portrait
+
+    with gr.Blocks():
+        w = build_portrait(engine.settings)
+    tab = PortraitTab(engine.settings, EngineHolder(engine.settings, factory=lambda s: engine), CancelRegistry(), w)
+    t1, astro = str(photos_dir / "t1.jpg"), str(photos_dir / "astronaut.png")
+    crops, report, targets = tab.analyse_faces([astro, t1], "faceid", {})
+    captions = [c for _, c in crops]
+    assert captions[0] == "astronaut.png" and targets[0] == []  # one face: nothing to choose
+    assert captions[1:] == [f"t1.jpg · face {k}/6" + (" ✓ used" if k == 1 else "") for k in range(1, 7)]
+    assert targets[1:] == [[t1, k] for k in range(1, 7)]
+    assert "**t1.jpg**: 6 faces, used the largest" in report
+    dets = engine.analyzer("buffalo_l").detect(np.asarray(Image.open(t1).convert("RGB")), t1)
+    assert crops[3][0].shape[0] == pytest.approx(max(dets[2].width, dets[2].height) * 1.5, abs=2)
+
+    out = tab.pick_face([astro, t1], "faceid", {}, SimpleNamespace(index=3))  # face 3 of t1
+    chosen = out[w.by_key["face_index"]]
+    assert chosen == {t1: 3}
+    assert out[w.crops][3][1] == "t1.jpg · face 3/6 ✓ used" and out[w.crops][1][1] == "t1.jpg · face 1/6"
+    assert "6 faces, used face 3" in out[w.photo_report]
+    assert tab.pick_face([astro, t1], "faceid", chosen, SimpleNamespace(index=0)) == {}
+    back = tab.pick_face([astro, t1], "faceid", chosen, SimpleNamespace(index=1))
+    assert back[w.by_key["face_index"]] == {}  # face 1 is the default
+    # the choice goes into the request, for photos still uploaded only
+    req = request_from_ui({"photos": [astro, t1], "prompt": "x", "face_index": {**chosen, "/gone.jpg": 2}}, True)
+    assert req.face_index == {t1: 3}
+
+
+def test_replay_from_the_photos_uses_the_recorded_face(engine, photos_dir, tmp_path):
+    from pipelines.metadata import read_recipe
+    from pipelines.outputs import find_recipe_identity
+    from pipelines.requests import GenerateRequest
+
+    t1 = str(photos_dir / "t1.jpg")
+    fast = dict(prompt="a portrait", method="faceid", steps=2, width=64, height=64, seed=3, sampler="euler")
+    made = engine.generate(GenerateRequest(photos=[t1], face_index={t1: 4}, **fast))
+    # the PNG shared with its photo but without the identity card
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    png = folder / made.images[0].path.name
+    shutil.copy(made.images[0].path, png)
+    shutil.copy(t1, folder / "t1.jpg")
+    elsewhere = load_settings(models_dir=engine.settings.models_dir, outputs_dir=tmp_path / "other", demo=True)
+    data = find_recipe_identity(png, read_recipe(png)["identity"], elsewhere)
+    assert data["photos"] == [str(folder / "t1.jpg")] and data["face_index"] == {str(folder / "t1.jpg"): 4}
+    req = GenerateRequest(prompt="x", **data)
+    assert engine.identity(req.photos, None, ("buffalo_l",), req.face_index).hash == made.identity.hash

@@ -7,6 +7,7 @@ line numbers):
     defaults: {steps: 30}         # optional; generate options for every item
     identities:
       alice: {photos: [a1.jpg, a2.jpg]}     # or {card: alice.identity}
+      bob: {photos: [{photo: group.jpg, face: 2}]}   # face N of a group photo (1 = largest)
     items:
       - identity: alice           # or identities: [alice, bob]; omitted = all
         preset: studio-headshot   # or presets: [...], prompt: / prompts: [...]
@@ -66,18 +67,30 @@ _RESERVED = {
     "prompt": "use prompt: or prompts: on the item",
     "method": "use method: or methods: on the item",
     "seed": "use seed: or seeds: on the item",
+    "face_index": "name the face with the photo: identities: {NAME: {photos: [{photo: FILE, face: N}]}}",
 }
 # request fields left out of the id: where things go, not what is made
-_ID_EXCLUDE = {"photos", "identity_card", "out_dir", "name_prefix"}
+# (the chosen faces are part of the identity's content hash instead)
+_ID_EXCLUDE = {"photos", "identity_card", "out_dir", "name_prefix", "face_index"}
 
 
 # --------------------------------------------------------------------- schema
 _PLURAL = {"identity": "identities", "preset": "presets", "prompt": "prompts", "method": "methods", "seed": "seeds"}
 
+class PhotoSpec(BaseModel):
+    """A photo with the face to use in it: face numbers count from 1, the
+    largest face, by decreasing box area (pipelines/faces/analysis.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    photo: str
+    face: int = Field(default=1, ge=1, le=100)
+
+
 class IdentitySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    photos: list[str] | None = Field(default=None, min_length=1, max_length=50)
+    photos: list[str | PhotoSpec] | None = Field(default=None, min_length=1, max_length=50)
     card: str | None = None
 
     @model_validator(mode="after")
@@ -133,7 +146,12 @@ class IdentitySource:
     name: str
     photos: tuple[Path, ...] = ()
     card: Path | None = None
-    content_hash: str = ""  # sha256 over the photo (or card) bytes
+    content_hash: str = ""  # sha256 over the photo (or card) bytes, and the chosen faces
+    faces: tuple[int | None, ...] = ()  # per photo: the face number chosen, None = the largest
+
+    def face_index(self) -> dict[str, int]:
+        """The request's `face_index`: photo -> chosen face number."""
+        return {str(p): k for p, k in zip(self.photos, self.faces) if k is not None}
 
 
 @dataclass(frozen=True)
@@ -372,6 +390,10 @@ def _local_path(base: Path, value: str, loc: tuple, errors: _Errors) -> Path:
     return (base / value).expanduser()
 
 
+def _photo_file(entry) -> str:
+    return entry.photo if isinstance(entry, PhotoSpec) else entry
+
+
 def _resolve_identities(spec: JobSpec, path: Path, errors: _Errors) -> dict[str, IdentitySource]:
     base = path.parent
     out = {}
@@ -382,9 +404,15 @@ def _resolve_identities(spec: JobSpec, path: Path, errors: _Errors) -> dict[str,
             out[name] = IdentitySource(name, card=card, content_hash=_contents_hash(
                 [card], [loc + ("card",)], errors, MAX_CARD_BYTES))
         else:
-            locs = [loc + ("photos", k) for k in range(len(ident.photos or ()))]
-            photos = tuple(_local_path(base, p, at, errors) for p, at in zip(ident.photos or (), locs))
-            out[name] = IdentitySource(name, photos=photos, content_hash=_contents_hash(photos, locs, errors))
+            entries = ident.photos or ()
+            locs = [loc + ("photos", k) + (("photo",) if isinstance(p, PhotoSpec) else ())
+                    for k, p in enumerate(entries)]
+            photos = tuple(_local_path(base, _photo_file(p), at, errors) for p, at in zip(entries, locs))
+            faces = tuple(p.face if isinstance(p, PhotoSpec) else None for p in entries)
+            content = _contents_hash(photos, locs, errors)
+            if any(k is not None for k in faces):  # another face is another identity
+                content = hashlib.sha256(f"{content}|faces:{json.dumps(faces)}".encode()).hexdigest()
+            out[name] = IdentitySource(name, photos=photos, content_hash=content, faces=faces)
     return out
 
 
@@ -585,6 +613,8 @@ def expand(spec: JobSpec, job: Job, errors: _Errors, request_model=None, demo: b
                     data["identity_card"] = str(source.card)
                 else:
                     data["photos"] = [str(p) for p in source.photos]
+                    if source.face_index():
+                        data["face_index"] = source.face_index()
             ident_hash = source.content_hash if source else None
             for seed in seeds:
                 req = _validate(model, data, seed, ident_hash, loc, it, preset, spec.defaults, errors)

@@ -235,10 +235,15 @@ def prepare_identities(job: Job, pending: list[BatchItem], engine, out_dir: Path
                 continue
             if not needed:  # its methods detect faces themselves
                 continue
-            result = engine.identity(photos=[str(p) for p in source.photos], packs=tuple(sorted(needed)))
+            chosen = source.face_index()  # {photo: face number} where the job names a face
+            result = engine.identity(photos=[str(p) for p in source.photos], packs=tuple(sorted(needed)),
+                                     **({"faces": chosen} if chosen else {}))
             identity = getattr(result, "identity", None) if not hasattr(result, "embeddings") else result
             card = _save_card(identity, out_dir)
             outcomes[name] = IdentityOutcome(card=str(card), notes=_left_out(identity))
+            for choice in getattr(identity, "group_photos", []):  # "6 faces, used the largest"
+                print(f"identity {name}: {choice.source}: {choice.note} (face box {choice.box_text()})",
+                      file=stream)
             for note in outcomes[name].notes:
                 print(f"identity {name}: left out {note}", file=stream)
         except Cancelled:

@@ -115,6 +115,7 @@ def request_from_args(args, settings) -> dict:
     if args.photo:
         data.pop("identity_card", None)
         data["photos"] = list(args.photo)
+        data.pop("face_index", None)  # a replay's recorded faces name the recipe's photos, not these
         if getattr(args, "face_index", None):
             data["face_index"] = dict(args.face_index)
     if getattr(args, "edit", None):
