@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import BadInput, Cancelled, ModelError
-from .identity import get_method_class
+from .identity import get_method_class, method_family
 from .memory import free_memory
 from .models.bases import DEFAULT_BASE, base_family, dtype_kwargs, load_base_pipeline
 from .identity.base import Conditioning, ControlUnit, IdentityMethod
@@ -138,8 +138,7 @@ class Engine:
     @staticmethod
     def default_base(method: str) -> str:
         """The base model a method runs on when the request names none."""
-        family = get_method_class(method).base if method != "none" else "sdxl"
-        return DEFAULT_BASE[family]
+        return DEFAULT_BASE[method_family(method)]
 
     # --------------------------------------------------------------- identity
     def analyzer(self, pack: str):

@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import BadInput, UnsafePath
+from .identity import methods_for_family
 from .paths import check_name
 from .requests import LoraSpec
 from .samplers import SAMPLERS, SDXL_BUCKETS, demo_size
@@ -62,7 +63,7 @@ class Preset(BaseModel):
     colors: tuple[str, str] = ("#2b2d42", "#edf2f4")  # card background, accent
     prompt: str = Field(min_length=1, max_length=2000)
     negative: str = Field(default="", max_length=2000)
-    method: Literal["faceid", "instantid"]  # the SDXL identity methods
+    method: str  # an identity method that runs on SDXL (the size buckets are SDXL's)
     scale: float | None = Field(default=None, ge=0.0, le=2.0)
     s_scale: float = Field(default=1.0, ge=0.0, le=3.0)
     identitynet_scale: float = Field(default=0.8, ge=0.0, le=2.0)
@@ -91,6 +92,14 @@ class Preset(BaseModel):
         for c in v:
             if not re.match(_HEX, c):
                 raise ValueError(f"colour {c!r} is not #RRGGBB")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        sdxl = methods_for_family("sdxl")
+        if v not in sdxl:
+            raise ValueError(f"method {v!r} is not an SDXL identity method; choose one of: {', '.join(sdxl)}")
         return v
 
     @field_validator("sampler")

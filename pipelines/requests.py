@@ -8,9 +8,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import BadInput
+from .identity import DEFAULT_METHOD, method_names
 from .samplers import SAMPLERS
 
-MethodName = Literal["faceid", "instantid", "wplus", "none"]
+MethodName = str  # a method of the registry (pipelines.identity) or "none"; checked below
+MAX_PHOTOS = 10  # photos of one person in a request (and an upload in the UI)
 LORA_WEIGHT_MAX = 5.0
 
 
@@ -44,14 +46,14 @@ class GenerateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    photos: list[str] = Field(default_factory=list, max_length=50)
+    photos: list[str] = Field(default_factory=list, max_length=MAX_PHOTOS)
     # which face to use in a photo that shows several: photo (as in `photos`) -> face
     # number, 1 = the largest, then by decreasing box area (pipelines/faces/analysis.py)
     face_index: dict[str, int] = Field(default_factory=dict, max_length=50)
     identity_card: str | None = None
     prompt: str = Field(min_length=1, max_length=4000)
     negative: str = Field(default="", max_length=4000)
-    method: MethodName = "faceid"
+    method: MethodName = DEFAULT_METHOD
     count: int = Field(default=1, ge=1, le=64)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     steps: int = Field(default=30, ge=1, le=150)
@@ -87,6 +89,14 @@ class GenerateRequest(BaseModel):
     freeu: bool = False
     out_dir: str | None = None
     name_prefix: str = Field(default="likeness", max_length=60)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        names = method_names(include_none=True)
+        if v not in names:
+            raise ValueError("Input should be " + ", ".join(repr(n) for n in names[:-1]) + f" or {names[-1]!r}")
+        return v
 
     @field_validator("sampler")
     @classmethod

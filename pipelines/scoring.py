@@ -24,10 +24,9 @@ INDEPENDENT = {"buffalo_l": "antelopev2", "antelopev2": "buffalo_l", None: "ante
 
 
 def scorer_pack(method: str) -> str:
-    from .identity import get_method_class
+    from .identity import method_recognizer
 
-    recognizer = get_method_class(method).recognizer if method != "none" else None
-    return INDEPENDENT.get(recognizer, "antelopev2")
+    return INDEPENDENT.get(method_recognizer(method), "antelopev2")
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -72,12 +71,12 @@ def score_image(engine, image, identity, method: str) -> dict:
     """The likeness of one output. Uses the independent recogniser when it is
     downloaded; otherwise the method's own one, flagged `independent: False`
     (a missing scoring model never stops a generation)."""
-    from .identity import get_method_class
+    from .identity import method_recognizer
 
     pack = scorer_pack(method)
     independent = True
     if not _available(engine, pack):
-        own = get_method_class(method).recognizer if method != "none" else None
+        own = method_recognizer(method)
         if own is None or not _available(engine, own):
             return {"recognizer": None, "face_found": None, "mean": None, "max": None,
                     "note": f"no face recogniser downloaded for scoring ({pack})"}

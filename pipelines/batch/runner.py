@@ -205,14 +205,9 @@ def clean_stray_files(out_dir: Path) -> None:
 
 # ----------------------------------------------------------------- identities
 def _recognizer(method: str) -> str | None:
-    if method == "none":
-        return None
-    try:
-        from ..identity import get_method_class
+    from ..identity import method_recognizer
 
-        return get_method_class(method).recognizer
-    except Exception:  # a method this build lacks fails on its items, with the reason
-        return None
+    return method_recognizer(method)
 
 
 def prepare_identities(job: Job, pending: list[BatchItem], engine, out_dir: Path, stream) -> dict[str, IdentityOutcome]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from ..identity import method_names
 from pathlib import Path
 
 
@@ -24,7 +26,7 @@ def register(sub) -> None:
                    "describes the subject and other flags override the preset")
     p.add_argument("--prompt")
     p.add_argument("--negative")
-    p.add_argument("--method", choices=["faceid", "instantid", "wplus", "none"])
+    p.add_argument("--method", choices=method_names(include_none=True))
     p.add_argument("-n", "--count", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--steps", type=int)

@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import BadInput
+from ..identity import methods_for_family
 from ..paths import sanitize_name
 from .inputs import EvalIdentity, parse_methods, read_identities, read_prompts
 
@@ -39,7 +40,7 @@ class EvalRequest(BaseModel):
 
     identities: str = Field(min_length=1)
     prompts: str = Field(min_length=1)
-    methods: list[str] = Field(default_factory=lambda: ["faceid", "instantid"], min_length=1, max_length=8)
+    methods: list[str] = Field(default_factory=lambda: methods_for_family("sdxl"), min_length=1, max_length=8)
     seeds: int = Field(default=1, ge=1, le=64)  # images per identity x prompt (seeds seed, seed+1, ...)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     steps: int | None = Field(default=None, ge=1, le=150)

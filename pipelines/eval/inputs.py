@@ -4,16 +4,16 @@ up front with an error naming the folder, file or method."""
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadInput
+from ..requests import MAX_PHOTOS as REQUEST_MAX_PHOTOS
 
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 MAX_IDENTITIES = 500
 MAX_PROMPTS = 500
-MAX_PHOTOS = 50  # the same cap as a generate request
+MAX_PHOTOS = REQUEST_MAX_PHOTOS  # the same cap as a generate request
 
 
 @dataclass(frozen=True)
@@ -62,20 +62,6 @@ def read_prompts(path: Path | str) -> list[str]:
     return prompts
 
 
-def method_available(name: str) -> bool:
-    """Whether the identity method's module is part of this build."""
-    from ..identity import _METHODS
-
-    module = _METHODS[name].split(":")[0]
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            return False
-        raise
-    return True
-
-
 def parse_methods(text: str | list[str]) -> list[str]:
     """`faceid,instantid[,wplus]` -> checked, de-duplicated method names."""
     from ..identity import method_names
@@ -89,9 +75,6 @@ def parse_methods(text: str | list[str]) -> list[str]:
         known = method_names()
         if name not in known:
             raise BadInput(f"--methods: {name!r} is not an identity method; choose from {', '.join(known)}.")
-        if not method_available(name):
-            have = ", ".join(m for m in known if m != name and method_available(m))
-            raise BadInput(f"--methods: method {name!r} is not available in this build; choose from {have}.")
         names.append(name)
     if not names:
         raise BadInput("--methods is empty; give e.g. faceid,instantid.")

@@ -20,7 +20,13 @@ from pathlib import Path
 
 from ..paths import atomic_path, atomic_write_text
 
-METHOD_TITLES = {"faceid": "IP-Adapter FaceID Plus v2", "instantid": "InstantID", "wplus": "W+ adapter"}
+
+
+def method_title(method: str) -> str:
+    """A method's full name for the report (from the method registry)."""
+    from ..identity import method_info
+
+    return method_info(method).title
 SUMMARY_FIELDS = ("kind", "method", "recognizer", "count", "face_sim", "face_sim_std", "face_sim_max",
                   "clip_t", "face_rate", "sec_per_image", "failed")
 IMAGE_FIELDS = ("method", "identity", "prompt", "seed", "path", "recognizer", "face_found", "face_sim",
@@ -124,7 +130,7 @@ def markdown(rows: list[SummaryRow], meta: dict) -> str:
     ]
     for r in rows:
         if r.kind == "method":
-            name = f"{METHOD_TITLES.get(r.method, r.method)} (`{r.method}`)"
+            name = f"{method_title(r.method)} (`{r.method}`)"
             sim = _fmt(r.face_sim) + (f" ± {r.face_sim_std:.3f}" if r.face_sim_std is not None else "")
             n = f"{r.count} images" + (f", {r.failed} failed" if r.failed else "")
             lines.append(f"| {name} | {sim} | {_fmt(r.face_sim_max)} | {_fmt(r.clip_t, 2)} | "

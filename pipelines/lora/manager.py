@@ -388,8 +388,8 @@ class LoraManager:
             if have is not None and have.sha256 == sha and loaded:
                 have.stat = stat
                 return have
-            triggers = kohya.trigger_words(kohya.read_metadata(path), path)  # header checked before loading
             state = self._read_checked(name, path, pipe)
+            triggers = kohya.trigger_words(kohya.read_metadata(path), path)  # checked before the pipeline changes
             if any(adapter in _peft_adapters(m) for m in _components(pipe).values()):
                 _drop_adapter(pipe, adapter)  # the file changed: replace the old weights
             parts = split_lora(pipe, state)
