@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from pipelines.errors import Cancelled, LikenessError, ModelMissing
+from pipelines.identity import DEFAULT_METHOD, method_family, method_recognizer
 from pipelines.settings import Settings
 
 from .jobs import CancelRegistry, EngineHolder, run_job
@@ -62,8 +63,6 @@ class PortraitTab:
 
     def analyse_faces(self, photos, method: str, face_index=None):
         """`analyse`, plus which photo and face number each gallery item is."""
-        from pipelines.identity import get_method_class
-
         from .face_choice import face_view
 
         try:
@@ -72,8 +71,8 @@ class PortraitTab:
             raise user_error(exc) from None
         if not paths:
             return [], "", []
-        recognizer = get_method_class(method).recognizer if method != "none" else None
-        packs = (recognizer,) if recognizer else ("buffalo_l",)
+        # "none" has no recogniser: show the faces as the default method finds them
+        packs = (method_recognizer(method) or method_recognizer(DEFAULT_METHOD),)
         missing = self.missing_for(method)
         if any(p in missing for p in packs):  # the photos cannot be read without the face models
             return [], self.missing_report(method, missing), []
@@ -167,7 +166,7 @@ class PortraitTab:
         w = self.w
         session = session_of(request)
         cancel = self.cancels.begin(session)
-        family = "sd15" if req.method == "wplus" else "sdxl"
+        family = method_family(req.method)
         clock = StepClock(req.count, req.steps)
         progress(0, desc="loading models…")
         yield {w.status: "Loading models and analysing the photos…", w.preview: None}

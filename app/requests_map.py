@@ -18,14 +18,21 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipelines.errors import BadInput
+from pipelines.identity import DEFAULT_METHOD, method_family, method_info
+from pipelines.models.bases import DEFAULT_BASE
 from pipelines.presets import SIZE_BUCKETS, get_preset
-from pipelines.requests import GenerateRequest, validate_request
+from pipelines.requests import MAX_PHOTOS, GenerateRequest, validate_request
 from pipelines.samplers import demo_size
 
 NONE = "(none)"
 SIZE_AUTO = "auto"
-MAX_PHOTOS = 10
-DEFAULT_SCALE = 0.8  # the identity methods' default adapter scale
+DEFAULT_SCALE = method_info(DEFAULT_METHOD).default_scale  # the scale slider's default
+
+
+def _default(field: str) -> Any:
+    """A `GenerateRequest` field's default: the widget starts where the request does."""
+    return GenerateRequest.model_fields[field].default
+
 
 # UI key -> default widget value (also the set of keys the Portrait tab maps)
 UI_DEFAULTS: dict[str, Any] = {
@@ -34,24 +41,24 @@ UI_DEFAULTS: dict[str, Any] = {
     "face_index": None,  # {photo: face number} picked in the face gallery (1 = the largest)
     "preset": NONE,
     "prompt": "",
-    "negative": "",
-    "method": "faceid",
+    "negative": _default("negative"),
+    "method": _default("method"),
     "size": SIZE_AUTO,
-    "sampler": "dpmpp_2m_karras",
-    "steps": 30,
-    "cfg": 5.0,
+    "sampler": _default("sampler"),
+    "steps": _default("steps"),
+    "cfg": _default("cfg"),
     "seed": -1,
-    "count": 1,
+    "count": _default("count"),
     "keep": 0,
     "scale": DEFAULT_SCALE,
-    "s_scale": 1.0,
-    "identitynet_scale": 0.8,
+    "s_scale": _default("s_scale"),
+    "identitynet_scale": _default("identitynet_scale"),
     "enhance_face_region": True,
     "pose": NONE,
-    "pose_scale": 0.8,
-    "restore": "none",
-    "restore_strength": 0.7,
-    "codeformer_fidelity": 0.5,
+    "pose_scale": _default("pose_scale"),
+    "restore": _default("restore"),
+    "restore_strength": _default("restore_strength"),
+    "codeformer_fidelity": _default("codeformer_fidelity"),
     "loras": None,
     "edits": None,
 }
@@ -252,7 +259,7 @@ def request_data(values: dict[str, Any], demo: bool) -> dict:
     elif v.get("identity_card"):
         data["identity_card"] = str(v["identity_card"])
     elif data["method"] != "none":
-        raise BadInput("photos: upload 1 to 10 photos of the person (or choose method 'none').")
+        raise BadInput(f"photos: upload 1 to {MAX_PHOTOS} photos of the person (or choose method 'none').")
     data["seed"] = _seed(v.get("seed"))
     keep = int(v.get("keep") or 0)
     if keep > 0:
@@ -262,8 +269,8 @@ def request_data(values: dict[str, Any], demo: bool) -> dict:
         data["pose"] = pose
     data["width"], data["height"] = parse_size(v.get("size"), demo)
     data["loras"] = loras_from_rows(v.get("loras"))
-    if data["method"] == "wplus":  # the W+ adapter exists for SD1.5 only
-        data["base_model"] = "sd15-base"
+    if method_family(data["method"]) == "sd15":  # an SD1.5 method runs on the SD1.5 base
+        data["base_model"] = DEFAULT_BASE["sd15"]
         data["edits"] = edits_from_rows(v.get("edits"))
         if v.get("size") in SIZE_BUCKETS:  # SDXL buckets do not apply
             data["width"] = data["height"] = None

@@ -5,7 +5,6 @@ position."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import gradio as gr
 from pipelines.samplers import SAMPLER_TITLES
 from pipelines.settings import Settings
 
-from .requests_map import NONE, UI_DEFAULTS, edit_rows, lora_names, lora_rows, size_choices
+from .requests_map import MAX_PHOTOS, NONE, UI_DEFAULTS, edit_rows, lora_names, lora_rows, size_choices
 
 PHOTO_TYPES = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic"]
 POSE_PREVIEWS = Path(__file__).resolve().parents[1] / "assets" / "poses" / "previews"
@@ -53,11 +52,10 @@ def wplus_edit_names(settings: Settings) -> list[str]:
 
 
 def method_choices() -> list[tuple[str, str]]:
-    out = [("FaceID Plus v2", "faceid"), ("InstantID", "instantid")]
-    if importlib.util.find_spec("pipelines.identity.wplus") is not None:
-        out.append(("W+ adapter (SD1.5)", "wplus"))
-    out.append(("none (plain SDXL)", "none"))
-    return out
+    """(label, name) of every registered identity method, then "none"."""
+    from pipelines.identity import method_choices as registered
+
+    return registered(include_none=True)
 
 
 def preset_cards():
@@ -98,7 +96,7 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
             by_key["photos"] = gr.File(
-                label="Photos of the person (1–10)", file_count="multiple", type="filepath",
+                label=f"Photos of the person (1–{MAX_PHOTOS})", file_count="multiple", type="filepath",
                 file_types=PHOTO_TYPES, elem_id="photos",
             )
             by_key["method"] = gr.Radio(method_choices(), value=d["method"], label="Identity method", elem_id="method")

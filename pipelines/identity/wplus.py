@@ -42,6 +42,8 @@ class WPlusAdapter(IdentityMethod):
     name = "wplus"
     label, title = "W+ adapter (SD1.5)", "W+ adapter"
     help = "e4e W+ latent with attribute edits (SD1.5)"
+    label, title = "W+ adapter (SD1.5)", "W+ adapter"
+    help = "e4e W+ latent with attribute edits (SD1.5)"
     base = "sd15"
     required_models = (ADAPTER, ENCODER, DIRECTIONS, PARSER)
     recognizer = "buffalo_l"  # only its keypoints are used, for the FFHQ alignment
