@@ -299,3 +299,17 @@ def test_tiny_packs_have_at_least_two_attention_heads(engine, method):
             assert procs
     finally:
         engine.use_method("none", pipe)
+
+
+def test_other_tiny_packs_have_at_least_two_attention_heads():
+    """The packs no identity method loads: the pose ControlNet, the likeness
+    scorer's OpenCLIP and CodeFormer's transformer."""
+    from pipelines.tiny.controlnet import SEED_OPENPOSE, build_controlnet
+    from pipelines.tiny.openclip import TINY_MODEL_CFG
+    from pipelines.tiny.restore import CODEFORMER_TINY
+
+    pose = _attention_heads(build_controlnet(SEED_OPENPOSE))
+    assert pose and min(h for _, h, _ in pose) >= 2
+    vision, text = TINY_MODEL_CFG["vision_cfg"], TINY_MODEL_CFG["text_cfg"]
+    assert vision["width"] // vision["head_width"] >= 2 and text["heads"] >= 2
+    assert CODEFORMER_TINY["n_head"] >= 2
