@@ -396,7 +396,7 @@ def test_collect_faces_excludes_unusable_photos(tmp_path, demo_settings):
                               "none.png": []})
     used, excluded = collect_faces(tmp_path, demo_settings, analyzer)
     assert [s.rsplit("/", 1)[-1] for s, _ in used] == ["good.png"]
-    assert used[0][1].shape == (256, 256, 3)
+    assert used[0][1].shape == (512, 512, 3)  # the 512² crop the face parser takes
     reasons = {e["file"].rsplit("/", 1)[-1]: e["reason"] for e in excluded}
     assert set(reasons) == {"group.png", "small.png", "none.png", "broken.jpg"}
     assert "2 faces" in reasons["group.png"] and "160 px" in reasons["small.png"]

@@ -303,3 +303,16 @@ def test_ui_edit_table_and_recipe_widgets():
     assert switch_method("faceid", wplus, methods) == untouched
     edited = {**untouched, "cfg": 9.0}
     assert switch_method("wplus", edited, methods) == {"sampler": "euler", "negative": wplus["negative"]}
+
+
+def test_training_latents_are_prepared_like_inference(store, parser, face512):
+    """train_wplus encodes whitened faces, as the method does at inference."""
+    from pipelines.wplus.e4e import encode_normalized, load_e4e
+    from pipelines.wplus.parsing import prepare_face
+    from pipelines.wplus.train import _encode_wplus
+
+    w_train = _encode_wplus(store, [face512], "cpu")
+    encoder, avg = load_e4e(store.file_path("e4e-ffhq", "e4e_ffhq_encode.pt"))
+    assert torch.allclose(w_train, encode_normalized(encoder, prepare_face(face512, parser).tensor, avg), atol=1e-5)
+    assert not torch.allclose(w_train, encode_normalized(encoder, prepare_face(face512, None).tensor, avg),
+                              atol=1e-4)

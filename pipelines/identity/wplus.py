@@ -34,6 +34,7 @@ ADAPTER = "wplus-adapter"
 ENCODER = "e4e-ffhq"
 DIRECTIONS = "wplus-directions"
 PARSER, PARSER_FILE = "parsenet-psfrgan", "parse_multi_iter_90000.pth"
+VAE = "sd-vae-ft-mse"  # the demo recipe's VAE (request vae "ft-mse", the W+ default)
 # w_plus_adapter.py generate_idnoise: the negative prompt used when none is given
 REFERENCE_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"
 
@@ -42,10 +43,8 @@ class WPlusAdapter(IdentityMethod):
     name = "wplus"
     label, title = "W+ adapter (SD1.5)", "W+ adapter"
     help = "e4e W+ latent with attribute edits (SD1.5)"
-    label, title = "W+ adapter (SD1.5)", "W+ adapter"
-    help = "e4e W+ latent with attribute edits (SD1.5)"
     base = "sd15"
-    required_models = (ADAPTER, ENCODER, DIRECTIONS, PARSER)
+    required_models = (ADAPTER, ENCODER, DIRECTIONS, PARSER, VAE)
     recognizer = "buffalo_l"  # only its keypoints are used, for the FFHQ alignment
     default_scale = 1.0
     recipe_defaults = {"sampler": "euler", "cfg": 7.5, "negative": REFERENCE_NEGATIVE, "freeu": True,

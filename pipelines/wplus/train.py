@@ -9,6 +9,11 @@ templates, and 5 % of samples drop the W+ latent (zeros -> w_proj(0), the
 unconditional tokens), 5 % drop the text, 5 % drop both, so classifier-free
 guidance works at inference.
 
+Each face's W+ latent is computed from the face as the published pipeline
+prepares it (`script/ProcessWildImage.py`: 512² FFHQ crop, background and
+clothes whitened by the ParseNet face parser, 256² to e4e), the same
+preparation the W+ method applies at inference.
+
 Everything that does not change during training is computed once up front: the
 W+ latent and VAE latent of every face and the text embedding of every caption;
 then the VAE, text encoders and e4e are released and only the UNet runs.
@@ -30,9 +35,11 @@ import numpy as np
 from ..errors import BadInput, Cancelled, LikenessError
 from ..models.bases import DEFAULT_BASE
 from .align import MIN_FACE_PX, align_face
+from .parsing import PARSE_SIZE
 
 BASES = DEFAULT_BASE  # family -> the catalog base trained on
 E4E_MODEL, E4E_FILE = "e4e-ffhq", "e4e_ffhq_encode.pt"
+PARSER_MODEL, PARSER_FILE = "parsenet-psfrgan", "parse_multi_iter_90000.pth"
 PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 TEMPLATES = (
     "{}", "a {}", "a photo of a {}", "a cropped photo of a {}", "the photo of a {}",
@@ -62,9 +69,10 @@ def _photo_files(faces_dir: Path) -> list[Path]:
 
 def collect_faces(faces_dir: Path | str, settings, analyzer=None, aligned: bool = False,
                   min_face_px: float = MIN_FACE_PX) -> tuple[list[tuple[str, np.ndarray]], list[dict]]:
-    """FFHQ-aligned 256² crops of the usable photos in `faces_dir`, plus the
+    """FFHQ-aligned 512² crops of the usable photos in `faces_dir`, plus the
     excluded ones with their reasons. `aligned=True`: the photos already are
-    FFHQ-aligned face crops (no detection). Otherwise `analyzer.detect` finds
+    FFHQ-aligned face crops (no detection; resized to 512² bilinearly, as the
+    published script does). Otherwise `analyzer.detect` finds
     the face; photos with no face, several faces or a face under `min_face_px`
     are excluded."""
     from ..imageio import load_photo_array
@@ -79,9 +87,10 @@ def collect_faces(faces_dir: Path | str, settings, analyzer=None, aligned: bool 
             excluded.append({"file": src, "reason": str(exc)})
             continue
         if aligned:
-            import cv2
+            from PIL import Image
 
-            used.append((src, cv2.resize(rgb, (256, 256), interpolation=cv2.INTER_AREA)))
+            size = (PARSE_SIZE, PARSE_SIZE)
+            used.append((src, np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))))
             continue
         faces = analyzer.detect(rgb, src)
         if not faces:
@@ -90,7 +99,7 @@ def collect_faces(faces_dir: Path | str, settings, analyzer=None, aligned: bool 
         if len(faces) > 1:
             excluded.append({"file": src, "reason": f"{len(faces)} faces found; use photos of one person"})
             continue
-        crop = align_face(rgb, faces[0].kps, min_face_px=min_face_px)
+        crop = align_face(rgb, faces[0].kps, size=PARSE_SIZE, min_face_px=min_face_px)
         if crop.too_small:
             reason = f"face is {crop.face_px:.0f} px wide; at least {min_face_px:.0f} px needed"
             excluded.append({"file": src, "reason": reason})
@@ -149,13 +158,19 @@ def _encode_latents(pipe, crops: list[np.ndarray], resolution: int, device, seed
 
 
 def _encode_wplus(store, crops: list[np.ndarray], device):
+    """W+ of each 512² aligned crop, whitened first (see the module docstring)."""
     import torch
 
-    from .e4e import encode, load_e4e
+    from .e4e import encode_normalized, load_e4e
+    from .parsing import load_parsenet, prepare_face
 
+    store.ensure(PARSER_MODEL)
+    parser = load_parsenet(store.file_path(PARSER_MODEL, PARSER_FILE), device=device)
+    x = torch.cat([prepare_face(c, parser).tensor for c in crops])
+    del parser
     store.ensure(E4E_MODEL)
-    encoder, _avg = load_e4e(store.file_path(E4E_MODEL, E4E_FILE), device=device)
-    w = encode(encoder, np.stack(crops))
+    encoder, avg = load_e4e(store.file_path(E4E_MODEL, E4E_FILE), device=device)
+    w = encode_normalized(encoder, x, avg)
     del encoder
     return w.to(torch.float32)
 
