@@ -13,7 +13,7 @@ from pipelines.settings import DEMO_BANNER, Settings
 from .api import build_api
 from .history import HistoryTab
 from .jobs import CancelRegistry, EngineHolder
-from .models_tab import build_models
+from .models_tab import FirstRunCard, build_models
 from .portrait import PortraitTab
 from .widgets import build_portrait
 
@@ -49,6 +49,8 @@ def build_app(settings: Settings, holder: EngineHolder | None = None) -> gr.Bloc
         with gr.Tabs() as tabs:
             with gr.Tab("Portrait", id=PORTRAIT_TAB):
                 banner(settings)
+                first_run = FirstRunCard(settings)  # what the chosen method/preset still needs
+                first_run.build()
                 portrait = PortraitTab(settings, holder, cancels, build_portrait(settings))
             with gr.Tab("History", id="history"):
                 banner(settings)
@@ -79,6 +81,7 @@ def build_app(settings: Settings, holder: EngineHolder | None = None) -> gr.Bloc
             build_train_api(settings, holder, cancels)
             train.wire()
         portrait.wire()
+        first_run.wire(portrait.w.by_key["method"], portrait.w.by_key["preset"], demo.load)
         history.wire(demo.load)
     demo.likeness_holder = holder  # for tests and the server: the app's one engine holder
     return demo

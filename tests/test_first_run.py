@@ -8,6 +8,7 @@ and the UI's wording when models are missing."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 from pathlib import Path
@@ -451,3 +452,165 @@ def test_the_plan_counts_a_cached_base_as_nothing_to_download(tmp_path, monkeypa
     out = capsys.readouterr().out
     assert re.search(r"sdxl-base\s+0 B .*on disk already", out) and "total to download: 0 B" in out
     assert "sdxl-base: ok" in out
+
+
+# ---- 6. the first-run card in a real browser, against the fake hub and a fake HF cache --------------
+FACEID_BUNDLE = ["sdxl-base", "ip-adapter-faceid-plusv2-sdxl", "clip-vit-h-image-encoder", "buffalo_l"]
+
+
+def tiny_hub_catalog(hub: FakeHub, workdir: Path, names: list[str], cache_only: set[str] = frozenset(),
+                     hf_cache: Path | None = None) -> Catalog:
+    """The real catalog entries of `names` with the files of their tiny packs (same
+    paths, the tiny bytes' sizes and sha256), served by the fake hub at a fake
+    commit; `cache_only` entries are put in a fake HF cache instead of the hub."""
+    from pipelines import tiny
+
+    real = load_catalog()
+    entries = []
+    for name in names:
+        e = real.get(name)
+        built = tiny.build_pack(e.demo_pack, workdir / name)
+        repo = e.repo or f"url/{name}"
+        commit = hashlib.sha1(repo.encode()).hexdigest()
+        files = []
+        for f in e.files:
+            data = (built / f.path).read_bytes()
+            remote = f.source if e.source == "hf" and f.source else f.path
+            if name in cache_only:
+                snap = hf_cache / f"models--{repo.replace('/', '--')}" / "snapshots" / commit / remote
+                blob_path = hf_cache / f"models--{repo.replace('/', '--')}" / "blobs" / hashlib.sha256(data).hexdigest()
+                blob_path.parent.mkdir(parents=True, exist_ok=True)
+                blob_path.write_bytes(data)
+                snap.parent.mkdir(parents=True, exist_ok=True)
+                snap.symlink_to(blob_path)
+            else:
+                hub.add_hub_file(repo, remote, data)
+            files.append({"path": f.path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                          **({"source": remote} if remote != f.path else {}),
+                          **({"convert_to": f.convert_to} if f.convert_to else {})})
+        hub.repos[repo] = commit
+        entries.append({**e.model_dump(exclude={"files"}), "source": "hf", "repo": repo, "revision": commit,
+                        "files": files})
+    others = [e.model_dump() for e in real if e.name not in names]  # the UI lists every entry
+    return Catalog.model_validate({"model": entries + others})
+
+
+@pytest.fixture()
+def first_run_server(tmp_path, monkeypatch, request):
+    """The web UI in real mode (not demo) on tiny weights: the catalog's faceid bundle
+    served by the fake hub (and, with the `cached` param, the base in a fake HF cache)."""
+    import huggingface_hub.constants as hf_constants
+
+    from app.jobs import EngineHolder
+    from app.security import resolve_launch
+    from app.server import serve
+    from pipelines.models import store as store_mod
+
+    cached = getattr(request, "param", False)
+    with FakeHub() as hub:
+        hf_cache = tmp_path / "hf-cache"
+        cat = tiny_hub_catalog(hub, tmp_path / "packs", FACEID_BUNDLE, {"sdxl-base"} if cached else set(), hf_cache)
+        monkeypatch.setattr(store_mod, "load_catalog", lambda *a, **k: cat)
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache))
+        settings = real_settings(tmp_path)
+        from tests.test_browser import free_port
+
+        cfg = resolve_launch(listen=False, port=free_port(), auth=None, insecure_no_auth=False, share=False,
+                             environ={})
+        demo, url, _ = serve(settings, cfg, block=False, holder=EngineHolder(settings))
+        try:
+            yield url.rstrip("/"), hub, settings
+        finally:
+            demo.close()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("first_run_server", [False, True], ids=["fake-hub", "fake-hf-cache"], indirect=True)
+def test_first_run_card_downloads_the_bundle_then_generation_works(first_run_server, photos_dir):
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    url, hub, settings = first_run_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.goto(url)
+            card = page.locator("#first-run").first
+            expect(card).to_be_visible(timeout=30_000)  # before any upload
+            for name in FACEID_BUNDLE:
+                expect(page.locator("#first-run-info")).to_contain_text(name)
+            expect(page.locator("#first-run-info")).to_contain_text("Total")
+            expect(page.locator("#first-run-info")).to_contain_text("research / non-commercial only")
+            page.locator("#first-run-download").click()  # not accepted yet: refused, nothing fetched
+            expect(page.locator(".toast-body").first).to_contain_text("accept", timeout=10_000)
+            assert not [r for r in hub.requests if r.method == "GET"]
+            page.locator("#first-run-accept input").check()
+            page.locator("#first-run-download").click()
+            expect(page.locator("#first-run-done")).to_contain_text("Models ready", timeout=120_000)
+            total = page.locator("#first-run-progress .fr-total-bar")
+            assert total.get_attribute("value") == total.get_attribute("max") != "0"
+            expect(page.locator("#first-run-progress")).to_contain_text("100%")
+            expect(card).to_be_hidden()
+            # then a portrait, in the same server, without a restart
+            page.set_input_files("#photos input[type=file]", str(photos_dir / "astronaut.png"))
+            expect(page.locator("#face-crops img")).to_have_count(1, timeout=60_000)
+            page.locator("#advanced").click()
+            page.locator("#steps input[type=number]").fill("2")
+            page.locator("#size input").fill("128x128")
+            page.locator("#size input").press("Enter")
+            page.locator("#prompt textarea").fill("studio portrait")
+            page.locator("#generate").click()
+            expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
+            expect(page.locator("#results img").first).to_be_visible()
+        finally:
+            browser.close()
+    base_gets = [r for r in hub.requests if r.method == "GET" and "stable-diffusion-xl" in r.path]
+    store = ModelStore(settings)
+    assert all(store.status(n).verified for n in FACEID_BUNDLE)
+    if "fake-hf-cache" in os.environ.get("PYTEST_CURRENT_TEST", ""):
+        assert base_gets == []  # the base came from the HF cache, verified and linked
+        assert "reused_from" in next(iter(store.pins("sdxl-base").values()))
+    else:
+        assert base_gets
+
+
+class CancelAfter:
+    """An Event stand-in that turns set after `n` checks (a user pressing Cancel mid-file)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def is_set(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def test_cancel_keeps_the_partial_file_and_the_next_download_resumes(tmp_path):
+    from pipelines.errors import Cancelled
+    from pipelines.models.bundles import download_progress, plan
+
+    import torch
+    from safetensors.torch import save
+
+    data = save({"w": torch.randn(800_000, generator=torch.Generator().manual_seed(11))})  # 3.2 MB: 1 MiB chunks
+    with FakeHub() as hub:
+        url = hub.add_url_file("big.bin", data)
+        cat = Catalog.model_validate({"model": [{"name": "big-model", "kind": "restore", "source": "url",
+                                                 "license": "MIT", "files": [{"path": "big.safetensors",
+                                                 "source": url, "size": len(data)}]}]})
+        store = ModelStore(real_settings(tmp_path), cat)
+        todo = plan(store, ["big-model"])
+        with pytest.raises(Cancelled, match="run it again to resume"):
+            store.download("big-model", progress=False, cancel=CancelAfter(2))  # 1 check before the file, 1 chunk
+        part = store.folder("big-model") / "big.safetensors.part"
+        assert part.stat().st_size == 1 << 20
+        rows = download_progress(store, todo)
+        assert (rows[0].done, rows[0].size) == (1 << 20, len(data))  # the card's per-file bar
+        store.download("big-model", progress=False)
+        assert hub.range_requests("big.bin")[0].range == f"bytes={1 << 20}-"  # resumed, not restarted
+    assert (store.folder("big-model") / "big.safetensors").read_bytes() == data and not part.exists()
+    assert store.status("big-model").verified

@@ -378,3 +378,48 @@ def require_for_request(req, settings, store) -> None:
 
 def _unique(names) -> list[str]:
     return list(dict.fromkeys(names))
+
+
+# ---- progress of a running download (read from the disk, so any downloader is covered) -----------
+@dataclass
+class FileProgress:
+    model: str
+    path: str
+    done: int
+    size: int | None  # planned bytes (None: unknown)
+
+    @property
+    def finished(self) -> bool:
+        return self.size is not None and self.done >= self.size
+
+
+def _bytes_on_disk(store, entry: ModelEntry, f) -> tuple[int, bool]:
+    """(bytes of `f` on disk now, placed and pinned)."""
+    folder = store.folder(entry.name)
+    pins = store.pins(entry.name)
+    for rel in filter(None, (f.convert_to, f.path)):
+        p = folder / rel
+        if rel in pins and p.is_file():
+            return (f.planned_size or p.stat().st_size), True
+    part = folder / (f.path + ".part")
+    if part.is_file():
+        return part.stat().st_size, False
+    if entry.source == "hf" and entry.repo:  # huggingface_hub's own partial file
+        from .store import HF_CACHE_DIR
+
+        blobs = store.root / HF_CACHE_DIR / f"models--{entry.repo.replace('/', '--')}" / "blobs"
+        partial = [b.stat().st_size for b in blobs.glob("*.incomplete")] if blobs.is_dir() else []
+        if partial:
+            return max(partial), False
+    return 0, False
+
+
+def download_progress(store, plan: DownloadPlan) -> list[FileProgress]:
+    """Per file of the plan: bytes on disk now against its planned size."""
+    out = []
+    for item in plan.items:
+        for f in item.entry.files:
+            done, placed = _bytes_on_disk(store, item.entry, f)
+            size = f.planned_size
+            out.append(FileProgress(item.entry.name, f.path, (size or done) if placed else done, size))
+    return out

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ..errors import BadInput, DownloadError, LicenseNotAccepted, ModelError, ModelMissing
+from ..errors import BadInput, Cancelled, DownloadError, LicenseNotAccepted, ModelError, ModelMissing
 from ..paths import atomic_path, atomic_write_text, check_name, confine, sanitize_name
 from .catalog import Catalog, ModelEntry, ModelFile, is_allowed_url, load_catalog
 from .convert import convert_pickle_to_safetensors
@@ -278,9 +278,10 @@ class ModelStore:
                 "(or LIKENESS_ACCEPT_RESEARCH_LICENSES=1)."
             )
 
-    def download(self, name: str, accept_license: bool = False, progress: bool = True) -> Path:
+    def download(self, name: str, accept_license: bool = False, progress: bool = True, cancel=None) -> Path:
         """Fetch every missing file of `name`, verified and placed atomically, then
-        convert its pickles. Returns the model folder."""
+        convert its pickles. Returns the model folder. `cancel` (an Event) stops
+        between files and within a release-URL transfer (its .part is kept to resume)."""
         entry = self.entry(name)
         if self.demo:  # random weights: no licence applies to them
             return self._ensure_demo(entry)
@@ -295,10 +296,12 @@ class ModelStore:
             if reuse_file(self, entry, f, confine(folder, f.path), sizes) is not None:  # HF cache, other apps
                 fresh.add(f.path)
                 continue
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"download of {name} cancelled; run it again to resume.")
             if entry.source == "hf":
                 self._download_hf(entry, f, folder, progress)
             else:
-                self._download_url(entry, f, folder, progress)
+                self._download_url(entry, f, folder, progress, cancel)
             fresh.add(f.path)
         self._convert_files(entry, folder, self.pins(name), fresh)
         st = self.status(name)
@@ -387,7 +390,7 @@ class ModelStore:
             cached.unlink(missing_ok=True)
         self._write_pins(entry.name, {f.path: self._record(dest, sha)})
 
-    def _download_url(self, entry: ModelEntry, f: ModelFile, folder: Path, progress: bool) -> None:
+    def _download_url(self, entry: ModelEntry, f: ModelFile, folder: Path, progress: bool, cancel=None) -> None:
         url = f.source or ""
         if not is_allowed_url(url):
             raise DownloadError(f"refusing to download {entry.name}/{f.path} from {url!r}: only https:// URLs.")
@@ -398,7 +401,7 @@ class ModelStore:
         size = pin_size if pin_size is not None else (None if self.demo else f.size)
         for attempt in range(len(RETRY_DELAYS) + 1):
             try:
-                _fetch_to_part(url, part, size, f"{entry.name}/{f.path}", progress)
+                _fetch_to_part(url, part, size, f"{entry.name}/{f.path}", progress, cancel)
                 break
             except _Transient as exc:
                 if attempt == len(RETRY_DELAYS):

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm as _tqdm  # a dependency of huggingface_hub
 
-from ..errors import DownloadError
+from ..errors import Cancelled, DownloadError
 from .catalog import is_allowed_url
 
 HTTP_TIMEOUT = 60
@@ -67,10 +67,11 @@ def _content_range_total(value: str | None) -> tuple[int | None, int | None]:
     return start, total
 
 
-def _fetch_to_part(url: str, part: Path, size: int | None, desc: str, progress: bool) -> None:
+def _fetch_to_part(url: str, part: Path, size: int | None, desc: str, progress: bool, cancel=None) -> None:
     """Stream `url` into `part`, resuming from its current length with a Range
     request. Raises `_Transient` on a cut-off (the part file is kept for the
-    next attempt) and `DownloadError` on a definite failure."""
+    next attempt), `DownloadError` on a definite failure and `Cancelled` when
+    `cancel` is set (the part file is kept, so the next run resumes)."""
     have = part.stat().st_size if part.is_file() else 0
     if size is not None and have > size:
         part.unlink()
@@ -115,6 +116,8 @@ def _fetch_to_part(url: str, part: Path, size: int | None, desc: str, progress: 
                     raise _Transient(f"connection lost after {have + got} bytes ({exc})") from None
                 if not chunk:
                     break
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"download of {desc} cancelled after {have + got} bytes; run it again to resume.")
                 fh.write(chunk)
                 got += len(chunk)
                 bar.update(len(chunk))
