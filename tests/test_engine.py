@@ -48,7 +48,11 @@ def test_identity_conditions_the_output(engine, photos_dir, method):
     ident = res.identity
     base, _ = gen(engine, photos_dir, method=method)
     # same request with a different embedding (a constructed other person)
-    other = load_card(res.images[0].recipe["identity"]["card"])
+    from pipelines.outputs import find_recipe_identity
+
+    # the recipe names the card (no local path); the replay lookup finds it in outputs/identities
+    card = find_recipe_identity(res.images[0].path, res.images[0].recipe["identity"], engine.settings)
+    other = load_card(card["identity_card"])
     rng = np.random.default_rng(0)
     for table in (other.embeddings, other.raw_embeddings):
         for k, v in table.items():
@@ -101,7 +105,9 @@ def test_recipe_metadata_and_exact_replay(engine, photos_dir, tmp_path):
 
     info = Image.open(path).info
     assert "Seed: 11" in info["parameters"] and "trainedAlgorithmicMedia" in info["XML:com.adobe.xmp"]
-    replay = GenerateRequest(**{**recipe["request"], "identity_card": recipe["identity"]["card"]})
+    from pipelines.outputs import find_recipe_identity
+
+    replay = GenerateRequest(**{**recipe["request"], **find_recipe_identity(path, recipe["identity"], engine.settings)})
     again = engine.generate(replay).images[0]
     assert (np.asarray(again.image).astype(np.int16) == imgs[0]).all()
 
