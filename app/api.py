@@ -6,7 +6,11 @@
 
 `prompt` describes the person when a preset is given (it fills {subject}),
 else it is the whole prompt; `method` "" keeps the preset's (or the default);
-`seed` -1 is random. Returns the images (a gallery: paths and captions)."""
+`seed` -1 is random. Returns the images (a gallery: paths and captions).
+
+`job.cancel()` in gradio_client, or a dropped connection, stops the engine
+within a step: the endpoint is a generator that yields an empty update per step,
+where gradio can close it (see `app.jobs`)."""
 
 from __future__ import annotations
 
@@ -55,12 +59,13 @@ def build_api(settings: Settings, holder: EngineHolder, cancels: CancelRegistry)
         session = session_of(request)
         cancel = cancels.begin(session)
         try:
-            engine = holder.get()
-            for ev in run_job(lambda on_step, c: engine.generate(req, on_step=on_step, cancel=c), cancel):
+            for ev in run_job(lambda on_step, c: holder.get().generate(req, on_step=on_step, cancel=c), cancel):
                 if ev.kind == "error":
                     raise user_error(ev.data)
                 if ev.kind == "done":
-                    return [(str(g.path), caption(g.recipe)) for g in ev.data.images]
+                    yield [(str(g.path), caption(g.recipe)) for g in ev.data.images]
+                    return
+                yield gr.skip()  # a step: nothing to show, but here gradio can close a cancelled call
         finally:
             cancels.end(session, cancel)
         raise gr.Error("the job ended without a result.")

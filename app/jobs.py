@@ -7,6 +7,20 @@
 - `run_job`: runs an engine call in a worker thread and yields its step events
   and its result through a queue, so a gradio generator can stream progress
   and previews while the job runs.
+
+How a job learns that nobody waits for it any more: every way gradio drops a
+running event ends in the event's generator being closed at a `yield` (the
+`/cancel` route that `gradio_client`'s `job.cancel()` posts cancels the event's
+task, and gradio then closes its iterator; a closed tab or a dropped connection
+marks the event dead, and gradio stops and closes the iterator after the next
+output). Closing the `run_job` iterator sets the job's cancel event, so the engine
+stops at its next step check. Endpoints therefore yield once per step (an empty
+`gr.skip()` update where there is nothing to show), never run a job as a plain
+function, which gradio cannot stop.
+
+`ENGINE_LOCK`: a cancelled job still finishes its current step in its thread
+after its event has ended and the next event has started; the lock makes the
+next job wait for it instead of running beside it on the same engine and GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +30,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from pipelines.errors import Cancelled
 from pipelines.memory import free_memory
 from pipelines.settings import Settings
 
@@ -75,6 +90,11 @@ class CancelRegistry:
             return session in self._events
 
 
+# one engine job at a time in this process: there is one engine and one GPU
+# per app, and a job cancelled by a vanished client may still be ending its step
+ENGINE_LOCK = threading.Lock()
+
+
 @dataclass
 class JobEvent:
     kind: str  # "step" | "done" | "error"
@@ -82,12 +102,14 @@ class JobEvent:
 
 
 def run_job(call: Callable[[Callable[[dict], None], threading.Event], Any], cancel: threading.Event,
-            poll: float = 0.1, coalesce: bool = True) -> Iterator[JobEvent]:
-    """Run `call(on_step, cancel)` in a thread; yield "step" events (the engine's
-    step dicts) while it runs, then one "done" (its result) or "error" (the
-    exception). With `coalesce`, step events that queued up while the consumer
-    was busy are skipped for the newest one (a preview only needs the latest).
-    Closing the iterator early cancels the job and waits for it."""
+            poll: float = 0.1, coalesce: bool = True, lock: threading.Lock = ENGINE_LOCK) -> Iterator[JobEvent]:
+    """Run `call(on_step, cancel)` in a thread holding `lock`; yield "step" events
+    (the engine's step dicts) while it runs, then one "done" (its result) or
+    "error" (the exception). With `coalesce`, step events that queued up while
+    the consumer was busy are skipped for the newest one (a preview only needs
+    the latest). Closing the iterator early sets `cancel`: the job stops at its
+    next step and releases `lock`; the closer does not wait for it (gradio
+    closes iterators on its event loop, which must not block)."""
     events: queue.Queue[JobEvent] = queue.Queue()
 
     def on_step(info: dict) -> None:
@@ -95,7 +117,14 @@ def run_job(call: Callable[[Callable[[dict], None], threading.Event], Any], canc
 
     def work() -> None:
         try:
-            events.put(JobEvent("done", call(on_step, cancel)))
+            with lock:
+                if cancel.is_set():  # cancelled while an earlier job was ending
+                    raise Cancelled("cancelled before it started.")
+                try:
+                    result = call(on_step, cancel)
+                finally:
+                    free_memory()
+            events.put(JobEvent("done", result))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             events.put(JobEvent("error", exc))
 
@@ -125,9 +154,7 @@ def run_job(call: Callable[[Callable[[dict], None], threading.Event], Any], canc
                 finished = True
                 return
     finally:
-        if not finished:  # the consumer went away (browser closed): stop the job
+        if not finished:  # the consumer went away (client cancel, closed tab): stop the job
             cancel.set()
-            thread.join()
-        free_memory()
 
 

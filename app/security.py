@@ -6,16 +6,27 @@ so it is testable on its own.
 - --listen needs --auth USER:PASS, unless the alarmingly named
   --insecure-no-auth is given.
 - No share link unless --share.
+- Files are served by allow-list (`served_file`): under the outputs folder only
+  generated PNGs, never identity cards (face crops and embeddings, wherever a
+  run wrote them), manifests, `identities.json`, job files or temp files;
+  elsewhere (gradio's upload and cache folders) only images, so an uploaded
+  job file is not served back either.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipelines.errors import BadInput
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# what the app shows in the browser from gradio's upload/cache folders: images only
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
+PRIVATE_FOLDERS = frozenset({"identities"})  # identity cards: <outputs>/identities, <batch out>/identities
 
 
 @dataclass(frozen=True)
@@ -60,3 +71,39 @@ def resolve_launch(
         raise BadInput("--share publishes the app on the internet: give --auth USER:PASS.")
     host = "0.0.0.0" if listen else "127.0.0.1"
     return LaunchConfig(host=host, port=port, auth=creds, share=share, warnings=warnings)
+
+
+def served_file(requested: str, outputs_dir: Path, cwd: str | None = None) -> bool:
+    """May the file route hand out `requested` (the path after `/file=`)? An
+    allow-list on top of gradio's own checks: URLs never; below the outputs
+    folder (by its name or through a symbolic link) only a generated portrait, a
+    regular `.png` file that starts like a PNG and sits in no hidden and no
+    `identities` folder; anywhere else only image files."""
+    if not requested or "://" in requested or "\x00" in requested:
+        return False
+    literal = Path(os.path.abspath(os.path.join(cwd or os.getcwd(), requested)))
+    real = Path(os.path.realpath(literal))
+    outputs = [Path(os.path.abspath(outputs_dir)), Path(os.path.realpath(outputs_dir))]
+    for p in {literal, real}:
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            return False
+        for root in outputs:
+            if p == root or root in p.parents:
+                if not _is_portrait_png(p, p.relative_to(root)):
+                    return False
+    return True
+
+
+def _is_portrait_png(path: Path, relative: Path) -> bool:
+    parts = relative.parts
+    if path.suffix.lower() != ".png" or any(x.startswith(".") for x in parts):
+        return False
+    if any(x.lower() in PRIVATE_FOLDERS for x in parts[:-1]):
+        return False
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO or a device
+            return False
+        with open(path, "rb") as fh:
+            return fh.read(len(PNG_MAGIC)) == PNG_MAGIC
+    except OSError:
+        return False

@@ -1,6 +1,11 @@
 """Train tab: a personal LoRA from a few photos (`pipelines.lora`), with step
 progress, loss and ETA, and Cancel (a checkpoint is kept: train again with
-"resume" to continue). Shown when this build has `pipelines.lora.train`."""
+"resume" to continue).
+
+An existing LoRA of the same name is replaced only when "Overwrite" is ticked
+(the API's `overwrite` parameter). Both the tab and the API are generators that
+yield at every training step, so a client cancel or a closed tab stops the
+trainer within a step (see `app.jobs`)."""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from .widgets import PHOTO_TYPES
 MAX_TRAIN_PHOTOS = 50
 
 
-def train_inputs(name, steps, rank, trigger, class_word, flip, resume, demo: bool):
+def train_inputs(name, steps, rank, trigger, class_word, flip, resume, overwrite, demo: bool):
     """Widget values by name -> (TrainConfig, DatasetOptions), validated."""
     from pipelines.lora.dataset import DatasetOptions
     from pipelines.lora.manager import normalize_name
@@ -27,7 +32,7 @@ def train_inputs(name, steps, rank, trigger, class_word, flip, resume, demo: boo
     from pipelines.requests import validate_request
 
     normalize_name((name or "").strip(), "LoRA name")
-    data = {"name": name.strip(), "rank": int(rank or 4), "resume": bool(resume)}
+    data = {"name": name.strip(), "rank": int(rank or 4), "resume": bool(resume), "overwrite": bool(overwrite)}
     if steps and int(steps) > 0:
         data["steps"] = int(steps)
     config = validate_request(TrainConfig, data, "train")
@@ -46,14 +51,26 @@ def train_events(settings: Settings, holder: EngineHolder, cancels: CancelRegist
     SDXL bases do not fit a consumer GPU together."""
     from pipelines.lora.train import train_lora
 
-    if holder.loaded:
-        holder.get().release_base()
+    def call(on_step, cancel):
+        if holder.loaded:  # under the engine lock: no generation is running now
+            holder.get().release_base()
+        return train_lora(settings, photos, config, options, callback=on_step, cancel=cancel, progress=False)
+
     cancel = cancels.begin(session)
     try:
-        yield from run_job(lambda on_step, c: train_lora(settings, photos, config, options, callback=on_step,
-                                                         cancel=c, progress=False), cancel, coalesce=False)
+        yield from run_job(call, cancel, coalesce=False)
     finally:
         cancels.end(session, cancel)
+
+
+def preview_image(path):
+    """The contact sheet as pixels: it sits in the LoRA folder, which is never served."""
+    if not path:
+        return None
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert("RGB")
 
 
 def result_summary(tset, result) -> dict:
@@ -84,6 +101,7 @@ class TrainTab:
             self.rank = gr.Slider(1, 64, value=4, step=1, label="Rank")
             self.flip = gr.Checkbox(label="Also train on mirrored crops")
             self.resume = gr.Checkbox(label="Resume from the last checkpoint")
+            self.overwrite = gr.Checkbox(label="Overwrite an existing LoRA of this name", elem_id="train-overwrite")
         with gr.Row():
             self.start = gr.Button("Train", variant="primary", elem_id="train-start")
             self.stop = gr.Button("Cancel", variant="stop")
@@ -91,7 +109,7 @@ class TrainTab:
         self.preview = gr.Image(label="Training crops", interactive=False, format="png", height=320,
                                  elem_id="train-preview")
 
-    def train(self, photos, name, steps, rank, trigger, class_word, flip, resume, request: gr.Request,
+    def train(self, photos, name, steps, rank, trigger, class_word, flip, resume, overwrite, request: gr.Request,
               progress=gr.Progress()):
         try:
             paths = [str(p) for p in photos or []]
@@ -99,7 +117,8 @@ class TrainTab:
                 raise BadInput("photos: upload 3 to 50 photos of the person.")
             if len(paths) > MAX_TRAIN_PHOTOS:
                 raise BadInput(f"photos: at most {MAX_TRAIN_PHOTOS} photos (got {len(paths)}).")
-            config, options = train_inputs(name, steps, rank, trigger, class_word, flip, resume, self.settings.demo)
+            config, options = train_inputs(name, steps, rank, trigger, class_word, flip, resume, overwrite,
+                                           self.settings.demo)
         except LikenessError as exc:
             raise user_error(exc) from None
         yield {self.status: "Preparing the photos…", self.preview: None}
@@ -118,8 +137,7 @@ class TrainTab:
                 text = (f"**Trained `{s['file']}`** in {format_seconds(result.seconds)} ({s['steps']} steps{loss}). "
                         f"Trigger word: `{s['trigger']}`. Pick it in the Portrait tab's LoRA table "
                         "(press Rescan LoRAs).")
-                yield {self.status: "\n".join([text, *notes]),
-                       self.preview: str(result.preview) if result.preview else None}
+                yield {self.status: "\n".join([text, *notes]), self.preview: preview_image(result.preview)}
                 return
             info = ev.data
             if info.get("phase") == "dataset":
@@ -142,35 +160,39 @@ class TrainTab:
 
     def wire(self) -> None:
         inputs = [self.photos, self.name, self.steps, self.rank, self.trigger, self.class_word, self.flip,
-                  self.resume]
+                  self.resume, self.overwrite]
         self.start.click(self.train, inputs, [self.status, self.preview], concurrency_id=GPU, concurrency_limit=1,
                          api_visibility="private")
         self.stop.click(self.cancel, None, self.status, queue=False, api_visibility="private")
 
 
 def build_train_api(settings: Settings, holder: EngineHolder, cancels: CancelRegistry) -> None:
-    """The `train` endpoint for gradio_client: photos, name, steps (0 = default)
-    -> a summary (the LoRA file stays in the loras folder, which is never served)."""
+    """The `train` endpoint for gradio_client: photos, name, steps (0 = default),
+    overwrite (replace an existing LoRA of that name) -> a summary (the LoRA file
+    stays in the loras folder, which is never served)."""
 
-    def train(photos, name, steps, request: gr.Request):
+    def train(photos, name, steps, overwrite, request: gr.Request):
         try:
             paths = [str(p) for p in photos or []]
             if not paths:
                 raise BadInput("photos: give 3 to 50 photos of the person.")
-            config, options = train_inputs(name, steps, 4, "", "", False, False, settings.demo)
+            config, options = train_inputs(name, steps, 4, "", "", False, False, overwrite, settings.demo)
         except LikenessError as exc:
             raise user_error(exc) from None
         for ev in train_events(settings, holder, cancels, session_of(request), paths, config, options):
             if ev.kind == "error":
                 raise user_error(ev.data)
             if ev.kind == "done":
-                return result_summary(*ev.data)
+                yield result_summary(*ev.data)
+                return
+            yield gr.skip()  # a step: where gradio can close a cancelled call
         raise gr.Error("the training ended without a result.")
 
     with gr.Group(visible=False):
         photos = gr.File(file_count="multiple", type="filepath", label="photos")
         name = gr.Textbox(label="name")
         steps = gr.Number(value=0, precision=0, label="steps")
+        overwrite = gr.Checkbox(value=False, label="overwrite")
         summary = gr.JSON(label="lora")
         trigger = gr.Button("train (API)")
-    trigger.click(train, [photos, name, steps], summary, api_name="train", concurrency_id=GPU, concurrency_limit=1)
+    trigger.click(train, [photos, name, steps, overwrite], summary, api_name="train", concurrency_id=GPU, concurrency_limit=1)

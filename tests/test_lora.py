@@ -453,3 +453,164 @@ def test_option_and_checkpoint_errors_are_clear(tmp_path):
     assert default_steps(3, demo=True) == 30
     plan = make_plan(TrainConfig(name="x"), photos=5, demo=False)
     assert (plan.steps, plan.rank, plan.alpha, plan.lr, plan.checkpoint_every) == (800, 4, 32.0, 1.5e-4, 100)
+
+
+# ------------------------------------------------------------------ bad photos, overwrites, full disks
+def test_one_bad_photo_is_left_out_not_an_abort(dirs, settings, tmp_path):
+    from PIL import Image
+
+    from pipelines.lora.dataset import DatasetOptions
+    from pipelines.lora.train import LoraTrainer
+
+    shutil.copy(dirs["photos"] / "astronaut.png", tmp_path / "astronaut.png")
+    Image.new("RGB", (1, 1), (120, 90, 80)).save(tmp_path / "dot.png")
+    Image.new("RGB", (30000, 10), (120, 90, 80)).save(tmp_path / "strip.png")
+    tset = LoraTrainer(settings).prepare([tmp_path], DatasetOptions(demo=True))
+    assert [Path(r.file).name for r in tset.used] == ["astronaut.png"]
+    reasons = {Path(r.file).name: r.reason for r in tset.excluded}
+    assert set(reasons) == {"dot.png", "strip.png"}
+    assert "1x1 px" in reasons["dot.png"] and "30000x10" in reasons["strip.png"]
+
+
+def _lines(err: str) -> list[str]:
+    """stderr without the demo banner."""
+    return [line for line in err.strip().splitlines() if not line.startswith("[demo")]
+
+
+def _train_cli(dirs, loras: Path, *args: str) -> tuple[int, str, str]:
+    from pipelines.cli.main import run
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = run(["--demo", "--device", "cpu", "--dtype", "float32", "--models-dir", str(dirs["models"]),
+                  "--loras-dir", str(loras), "--outputs-dir", str(dirs["outputs"]), "train",
+                  "--photos", str(dirs["photos"] / "astronaut.png"), *args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_existing_lora_is_not_overwritten_without_overwrite(trained, dirs, tmp_path):
+    path = trained["path"]
+    before = path.read_bytes()
+    rc, out, err = cli(dirs, "train", "--photos", str(dirs["photos"]), "--name", "me", "--steps", "1")
+    assert rc == 2 and out == "" and len(_lines(err)) == 1
+    assert "already exists" in err and "--overwrite" in err and "training on" not in err  # refused before any work
+    assert path.read_bytes() == before and not (dirs["loras"] / ".training").exists()
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    shutil.copy(path, loras / "me.safetensors")
+    rc, out, err = _train_cli(dirs, loras, "--name", "me", "--steps", "1", "--overwrite")
+    assert rc == 0, err
+    assert Path(out.strip()) == loras / "me.safetensors" and (loras / "me.safetensors").read_bytes() != before
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str, read_only: bool = False):
+    """A tmpfs of `size` at `where` (root only): a real full or read-only disk."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs for a full or read-only disk needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if read_only else "")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_read_only_or_small_lora_folder_is_refused_before_training(dirs, tmp_path):
+    with small_tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+        rc, out, err = _train_cli(dirs, ro / "loras", "--name", "me", "--steps", "2")
+        assert rc == 2 and out == "" and len(_lines(err)) == 1
+        assert "not writable" in err and "--loras-dir" in err and "unexpected" not in err
+    with small_tmpfs(tmp_path / "tiny", "256k") as tiny:
+        rc, out, err = _train_cli(dirs, tiny, "--name", "me", "--steps", "2")
+        assert rc == 2 and "not enough space" in err and "unexpected" not in err, err
+        assert not (tiny / "me.safetensors").exists() and not list(tiny.rglob("step-*"))
+
+
+def _fill(folder: Path) -> Path:
+    """Write until the disk is full; the filler file is returned for removal."""
+    filler = folder / "filler.bin"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def _disk_full_run(trainer, tset, config, fill_at: int, fill):
+    from pipelines.lora.train import TrainConfig
+
+    def callback(info):
+        if info.get("phase") == "train" and info["step"] == fill_at:
+            fill()
+
+    with pytest.raises(BadInput) as exc:
+        trainer.train(tset, TrainConfig(**config), callback=callback, progress=False)
+    return str(exc.value)
+
+
+def test_disk_full_mid_run_keeps_the_last_checkpoint_and_resumes(dirs, tmp_path):
+    """A real full disk (tmpfs) between checkpoints: the failed save leaves the
+    step-2 checkpoint and no partial one, the error says to resume, and the resumed
+    run finishes."""
+    from pipelines.lora.dataset import DatasetOptions
+    from pipelines.lora.train import LoraTrainer, TrainConfig
+    from pipelines.settings import load_settings
+
+    with small_tmpfs(tmp_path / "disk", "8m") as disk:
+        settings = load_settings(models_dir=dirs["models"], loras_dir=disk, outputs_dir=dirs["outputs"],
+                                 device="cpu", dtype="float32", demo=True)
+        trainer = LoraTrainer(settings)
+        tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(demo=True))
+        config = dict(name="full", steps=6, lr=0.01, checkpoint_every=2)
+        filler: list[Path] = []
+        msg = _disk_full_run(trainer, tset, config, 3, lambda: filler.append(_fill(disk)))
+        assert "could not write the checkpoint of full at step 4" in msg and "last good checkpoint is step 2" in msg
+        assert "--resume" in msg and "\n" not in msg
+        root = disk / ".training" / "full"
+        assert sorted(p.name for p in root.iterdir()) == ["step-000002"]  # no half-written step 4
+        assert not (disk / "full.safetensors").exists()
+        filler[0].unlink()
+        result = trainer.train(tset, TrainConfig(**config, resume=True), progress=False)
+        assert result.resumed_from == 2 and (disk / "full.safetensors").is_file()
+        assert not (disk / ".training").exists()
+
+
+def test_failed_checkpoint_or_lora_write_is_one_clear_line(dirs, settings, monkeypatch):
+    """The same handling without root: the write fails with ENOSPC."""
+    import errno
+
+    from pipelines.lora import kohya
+    from pipelines.lora.checkpoints import Checkpoints
+    from pipelines.lora.dataset import DatasetOptions
+    from pipelines.lora.train import LoraTrainer
+
+    trainer = LoraTrainer(settings)
+    tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(demo=True, framings=("close-up",)))
+    save = Checkpoints.save
+
+    def save_fails_at_4(self, step, *a, **kw):
+        if step == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(self, step, *a, **kw)
+
+    monkeypatch.setattr(Checkpoints, "save", save_fails_at_4)
+    msg = _disk_full_run(trainer, tset, dict(name="nospace", steps=6, lr=0.01, checkpoint_every=2), 0, None)
+    assert "No space left on device" in msg and "last good checkpoint is step 2" in msg and "--resume" in msg
+    monkeypatch.undo()
+
+    def write_fails(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(kohya, "write_lora", write_fails)
+    msg = _disk_full_run(trainer, tset, dict(name="nospace", steps=6, lr=0.01, checkpoint_every=2, resume=True),
+                         0, None)
+    assert f"could not write {settings.loras_dir / 'nospace.safetensors'}" in msg
+    assert "last good checkpoint is step 4" in msg and "--resume" in msg
+    assert not (settings.loras_dir / "nospace.safetensors").exists()

@@ -246,14 +246,14 @@ def test_train_tab_reports_progress_and_result(demo_settings, tmp_path, monkeypa
         tab = TrainTab(demo_settings, EngineHolder(demo_settings), CancelRegistry())
         tab.build()
     calls = []
-    out = list(tab.train(["/up/a.jpg", "/up/group.jpg"], "me", 2, 4, "zq", "", False, False, None,
+    out = list(tab.train(["/up/a.jpg", "/up/group.jpg"], "me", 2, 4, "zq", "", False, False, False, None,
                          lambda *a, **k: calls.append((a, k))))
     assert seen == {"photos": ["/up/a.jpg", "/up/group.jpg"], "name": "me", "steps": 2, "trigger": "zq", "demo": True}
     assert any("group.jpg" in u[tab.status] and "group photo" in u[tab.status] for u in out)
     assert calls[-1][0][0] == (2, 2) and "loss 0.2500" in calls[-1][1]["desc"]
     assert "Trained `me.safetensors`" in out[-1][tab.status] and "zq" in out[-1][tab.status]
     with pytest.raises(gr.Error, match="LoRA name"):
-        list(tab.train(["/up/a.jpg"], "../evil", 0, 4, "", "", False, False, None, lambda *a, **k: None))
+        list(tab.train(["/up/a.jpg"], "../evil", 0, 4, "", "", False, False, False, None, lambda *a, **k: None))
 
 
 def test_history_reuses_a_recipe_in_the_portrait_tab(demo_settings):
@@ -290,19 +290,19 @@ def test_history_reuses_a_recipe_in_the_portrait_tab(demo_settings):
     assert history.identity_card({"identity": {"card": "/etc/passwd"}}) is None  # only cards beside the outputs
 
 
-def test_batch_tab_checks_a_job_file_with_presets(tmp_path, photos_dir):
+def test_batch_tab_checks_a_job_file_with_presets(tmp_path, photos_dir, demo_settings):
     import gradio as gr
 
     from app.batch_tab import check_job
 
-    job = tmp_path / "job.yaml"
-    job.write_text(f"identities:\n  me: {{photos: [{photos_dir / 'astronaut.png'}]}}\n"
+    job = tmp_path / "job.yaml"  # in the UI, photos are named by the file name they were uploaded with
+    job.write_text("identities:\n  me: {photos: [astronaut.png]}\n"
                    "items:\n  - presets: [polaroid, watercolor]\n    seeds: [1, 2]\n")
-    listing = check_job(str(job))
+    listing = check_job(demo_settings, str(job), [str(photos_dir / "astronaut.png")])
     assert "4 items" in listing and "polaroid instant photo of a person" in listing
     job.write_text("items:\n  - presets: [nope]\n")
     with pytest.raises(gr.Error, match="preset 'nope' does not exist"):
-        check_job(str(job))
+        check_job(demo_settings, str(job))
 
 
 def test_models_tab_requires_licence_acceptance(tmp_path):
@@ -386,7 +386,7 @@ def test_gradio_client_generate(server, generated):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == \
         ["photos", "prompt", "preset", "method", "seed", "count"]
-    assert [p["parameter_name"] for p in api["/train"]["parameters"]] == ["photos", "name", "steps"]
+    assert [p["parameter_name"] for p in api["/train"]["parameters"]] == ["photos", "name", "steps", "overwrite"]
     assert server.holder.loaded
     assert len(result) == 1 and result[0]["caption"].startswith("seed 7 · ")
     assert result[0]["image"]["url"].startswith(server.url + "/gradio_api/file=")
@@ -408,7 +408,7 @@ def test_only_generated_outputs_are_served(server, generated):
 
     base = server.url + "/gradio_api/file="
     output = generated.outputs[0]
-    card = Path(read_recipe(output)["identity"]["card"])
+    card = server.settings.outputs_dir / "identities" / Path(read_recipe(output)["identity"]["card"]).name
     assert card.is_file() and server.settings.outputs_dir in card.parents
     status, body = fetch(base + str(output))
     assert status == 200 and body[:4] == b"\x89PNG"  # the control: outputs are served

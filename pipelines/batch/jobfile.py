@@ -356,8 +356,10 @@ def _parse(path: Path) -> tuple[Any, _Lines]:
     return data, _Lines(root)
 
 
-def load_job(path: Path | str, request_model=None, demo: bool = False) -> Job:
-    """Read, validate and expand a job file; `BadInput` naming the key and line."""
+def load_job(path: Path | str, request_model=None, demo: bool = False, uploads: "Uploads | None" = None) -> Job:
+    """Read, validate and expand a job file; `BadInput` naming the key and line.
+    With `uploads` (a job sent through the web UI or the API) the file may name
+    only what came with it, never a path on the server: see `Uploads`."""
     path = Path(path).expanduser().resolve()
     data, lines = _parse(path)
     errors = _Errors(path, lines)
@@ -374,6 +376,8 @@ def load_job(path: Path | str, request_model=None, demo: bool = False) -> Job:
             check_name(name, "identity name")  # it becomes part of file names
         except BadInput as exc:
             raise errors.at(("identities", name), str(exc)) from None
+    if uploads is not None:
+        _confine(spec, uploads, errors)
     job = Job(path=path, name=spec.name or path.stem, identities=_resolve_identities(spec, path, errors),
               lines=lines)
     job.items, job.duplicates = expand(spec, job, errors, request_model, demo)
@@ -414,6 +418,89 @@ def _resolve_identities(spec: JobSpec, path: Path, errors: _Errors) -> dict[str,
                 content = hashlib.sha256(f"{content}|faces:{json.dumps(faces)}".encode()).hexdigest()
             out[name] = IdentitySource(name, photos=photos, content_hash=content, faces=faces)
     return out
+
+
+@dataclass(frozen=True)
+class Uploads:
+    """What a job file that came through the web UI or the API may name: photos
+    uploaded with it, by file name, and identity cards in `cards_dir`, by name
+    (presets, poses and LoRAs are names anyway; a pose file is refused). The
+    server's other files stay out of reach even though the paths sit inside the
+    job file, where gradio's own upload check does not look. The command line
+    passes no `Uploads`: its user names local paths."""
+
+    photos: dict[str, Path] = field(default_factory=dict)  # file name -> the uploaded file
+    cards_dir: Path | None = None
+
+    @classmethod
+    def from_files(cls, files, cards_dir: Path | None = None) -> "Uploads":
+        photos: dict[str, Path] = {}
+        for f in files or ():
+            p = Path(f)
+            if p.name in photos and photos[p.name] != p:
+                raise BadInput(f"two uploaded photos are named {p.name!r}; rename one of them.")
+            photos[p.name] = p
+        return cls(photos=photos, cards_dir=cards_dir)
+
+
+def _bare_name(value, loc: tuple, errors: _Errors, what: str) -> str:
+    if not isinstance(value, str) or not value or "/" in value or "\\" in value or "\x00" in value \
+            or value.startswith((".", "~")):
+        raise errors.at(loc, f"a job run from the web UI names {what} by name, not by path ({value!r})")
+    return value
+
+
+def _confine(spec: JobSpec, uploads: Uploads, errors: _Errors) -> None:
+    """Replace uploaded photo names and card names by their files; refuse
+    anything else that would name a file on the server."""
+    listed = ", ".join(sorted(uploads.photos)) or "none were uploaded"
+    for name, ident in spec.identities.items():
+        loc = ("identities", name)
+        if ident.photos is not None:
+            files = []
+            for k, entry in enumerate(ident.photos):
+                photo = _photo_file(entry)
+                key = _bare_name(photo, loc + ("photos", k), errors, "photos")
+                if key not in uploads.photos:
+                    raise errors.at(loc + ("photos", k), f"{photo!r} is not one of the photos uploaded with the "
+                                    f"job ({listed}); upload it with the job file")
+                file = str(uploads.photos[key])
+                files.append(PhotoSpec(photo=file, face=entry.face) if isinstance(entry, PhotoSpec) else file)
+            ident.photos = files
+        if ident.card is not None:
+            key = _bare_name(ident.card, loc + ("card",), errors, "identity cards")
+            folder = uploads.cards_dir
+            found = None
+            if folder is not None:
+                found = next((folder / c for c in (key, f"{key}.safetensors", f"{key}.identity.safetensors")
+                              if (folder / c).is_file()), None)
+            if found is None:
+                raise errors.at(loc + ("card",), f"no identity card named {key!r} in {folder or 'the app'}")
+            ident.card = str(found)
+    pose_keys = ("pose", "poses")
+    for key in pose_keys:
+        if key in spec.defaults:
+            for v in _as_list(spec.defaults[key]):
+                _bare_name(v, ("defaults", key), errors, "poses")
+                _no_file_suffix(v, ("defaults", key), errors)
+    for i, it in enumerate(spec.items):
+        for v in it.poses or ():
+            _bare_name(v, ("items", i, "poses"), errors, "poses")
+            _no_file_suffix(v, ("items", i, "poses"), errors)
+        for key in pose_keys:
+            if key in it.overrides:
+                for v in _as_list(it.overrides[key]):
+                    _bare_name(v, ("items", i, "overrides", key), errors, "poses")
+                    _no_file_suffix(v, ("items", i, "overrides", key), errors)
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _no_file_suffix(value: str, loc: tuple, errors: _Errors) -> None:
+    if value.lower().endswith((".json", *_POSE_PHOTO_SUFFIXES)):
+        raise errors.at(loc, f"a job run from the web UI names poses by template name, not by file ({value!r})")
 
 
 def _contents_hash(files, locs=None, errors: _Errors | None = None, max_bytes: int = MAX_PHOTO_BYTES) -> str:

@@ -114,10 +114,14 @@ def run_job(
     state=None,
     stream: TextIO | None = None,
     out: TextIO | None = None,
+    on_step=None,
+    cancel=None,
 ) -> BatchReport:
     """Run every not-yet-done item of `job`. `engine` defaults to one resident
     `Engine(settings)` with its outputs folder set to `out_dir` (created only if
-    there is work). `stream` gets progress, `out` the summary."""
+    there is work). `stream` gets progress, `out` the summary. `on_step` and
+    `cancel` (a `threading.Event`) go to the engine: a set event stops the item
+    within a step and the run raises `Cancelled` (finished items stay done)."""
     stream = stream or sys.stderr
     out = out or sys.stdout
     state = state or process_state()
@@ -152,8 +156,10 @@ def run_job(
         mine = list(mine)
         progress = Progress(len(mine), stream, state.process_index, state.num_processes)
         try:
-            for item in mine:
-                record = run_item(engine, item, outcomes.get(item.identity or ""), out_dir)
+            for n, item in enumerate(mine):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"batch cancelled after {n} of {len(mine)} items; run it again to continue.")
+                record = run_item(engine, item, outcomes.get(item.identity or ""), out_dir, on_step, cancel)
                 record["rank"] = state.process_index
                 append_record(target, record)
                 progress.update(item, record)
@@ -287,7 +293,8 @@ def error_line(exc: BaseException) -> str:
 
 
 
-def run_item(engine, item: BatchItem, ident: IdentityOutcome | None, out_dir: Path) -> dict:
+def run_item(engine, item: BatchItem, ident: IdentityOutcome | None, out_dir: Path, on_step=None,
+             cancel=None) -> dict:
     """Generate one item; never raises for a bad item (returns a failed record)."""
     t0 = time.perf_counter()
     record: dict[str, Any] = {
@@ -301,7 +308,8 @@ def run_item(engine, item: BatchItem, ident: IdentityOutcome | None, out_dir: Pa
         update: dict[str, Any] = {"out_dir": str(staging), "name_prefix": "item"}
         if ident is not None and ident.card and item.method != "none":
             update.update(photos=[], identity_card=ident.card)
-        result = engine.generate(item.request.model_copy(update=update))
+        hooks = {k: v for k, v in (("on_step", on_step), ("cancel", cancel)) if v is not None}
+        result = engine.generate(item.request.model_copy(update=update), **hooks)
         record["outputs"] = _publish(result.images, item, out_dir)
         record["likeness"] = [img.recipe.get("likeness") for img in result.images]
         record["status"] = "ok"

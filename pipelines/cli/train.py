@@ -1,6 +1,8 @@
 """`launch.py train`: a personal LoRA from a few photos.
 
-    launch.py train --photos DIR|FILE... --name NAME [--steps K] [--rank R] [--lr X] [--resume]
+    launch.py train --photos DIR|FILE... --name NAME [--steps K] [--rank R] [--lr X] [--resume] [--overwrite]
+
+An existing LoRA of the same name is never replaced without --overwrite.
 
 Data-parallel on several GPUs: `accelerate launch launch.py train ...` (every
 process prepares the same crops; only the first one prints and writes files).
@@ -23,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default 1.5e-4, cosine schedule)")
     p.add_argument("--seed", type=int, help="seed (default 0); the same seed gives the same LoRA")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of NAME")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing <loras>/<name>.safetensors")
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="save a checkpoint every N steps")
     p.add_argument("--trigger", help="trigger word in the captions (default lkns)")
     p.add_argument("--class-word", help="class phrase in the captions, e.g. 'a woman'")
@@ -42,7 +45,7 @@ def _is_main_process() -> bool:
 
 
 def config_from_args(args) -> dict:
-    data: dict = {"name": args.name, "resume": bool(args.resume)}
+    data: dict = {"name": args.name, "resume": bool(args.resume), "overwrite": bool(args.overwrite)}
     for arg, field in (("steps", "steps"), ("rank", "rank"), ("alpha", "alpha"), ("lr", "lr"), ("seed", "seed"),
                        ("checkpoint_every", "checkpoint_every"), ("mixed_precision", "mixed_precision"),
                        ("base_model", "base_model")):

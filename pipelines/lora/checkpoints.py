@@ -5,12 +5,31 @@ survives a crash or kill -9 at any moment."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from ..errors import BadInput
+
+
+# how the writers report a failed write (disk full, read-only) when it is not an
+# OSError: safetensors' SafetensorError "I/O error: No space left on device (os
+# error 28)", torch.save's RuntimeError "PytorchStreamWriter failed writing file"
+_WRITE_FAILURES = ("os error", "i/o error", "no space left", "failed writing", "file write failed",
+                   "read-only file system")
+
+
+def write_error(exc: BaseException) -> OSError | None:
+    """`exc` as an OSError when it is a failed write, else None."""
+    if isinstance(exc, OSError):
+        return exc
+    text = str(exc)
+    if any(marker in text.lower() for marker in _WRITE_FAILURES):
+        code = errno.ENOSPC if "no space left" in text.lower() else errno.EIO
+        return OSError(code, " ".join(text.split())[:200])
+    return None
 
 
 class Checkpoints:
@@ -41,8 +60,11 @@ class Checkpoints:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            failed = write_error(exc) if isinstance(exc, Exception) else None
+            if failed is not None and failed is not exc:
+                raise failed from exc
             raise
         for old in self.root.glob("step-*"):
             if old != final:

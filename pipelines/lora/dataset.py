@@ -253,12 +253,14 @@ def prepare_dataset(
         if digest is not None and digest in seen:
             reports.append(PhotoReport(label, False, f"duplicate of {seen[digest]}"))
             continue
+        # a photo the loader or the face detector refuses (not an image, a
+        # 1x1 px file, a 30000x10 strip) is left out and reported, like a cat
         try:
             rgb = load_photo_array(path, max_pixels=max_pixels, max_side=max_side)
+            face, rep = _judge(analyzer, rgb, label, opts)
         except BadInput as exc:
             reports.append(PhotoReport(label, False, str(exc)))
             continue
-        face, rep = _judge(analyzer, rgb, label, opts)
         reports.append(rep)
         if face is None:
             continue

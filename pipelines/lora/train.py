@@ -22,6 +22,13 @@ resumed from a checkpoint takes exactly the same steps as an uninterrupted one.
 A checkpoint (LoRA weights, optimizer, LR schedule, grad scaler, step, torch
 RNG) is written to a temp folder and renamed into place, so a kill -9 leaves
 either the previous or the new checkpoint, never half of one.
+
+Where the LoRA goes: an existing `<name>.safetensors` is never replaced unless
+`overwrite` is set (`--overwrite`, the Overwrite box in the UI); the LoRA folder
+must be writable, and once the trainable weights are known it must have room for
+two checkpoints (the old one stays until the new one is complete) and the LoRA.
+A disk that fills up mid-run keeps the last complete checkpoint and the error
+says to free space and resume from it.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from ..memory import free_memory
 from ..models.bases import check_family, ensure_base, load_base_pipeline
 from ..paths import confine
 from . import kohya
-from .checkpoints import Checkpoints
+from .checkpoints import Checkpoints, write_error
 from .dataset import DatasetOptions, TrainingSet, preview_grid, prepare_dataset
 from .manager import normalize_name
 
@@ -57,6 +64,8 @@ DEFAULT_LR = 1.5e-4
 WEIGHT_DECAY = 1e-4
 MAX_GRAD_NORM = 1.0
 WORK_DIR = ".training"
+SPACE_MARGIN = 1 << 20  # bytes kept free beyond the estimate (metadata, preview, file-system overhead)
+RESUME_HINT = "free some space, then train again with --resume (the Resume box in the UI)"
 
 
 def default_steps(photos: int, demo: bool = False) -> int:
@@ -78,6 +87,7 @@ class TrainConfig(BaseModel):
     warmup_steps: int | None = Field(default=None, ge=0, le=10_000)
     checkpoint_every: int | None = Field(default=None, ge=1, le=100_000)
     resume: bool = False
+    overwrite: bool = False  # replace an existing <name>.safetensors
     text_encoder: bool = False  # also train a LoRA on both text encoders (no text-embedding cache then)
     gradient_checkpointing: bool | None = None  # None: off until the GPU runs out of memory
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
@@ -223,6 +233,53 @@ def load_base(store, base_model: str, dtype):
     return load_base_pipeline(store, base_model, dtype, family="sdxl", purpose="LoRA training")
 
 
+# ------------------------------------------------------------ the LoRA folder
+def check_writable(folder: Path) -> None:
+    """Create `folder` if needed and prove a file can be written in it, before
+    any long work (a read-only mount or folder fails here, not after training)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".likeness-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BadInput(f"LoRA folder {folder} is not writable ({exc.strerror or exc}); make it writable or "
+                       "choose another with --loras-dir.") from exc
+
+
+def required_bytes(trainable_params: int) -> int:
+    """Disk a run needs at its peak: two checkpoints side by side (float32
+    weights plus AdamW's two float32 moments each) and the final LoRA."""
+    weights = 4 * trainable_params
+    return 2 * (weights + 2 * weights) + weights + SPACE_MARGIN
+
+
+def check_space(folder: Path, need: int, name: str) -> None:
+    import shutil
+
+    probe = folder
+    while not probe.exists() and probe != probe.parent:  # the checkpoint folder may not exist yet
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise BadInput(f"not enough space for training {name}: {probe} has {free / 2**20:.1f} MB free and the "
+                       f"checkpoints and the LoRA need about {need / 2**20:.1f} MB; free some space or choose "
+                       "another folder with --loras-dir.")
+
+
+def _disk_error(what: str, exc: OSError, ckpts: Checkpoints | None) -> BadInput:
+    """A write that failed mid-run (disk full, folder gone read-only): what the
+    user still has, and how to continue."""
+    latest = ckpts.latest() if ckpts is not None else None
+    if latest is not None:
+        kept = f"the last good checkpoint is step {int(latest.name.split('-')[-1])} ({latest}): {RESUME_HINT}"
+    else:
+        kept = "no checkpoint was kept: free some space and train again"
+    return BadInput(f"could not write {what} ({exc.strerror or exc}); {kept}.")
+
+
 # ----------------------------------------------------------------- trainer
 @dataclass
 class CachedSample:
@@ -270,6 +327,15 @@ class LoraTrainer:
         name = normalize_name(name)
         return confine(self.settings.loras_dir, f"{name}.safetensors", "LoRA name")
 
+    def check_target(self, name: str, overwrite: bool = False) -> Path:
+        """Before any work: the LoRA file may be (re)written here."""
+        out = self.output_path(name)
+        if out.exists() and not overwrite:
+            raise BadInput(f"LoRA {out.stem!r} already exists ({out}); choose another name, or replace it with "
+                           "--overwrite (the Overwrite box in the UI).")
+        check_writable(out.parent)
+        return out
+
     def checkpoints(self, name: str) -> Checkpoints:
         name = normalize_name(name)
         return Checkpoints(confine(self.settings.loras_dir, f"{WORK_DIR}/{name}", "LoRA name"))
@@ -288,14 +354,17 @@ class LoraTrainer:
 
         t0 = time.perf_counter()
         plan = make_plan(config, len(tset.used), self.settings.demo)
-        out_path = self.output_path(plan.name)
+        out_path = self.check_target(plan.name, config.overwrite)
         ckpts = self.checkpoints(plan.name)
         device = self.settings.resolve_device()
         mp = _mixed_precision(config.mixed_precision, device)
         acc = Accelerator(mixed_precision=mp, cpu=device == "cpu")
         emit = _Emitter(callback if acc.is_main_process else None)
         if acc.is_main_process:
-            preview = preview_grid(tset.samples, out_path.with_name(f"{plan.name}.preview.png"))
+            try:
+                preview = preview_grid(tset.samples, out_path.with_name(f"{plan.name}.preview.png"))
+            except OSError as exc:
+                raise _disk_error(f"the preview of {plan.name}", exc, None) from exc
         else:
             preview = None
 
@@ -350,7 +419,13 @@ class LoraTrainer:
                        "ss_num_processes": acc.num_processes,
                        "likeness_photos": json.dumps([Path(r.file).name for r in tset.used])},
             )
-            kohya.write_lora(out_path, tensors, meta)
+            try:
+                kohya.write_lora(out_path, tensors, meta)
+            except Exception as exc:
+                failed = write_error(exc)
+                if failed is None:
+                    raise
+                raise _disk_error(str(out_path), failed, ckpts) from exc
             ckpts.clear()
             from ..models.hashing import sha256_file
 
@@ -530,6 +605,8 @@ def fit_lora(unet, encoders, fit_data: FitData, acc, options: FitOptions) -> Fit
     names = ["unet", "te1", "te2"]
     named = {f"{names[i]}.{n}": p for i, m in enumerate(models) for n, p in m.named_parameters() if p.requires_grad}
     params = list(named.values())
+    if ckpts is not None and acc.is_main_process:
+        check_space(ckpts.root, required_bytes(sum(p.numel() for p in params)), plan.name)
     optimizer, opt_name = make_optimizer(params, plan.lr, optimizer_choice, device.type)
     scheduler = get_cosine_schedule_with_warmup(optimizer, plan.warmup_steps, plan.steps)
     prepared = acc.prepare(*models, optimizer)
@@ -565,7 +642,10 @@ def fit_lora(unet, encoders, fit_data: FitData, acc, options: FitOptions) -> Fit
             state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                      "rng": torch.get_rng_state(), "key": key}
-            ckpts.save(step, named, state)
+            try:
+                ckpts.save(step, named, state)
+            except OSError as exc:
+                raise _disk_error(f"the checkpoint of {plan.name} at step {step}", exc, ckpts) from exc
         acc.wait_for_everyone()
 
     def forward_backward(step: int):
@@ -663,6 +743,7 @@ def train_lora(settings, photos, config: TrainConfig, options: DatasetOptions | 
     """Prepare `photos` and train; the one call the CLI and the UI make."""
     normalize_name(config.name)  # a bad name fails before any work
     trainer = LoraTrainer(settings, store)
+    trainer.check_target(config.name, config.overwrite)  # so do an existing LoRA and an unwritable folder
     tset = trainer.prepare(photos, options)
     if callback is not None:
         callback({"phase": "dataset", "used": [r.file for r in tset.used],
