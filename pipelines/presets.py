@@ -125,7 +125,7 @@ class Preset(BaseModel):
         if v is None:
             return v
         names = _pose_names()
-        if names is not None and v not in names:
+        if v not in names:
             raise ValueError(f"pose template {v!r} does not exist; choose one of: {', '.join(names)}")
         return v
 
@@ -173,12 +173,10 @@ class Preset(BaseModel):
         return fields
 
 
-def _pose_names() -> list[str] | None:
-    """Names of the shipped pose templates, or None when this build has no poses."""
-    try:
-        from .pose.templates import builtin_names
-    except ImportError:
-        return None
+def _pose_names() -> list[str]:
+    """Names of the shipped pose templates."""
+    from .pose.templates import builtin_names
+
     return builtin_names()
 
 

@@ -39,13 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_flags(p, suppress=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for mod in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name == mod:  # command not part of this build
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(mod).register(sub)
     _global_flags_on_subcommands(p)
     return p
 

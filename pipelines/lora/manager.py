@@ -458,10 +458,3 @@ class LoraManager:
             if names:
                 pipe.set_adapters(names, adapter_weights=[*active.values(), *(other_w[a] for a in others)])
         pipe.likeness_lora_weights = dict(active)
-
-    def unload_all(self, pipe) -> None:
-        """Delete every user LoRA from `pipe` (the base is exactly restored)."""
-        with self._lock:
-            for r in self._resident.pop(id(pipe.unet), {}).values():
-                _drop_adapter(pipe, r.adapter)
-            pipe.likeness_lora_weights = {}

@@ -170,9 +170,6 @@ class Catalog(BaseModel):
         known = ", ".join(m.name for m in self.model)
         raise BadInput(f"unknown model {name!r}; known models: {known}.")
 
-    def by_kind(self, kind: str) -> list[ModelEntry]:
-        return [m for m in self.model if m.kind == kind]
-
     def __iter__(self):  # type: ignore[override]
         return iter(self.model)
 

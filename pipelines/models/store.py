@@ -170,9 +170,6 @@ class ModelStore:
         verified = present and not problems and all((f.convert_to or f.path) in pins for f in entry.files)
         return ModelStatus(entry.name, entry.kind, present, verified, missing, problems, size, folder)
 
-    def all_status(self) -> list[ModelStatus]:
-        return [self.status(e.name) for e in self.catalog]
-
     @staticmethod
     def _nested_insightface(entry: ModelEntry, folder: Path) -> str | None:
         names = [f.path for f in entry.files]
