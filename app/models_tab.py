@@ -204,6 +204,22 @@ def progress_html(rows, current: str | None, note: str = "") -> str:
     return "\n".join(parts)
 
 
+def preset_gallery_items(settings: Settings) -> list[tuple]:
+    """The preset cards with what each would still download here in the caption
+    (just the title when nothing is missing, e.g. in demo mode)."""
+    from pipelines.models.bundles import plan
+
+    from .widgets import preset_cards
+
+    store = _store(settings)
+    items = []
+    for name, title, img in preset_cards():
+        todo = plan(store, needed_models(settings, ("preset", name)))
+        more = f" — downloads {human_size(todo.total, todo.exact)} first" if todo.items else ""
+        items.append((img, title + more))
+    return items
+
+
 class FirstRunCard:
     """What the chosen method or preset still needs, shown before any upload:
     sizes, total, licences, free disk; one checkbox, one button, per-file and
@@ -292,12 +308,16 @@ class FirstRunCard:
             return "Cancelling… (the partial files are kept)"
         return ""
 
-    def wire(self, method, preset, load) -> None:
+    def wire(self, method, preset, load, gallery=None) -> None:
         outs = [self.box, self.info, self.start]
         for widget in (method, preset):
             widget.change(self.refresh, [method, preset], outs, queue=False, api_visibility="private")
         load(self.refresh, [method, preset], outs, queue=False, api_visibility="private")
-        self.start.click(self.download, [method, preset, self.accept],
-                         [self.progress, self.box, self.info, self.start, self.done],
-                         concurrency_id="download", concurrency_limit=1, api_visibility="private")
+        fetched = self.start.click(self.download, [method, preset, self.accept],
+                                   [self.progress, self.box, self.info, self.start, self.done],
+                                   concurrency_id="download", concurrency_limit=1, api_visibility="private")
+        if gallery is not None and not self.settings.demo:  # each preset card: what it would still download
+            items = lambda: preset_gallery_items(self.settings)  # noqa: E731
+            load(items, None, gallery, queue=False, api_visibility="private")
+            fetched.then(items, None, gallery, queue=False, api_visibility="private")
         self.stop.click(self.cancel, None, self.done, queue=False, api_visibility="private")

@@ -81,7 +81,7 @@ def build_app(settings: Settings, holder: EngineHolder | None = None) -> gr.Bloc
             build_train_api(settings, holder, cancels)
             train.wire()
         portrait.wire()
-        first_run.wire(portrait.w.by_key["method"], portrait.w.by_key["preset"], demo.load)
+        first_run.wire(portrait.w.by_key["method"], portrait.w.by_key["preset"], demo.load, portrait.w.preset_gallery)
         history.wire(demo.load)
     demo.likeness_holder = holder  # for tests and the server: the app's one engine holder
     return demo

@@ -545,6 +545,8 @@ def test_first_run_card_downloads_the_bundle_then_generation_works(first_run_ser
                 expect(page.locator("#first-run-info")).to_contain_text(name)
             expect(page.locator("#first-run-info")).to_contain_text("Total")
             expect(page.locator("#first-run-info")).to_contain_text("research / non-commercial only")
+            gallery = page.locator("#preset-gallery")  # each preset card says what it would still download
+            expect(gallery).to_contain_text("Charcoal sketch — downloads", timeout=30_000)
             page.locator("#first-run-download").click()  # not accepted yet: refused, nothing fetched
             expect(page.locator(".toast-body").first).to_contain_text("accept", timeout=10_000)
             assert not [r for r in hub.requests if r.method == "GET"]
@@ -555,6 +557,8 @@ def test_first_run_card_downloads_the_bundle_then_generation_works(first_run_ser
             assert total.get_attribute("value") == total.get_attribute("max") != "0"
             expect(page.locator("#first-run-progress")).to_contain_text("100%")
             expect(card).to_be_hidden()
+            expect(gallery).not_to_contain_text("Charcoal sketch — downloads")  # a faceid preset: all here now
+            expect(gallery).to_contain_text("Corporate portrait — downloads")  # it also needs the pose ControlNet
             # then a portrait, in the same server, without a restart
             page.set_input_files("#photos input[type=file]", str(photos_dir / "astronaut.png"))
             expect(page.locator("#face-crops img")).to_have_count(1, timeout=60_000)
