@@ -371,6 +371,9 @@ class Engine:
             output_type="pil",
         )
         kwargs.update(cond.call_kwargs)
+        if cond.prompt_embeds is not None:  # the method's conditioning is the whole prompt
+            del kwargs["prompt"]
+            kwargs.update(prompt_embeds=cond.prompt_embeds, negative_prompt=None)
         if cond.cross_attention_kwargs:
             kwargs["cross_attention_kwargs"] = dict(cond.cross_attention_kwargs)
         if units:

@@ -20,7 +20,11 @@ import numpy as np
 REJECTS_DIR = "rejects"
 
 # conditioning recogniser -> independent scoring recogniser
-INDEPENDENT = {"buffalo_l": "antelopev2", "antelopev2": "buffalo_l", None: "antelopev2"}
+# Arc2Face's arcface.onnx is trained on WebFace42M, of which buffalo_l's w600k_r50
+# (WebFace600K) is a cleaned part: antelopev2's glintr100 (Glint360K) shares neither
+# weights nor training faces with it, so it scores Arc2Face.
+INDEPENDENT = {"buffalo_l": "antelopev2", "antelopev2": "buffalo_l", "arc2face-arcface": "antelopev2",
+               None: "antelopev2"}
 
 
 def scorer_pack(method: str) -> str:

@@ -44,7 +44,7 @@ def registered(monkeypatch):
 
 
 def test_registry_reports_the_class_facts(registered):
-    assert identity.method_names() == ["faceid", "instantid", "wplus", "fakeid", "fakexl"]
+    assert identity.method_names() == ["faceid", "instantid", "wplus", "arc2face", "fakeid", "fakexl"]
     assert identity.method_names(include_none=True)[-1] == "none"
     info = identity.method_info("fakeid")
     assert (info.label, info.title, info.base, info.recognizer, info.default_scale) == (

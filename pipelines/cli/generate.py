@@ -24,7 +24,9 @@ def register(sub) -> None:
                         "give them instead)")
     p.add_argument("--preset", metavar="NAME", help="start from a portrait preset (`presets list`); --prompt then "
                    "describes the subject and other flags override the preset")
-    p.add_argument("--prompt")
+    ignoring = [n for n in method_names() if _replaces_prompt(n)]
+    p.add_argument("--prompt", help="what to make" + (f" (ignored by {', '.join(ignoring)}: the face is the "
+                                                      "whole prompt)" if ignoring else ""))
     p.add_argument("--negative")
     p.add_argument("--method", choices=method_names(include_none=True))
     p.add_argument("-n", "--count", type=int)
@@ -139,9 +141,18 @@ def request_from_args(args, settings) -> dict:
         if args.keep is None:
             raise BadInput("--rejects needs --keep K (it moves the images best-of-N did not keep).")
         data["rejects"] = True
+    if "prompt" not in data and _replaces_prompt(data.get("method")):
+        data["prompt"] = "(ignored: the method conditions on the face only)"
     if "prompt" not in data:
         raise BadInput("--prompt is required (or --preset NAME, or --recipe PNG).")
     return data
+
+
+def _replaces_prompt(method: str | None) -> bool:
+    """Whether `method` ignores the prompt (Arc2Face): --prompt is then optional."""
+    from ..identity import get_method_class
+
+    return method not in (None, "none") and get_method_class(method).replaces_prompt
 
 
 # Request fields only the local user sets: where output goes and what it is called,
@@ -209,13 +220,14 @@ def _lora_spec(text: str) -> dict:
 
 def cmd_generate(args, settings) -> int:
     from ..engine import Engine
+    from ..errors import escape_controls  # file names are echoed, never interpreted by the terminal
     from ..requests import GenerateRequest, validate_request
 
     req = validate_request(GenerateRequest, request_from_args(args, settings), "generate")
     engine = Engine(settings)
     result = engine.generate(req)
     for ex in result.excluded:
-        print(f"left out {ex.get('file')}: {ex.get('reason')}", file=sys.stderr)
+        print(escape_controls(f"left out {ex.get('file')}: {ex.get('reason')}"), file=sys.stderr)
     for choice in getattr(result.identity, "group_photos", []):
         print(f"{choice.source}: {choice.note} (face box {choice.box_text()}); to use another, give "
               f"--face-index N (1-{choice.faces}) right after --photo {choice.source}", file=sys.stderr)

@@ -27,6 +27,7 @@ _METHODS = {
     "faceid": "pipelines.identity.faceid:FaceIDPlusV2",
     "instantid": "pipelines.identity.instantid:InstantID",
     "wplus": "pipelines.identity.wplus:WPlusAdapter",
+    "arc2face": "pipelines.identity.arc2face:Arc2Face",
 }
 
 

@@ -31,6 +31,10 @@ class Conditioning:
     callbacks: list[Any] = field(default_factory=list)  # callback_on_step_end chain
     prompt_suffix: str = ""
     recipe: dict[str, Any] = field(default_factory=dict)  # what to record in the PNG recipe
+    # the text encoder's output for a method that conditions on no free text (Arc2Face):
+    # the engine passes it as `prompt_embeds` instead of the request's prompt, and no
+    # negative prompt (the pipeline then encodes "" with the resident text encoder)
+    prompt_embeds: Any = None
 
 
 @dataclass
@@ -65,6 +69,9 @@ class IdentityMethod(ABC):
     #: the reference demo's recipe (request field -> value); the engine applies each
     #: only to fields the request did not set, and the recipe records the result
     recipe_defaults: ClassVar[dict[str, Any]] = {}
+    #: True when the method's conditioning replaces the text prompt (the request's
+    #: prompt is then ignored; the front doors say so)
+    replaces_prompt: ClassVar[bool] = False
 
     def __init__(self, store, device: str, dtype):
         self.store = store

@@ -31,6 +31,7 @@ Kind = Literal[
     "wplus",
     "e4e",
     "clip",
+    "identity",  # an identity method's own networks (Arc2Face UNet + encoder, PuLID)
 ]
 
 

@@ -35,6 +35,8 @@ _MODULES = (
     "pipelines.tiny.wplus",
     "pipelines.tiny.parsenet",
     "pipelines.tiny.openclip",
+    "pipelines.tiny.arc2face",
+    "pipelines.tiny.pulid",
 )
 
 

@@ -147,7 +147,7 @@ def _to_half(model):
     return torch.nn.Module.to(model, dtype=torch.float16)
 
 
-@pack("sd15", version=1)
+@pack("sd15", version=2)  # 2: "id" is one token (tokenizer EXTRA_MERGES)
 def build_sd15(dest: Path) -> None:
     """SD1.5 layout with fp16 variant weights (`*.fp16.safetensors`) in float16."""
     dest = Path(dest)

@@ -145,9 +145,16 @@ def build_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
     return {t: i for i, t in enumerate(tokens)}
 
 
+# Merges appended after the learnt ones, for words a fixed prompt needs as one token,
+# as OpenAI CLIP's vocabulary has them: Arc2Face writes its face embedding into the
+# row of "id" in "photo of a id person" (foivospar/Arc2Face arc2face/utils.py), so
+# "id" must be a single token. Appended last, they leave every learnt token's id as it was.
+EXTRA_MERGES: tuple[tuple[str, str], ...] = (("i", "d" + EOW),)
+
+
 @lru_cache(maxsize=1)
 def _vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
-    merges = learn_merges()
+    merges = learn_merges() + list(EXTRA_MERGES)
     return build_vocab(merges), tuple(merges)
 
 
