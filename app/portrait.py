@@ -19,7 +19,7 @@ from .jobs import CancelRegistry, EngineHolder, run_job
 from .progress import StepClock, describe_step, format_seconds, latent_preview
 from .requests_map import (
     NONE, RECIPE_KEYS, caption, likeness_text, lora_names, lora_rows, photo_paths, request_from_ui,
-    switch_method, ui_from_fields,
+    speed_widget_values, switch_method, ui_from_fields,
 )
 from .widgets import PortraitWidgets
 
@@ -249,6 +249,10 @@ class PortraitTab:
                      concurrency_id=GPU, api_visibility="private")
         w.crops.select(self.pick_face, [photos, method, faces], [w.crops, w.photo_report, faces],
                        concurrency_id=GPU, api_visibility="private")
+        if "speed" in w.by_key:  # Performance: the mode's sampler/steps/cfg into their widgets
+            tuned = [w.by_key[k] for k in ("sampler", "steps", "cfg")]
+            w.by_key["speed"].input(lambda s: self.updates(speed_widget_values(s)), w.by_key["speed"], tuned,
+                                    queue=False, api_visibility="private")
         recipe_widgets = [w.by_key[k] for k in RECIPE_KEYS]
         method.input(self.switch_method, [method, *recipe_widgets], recipe_widgets, queue=False,
                      api_visibility="private")

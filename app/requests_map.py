@@ -45,6 +45,7 @@ UI_DEFAULTS: dict[str, Any] = {
     "method": _default("method"),
     "size": SIZE_AUTO,
     "sampler": _default("sampler"),
+    "speed": _default("speed"),
     "steps": _default("steps"),
     "cfg": _default("cfg"),
     "seed": -1,
@@ -65,11 +66,23 @@ UI_DEFAULTS: dict[str, Any] = {
 # widgets that hold a method's reference recipe (W+: Euler, cfg 7.5, its negative prompt)
 RECIPE_KEYS = ("sampler", "cfg", "negative")
 # request fields copied as they are
-_PLAIN = ("negative", "method", "sampler", "steps", "cfg", "count", "scale", "s_scale",
+_PLAIN = ("negative", "method", "sampler", "speed", "steps", "cfg", "count", "scale", "s_scale",
           "identitynet_scale", "enhance_face_region", "pose_scale", "restore", "restore_strength",
           "codeformer_fidelity")
 _INTS = {"steps", "count"}
 _SIZE_RE = re.compile(r"^\s*(\d{2,4})\s*[x×]\s*(\d{2,4})\s*$")
+
+
+# ------------------------------------------------------------------------ speed
+def speed_widget_values(speed: str) -> dict[str, Any]:
+    """The sampler/steps/cfg widgets for a Performance choice: the mode's values
+    (pipelines/speed.py), or the request defaults for quality."""
+    from pipelines.speed import get_mode
+
+    mode = get_mode(speed)
+    if mode.lora is None:
+        return {k: _default(k) for k in ("sampler", "steps", "cfg")}
+    return {"sampler": mode.sampler, "steps": mode.steps, "cfg": mode.cfg}
 
 
 # ------------------------------------------------------------------------ sizes

@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from pipelines.samplers import SAMPLER_TITLES
+from pipelines.speed import SPEED_MODES
 from pipelines.settings import Settings
 
 from .requests_map import MAX_PHOTOS, NONE, UI_DEFAULTS, edit_rows, lora_names, lora_rows, size_choices
@@ -68,7 +69,7 @@ def preset_cards():
     for p in list_presets():
         path = preview_path(p.name)
         img = Image.open(path).convert("RGB") if path.is_file() else Image.new("RGB", (240, 300), p.colors[0])
-        cards.append((p.name, p.title, img))
+        cards.append((p.name, p.title if p.speed == "quality" else f"{p.title} · {p.speed}", img))
     return cards
 
 
@@ -122,6 +123,10 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
                 lines=2, elem_id="prompt",
             )
             by_key["negative"] = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
+            by_key["speed"] = gr.Radio(
+                [(m.title, m.name) for m in SPEED_MODES.values()], value=d["speed"], label="Performance",
+                info="; ".join(f"{m.title}: {m.help}" for m in SPEED_MODES.values()), elem_id="speed",
+            )
     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
         with gr.Row():
             by_key["size"] = gr.Dropdown(size_choices(demo), value=d["size"], label="Size bucket",

@@ -25,7 +25,8 @@ from .memory import free_memory
 from .models.bases import DEFAULT_BASE, base_family, dtype_kwargs, load_base_pipeline
 from .identity.base import Conditioning, ControlUnit, IdentityMethod
 from .requests import GenerateRequest
-from .samplers import SDXL_BUCKETS, SD15_BUCKETS, demo_size, make_scheduler, nearest_bucket
+from .samplers import SAMPLER_CALL_KWARGS, SDXL_BUCKETS, SD15_BUCKETS, demo_size, make_scheduler, nearest_bucket
+from .speed import apply_speed_defaults, check_speed, speed_lora, speed_recipe
 from .settings import DEMO_BANNER, Settings
 
 StepCallback = Callable[[dict], None]
@@ -249,11 +250,14 @@ class Engine:
         t0 = time.perf_counter()
         with self._lock:
             method_cls = get_method_class(req.method) if req.method != "none" else None
-            req = apply_method_defaults(req, method_cls)
+            # a speed mode fills steps/sampler/cfg first: the method's reference recipe is for its
+            # quality mode, and fills only what is still unset
+            req = apply_method_defaults(apply_speed_defaults(req), method_cls)
             if req.base_model is None:
                 req = req.model_copy(update={"base_model": self.default_base(req.method)})
             family = self.base_family(req.base_model)
             check_family_options(req, family)
+            check_speed(req, family)
             if method_cls is not None and method_cls.base != family:
                 raise BadInput(
                     f"method {req.method!r} runs on {method_cls.base.upper()} bases; "
@@ -310,13 +314,19 @@ class Engine:
     def _apply_loras(self, pipe, req, cond: Conditioning) -> None:
         """Activate exactly the requested user LoRAs (kohya .safetensors from loras/),
         alongside any adapter LoRA of the identity method; add trigger words."""
-        if not req.loras and not getattr(pipe, "likeness_lora_weights", None):
+        # a speed mode's distilled LoRA is one more named adapter in the same bookkeeping
+        # (never disable_lora/enable_lora, which would switch FaceID's attention LoRA off too)
+        speed = speed_lora(self.store, req.speed)
+        if not req.loras and speed is None and not getattr(pipe, "likeness_lora_weights", None):
             return
         from .lora.manager import LoraManager
 
         if getattr(self, "_loras", None) is None:
             self._loras = LoraManager(self.settings, self.store)
-        applied = self._loras.apply(pipe, req.loras)
+        store_loras = {speed[1]: (speed[0], 1.0)} if speed is not None else {}
+        applied = self._loras.apply(pipe, req.loras, store_loras)
+        if speed is not None:
+            cond.recipe["speed"] = speed_recipe(self.store, req.speed)
         if self._method is not None and hasattr(self._method, "refresh_adapters"):
             self._method.refresh_adapters(pipe)
         missing = [t for t in applied.triggers if t and t not in req.prompt]
@@ -370,6 +380,7 @@ class Engine:
             generator=torch.Generator("cpu").manual_seed(seed),
             output_type="pil",
         )
+        kwargs.update(SAMPLER_CALL_KWARGS.get(req.sampler, {}))
         kwargs.update(cond.call_kwargs)
         if cond.prompt_embeds is not None:  # the method's conditioning is the whole prompt
             del kwargs["prompt"]

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import BadInput, UnsafePath
 from .identity import methods_for_family
@@ -73,6 +73,8 @@ class Preset(BaseModel):
     sampler: str
     steps: int = Field(ge=1, le=150)
     cfg: float = Field(ge=0.0, le=30.0)
+    # quality | fast | turbo (pipelines/speed.py); sampler/steps/cfg must fit the mode
+    speed: Literal["quality", "fast", "turbo"] = "quality"
     restore: Literal["none", "gfpgan", "codeformer"] = "none"
     restore_strength: float = Field(default=0.7, ge=0.0, le=1.0)
     codeformer_fidelity: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -108,6 +110,22 @@ class Preset(BaseModel):
         if v not in SAMPLERS:
             raise ValueError(f"unknown sampler {v!r}; choose one of: {', '.join(SAMPLERS)}")
         return v
+
+    @model_validator(mode="after")
+    def _speed(self):
+        from .speed import get_mode
+
+        mode = get_mode(self.speed)
+        if mode.lora is not None:
+            lo, hi = mode.steps_range
+            clo, chi = mode.cfg_range
+            if self.sampler not in mode.samplers:
+                raise ValueError(f"speed {self.speed!r} needs sampler {' or '.join(mode.samplers)}")
+            if not lo <= self.steps <= hi:
+                raise ValueError(f"speed {self.speed!r} runs {lo} to {hi} steps")
+            if not clo <= self.cfg <= chi:
+                raise ValueError(f"speed {self.speed!r} needs cfg from {clo:g} to {chi:g}")
+        return self
 
     @field_validator("prompt")
     @classmethod
@@ -161,6 +179,7 @@ class Preset(BaseModel):
             "sampler": self.sampler,
             "steps": steps,
             "cfg": self.cfg,
+            "speed": self.speed,
             "restore": self.restore,
             "restore_strength": self.restore_strength,
             "codeformer_fidelity": self.codeformer_fidelity,
@@ -298,6 +317,8 @@ def draw_card(preset: Preset, size: tuple[int, int] = (240, 300)):
         title = title[:-2].rstrip() + "…"
     d.text((W // 2, 222), title, fill=accent, font=title_font, anchor="mm")
     info = f"{preset.method} · {preset.size} · {preset.steps} steps"
+    if preset.speed != "quality":
+        info += f" · {preset.speed}"
     d.text((W // 2, 252), info, fill=accent, font=small, anchor="mm")
     extra = ", ".join(filter(None, [f"pose {preset.pose}" if preset.pose else "",
                                     preset.restore if preset.restore != "none" else ""]))

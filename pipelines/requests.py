@@ -61,6 +61,9 @@ class GenerateRequest(BaseModel):
     width: int | None = Field(default=None, ge=64, le=2048)
     height: int | None = Field(default=None, ge=64, le=2048)
     sampler: str = "dpmpp_2m_karras"
+    # quality | fast | turbo (pipelines/speed.py): fast/turbo add a distilled LoRA and fill
+    # steps/sampler/cfg the request leaves unset with the values its authors require
+    speed: Literal["quality", "fast", "turbo"] = "quality"
     scale: float | None = Field(default=None, ge=0.0, le=2.0)  # identity adapter scale
     s_scale: float = Field(default=1.0, ge=0.0, le=3.0)  # FaceID Plus v2 face-structure weight
     shortcut: bool = True  # FaceID Plus v2

@@ -16,7 +16,28 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
     ),
     "ddim": ("DDIMScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    # Few-step samplers, each as the distilled model's authors run it:
+    # - SDXL-Lightning (ByteDance/SDXL-Lightning model card): Euler with
+    #   timestep_spacing="trailing" (4 steps: 999, 749, 499, 249; the SDXL default
+    #   "leading" would give 751, 501, 251, 1, which the LoRA was not trained on).
+    "euler_trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    # - Hyper-SD (ByteDance/Hyper-SD model card): DDIM, trailing.
+    "ddim_trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}),
+    # - PuLID v1 on the Lightning UNet (ToTheBeginning/PuLID pulid/pipeline.py):
+    #   DPM++ 2M, trailing; diffusers 0.25 (its pin) ended at sigma_min, not 0.
+    "dpmpp_2m_trailing": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "timestep_spacing": "trailing", "final_sigmas_type": "sigma_min"},
+    ),
+    # - LCM-LoRA (latent-consistency/lcm-lora-sdxl card; InstantID gradio_demo/app.py):
+    #   LCMScheduler (4 steps: 999, 759, 499, 259).
+    "lcm": ("LCMScheduler", {}),
+    # - TCD-LoRA (h1t/TCD-SDXL-LoRA card): TCDScheduler, gamma/eta 0.3 passed per call.
+    "tcd": ("TCDScheduler", {}),
 }
+
+# keyword arguments a sampler needs in the pipeline call (the authors' settings)
+SAMPLER_CALL_KWARGS: dict[str, dict] = {"tcd": {"eta": 0.3}}
 
 SAMPLER_TITLES = {
     "euler": "Euler",
@@ -26,6 +47,11 @@ SAMPLER_TITLES = {
     "dpmpp_2m_sde_karras": "DPM++ 2M SDE Karras",
     "ddim": "DDIM",
     "unipc": "UniPC",
+    "euler_trailing": "Euler (trailing)",
+    "ddim_trailing": "DDIM (trailing)",
+    "dpmpp_2m_trailing": "DPM++ 2M (trailing)",
+    "lcm": "LCM",
+    "tcd": "TCD",
 }
 
 # SDXL training buckets (width, height), ~1 megapixel each

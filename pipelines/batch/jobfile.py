@@ -527,6 +527,21 @@ def _request_model(request_model):
     return GenerateRequest
 
 
+def _preset_at_speed(fields: dict, defaults: dict, overrides: dict) -> dict:
+    """A preset's fields at the speed the job asks for (item overrides, then
+    defaults): a different speed drops the preset's steps/sampler/cfg, which the
+    new mode fills, unless the job gives them too."""
+    speed = overrides.get("speed", defaults.get("speed"))
+    if not isinstance(speed, str):
+        return fields
+    from ..speed import SPEED_NAMES, TUNED_FIELDS, switch_speed
+
+    if speed not in SPEED_NAMES:
+        return fields  # the request's validation names the bad value
+    given = {k for k in TUNED_FIELDS if k in overrides or k in defaults}
+    return switch_speed(fields, speed, given)
+
+
 def _load_preset(name: str, loc: tuple, errors: _Errors, demo: bool = False) -> dict:
     try:
         mod = importlib.import_module("pipelines.presets")
@@ -679,7 +694,7 @@ def expand(spec: JobSpec, job: Job, errors: _Errors, request_model=None, demo: b
         for name, preset, prompt, method, pose, lora in combos:
             data: dict[str, Any] = {}
             if preset is not None:
-                data.update(preset_fields[preset])
+                data.update(_preset_at_speed(preset_fields[preset], spec.defaults, it.overrides))
             data.update(spec.defaults)
             data.update(it.overrides)
             if prompt is not None:

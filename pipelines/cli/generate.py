@@ -36,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--sampler")
+    p.add_argument("--speed", choices=["quality", "fast", "turbo"],
+                   help="quality: your sampler/steps/cfg; fast: LCM-LoRA, 8 steps; turbo: SDXL-Lightning, "
+                        "4 steps (SDXL methods; fills steps/sampler/cfg you do not give)")
     p.add_argument("--scale", type=float, help="identity adapter scale")
     p.add_argument("--s-scale", type=float, help="FaceID Plus v2 face-structure weight")
     p.add_argument("--identitynet-scale", type=float, help="InstantID IdentityNet conditioning scale")
@@ -116,6 +119,11 @@ def request_from_args(args, settings) -> dict:
         v = getattr(args, arg, None)
         if v is not None and not (preset and field == "prompt"):  # with a preset, --prompt is the subject
             data[field] = v
+    if getattr(args, "speed", None):
+        from ..speed import switch_speed
+
+        given = {f for f in ("steps", "sampler", "cfg") if getattr(args, f, None) is not None}
+        data = switch_speed(data, args.speed, given)
     if args.photo:
         data.pop("identity_card", None)
         data["photos"] = list(args.photo)

@@ -371,16 +371,19 @@ class LoraManager:
         return state
 
     # ---------------------------------------------------------- loading
-    def load(self, pipe, name: str) -> _Resident:
-        """Load LoRA `name` into `pipe` once (reloaded when the file changed)."""
+    def load(self, pipe, name: str, path: Path | None = None, adapter: str | None = None) -> _Resident:
+        """Load LoRA `name` into `pipe` once (reloaded when the file changed).
+        With `path` and `adapter`: a LoRA from the model store (a speed mode's),
+        checked like a user file and kept under its own adapter name."""
         with self._lock:
-            name = normalize_name(name)
-            path = self.path(name)
+            if path is None:
+                name = normalize_name(name)
+                path = self.path(name)
             table = self._resident.setdefault(id(pipe.unet), {})
             st = path.stat()
             stat = (st.st_size, st.st_mtime_ns)
             have = table.get(name)
-            adapter = adapter_name(name)
+            adapter = adapter or adapter_name(name)
             loaded = any(adapter in _peft_adapters(m) for m in _components(pipe).values())
             if have is not None and have.stat == stat and loaded:
                 return have
@@ -407,11 +410,15 @@ class LoraManager:
             return resident
 
     # --------------------------------------------------------- activating
-    def apply(self, pipe, loras: Iterable) -> AppliedLoras:
+    def apply(self, pipe, loras: Iterable, store_loras: dict | None = None) -> AppliedLoras:
         """Activate exactly `loras` (LoraSpec or (name, weight)) on `pipe`; every
         other user LoRA gets weight 0; adapters not ours (an identity method's)
         stay active with their current weight. If a LoRA cannot be used, the
-        previously active set is restored and the error raised."""
+        previously active set is restored and the error raised.
+        `store_loras`: adapter name -> (file, weight) of LoRAs from the model store
+        (a speed mode's), active beside the user LoRAs and kept in the same
+        bookkeeping (`pipe.likeness_lora_weights`), so an identity method that
+        re-sets its own adapter keeps them on; not listed in the result."""
         with self._lock:
             wanted: dict[str, float] = {}
             for spec in loras or []:
@@ -421,14 +428,18 @@ class LoraManager:
                 self.path(name)
             previous = dict(getattr(pipe, "likeness_lora_weights", None) or {})
             residents: dict[str, _Resident] = {}
+            fixed: dict[str, float] = {}
             try:
                 for name in wanted:
                     residents[name] = self.load(pipe, name)
+                for adapter, (path, weight) in (store_loras or {}).items():
+                    # "/" never occurs in a user LoRA name: the two kinds cannot collide
+                    fixed[self.load(pipe, "/" + adapter, Path(path), adapter).adapter] = float(weight)
             except Exception:
-                if residents:  # loading activates the new adapter: put the old set back
+                if residents or fixed:  # loading activates the new adapter: put the old set back
                     self._activate(pipe, previous)
                 raise
-            self._activate(pipe, {residents[n].adapter: w for n, w in wanted.items()})
+            self._activate(pipe, {**{residents[n].adapter: w for n, w in wanted.items()}, **fixed})
             triggers: list[str] = []
             for n in wanted:
                 for t in residents[n].triggers:

@@ -31,6 +31,7 @@ Kind = Literal[
     "wplus",
     "e4e",
     "clip",
+    "lora",  # a published LoRA the app itself applies (the speed modes' distilled LoRAs)
     "identity",  # an identity method's own networks (Arc2Face UNet + encoder, PuLID)
 ]
 
