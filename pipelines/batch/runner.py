@@ -19,59 +19,25 @@ redoes exactly the items without an ok line whose outputs exist.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import Cancelled, LikenessError
 from ..memory import free_memory, is_oom
 from ..paths import atomic_write_text, confine
+from ..processes import process_state
 from .jobfile import BatchItem, Job
 from .manifest import MANIFEST_NAME, append_record, is_done, load_state, merge_shards, shard_path
 
 IDENTITIES_DIR = "identities"
 IDENTITIES_FILE = "identities.json"
 STAGING_PREFIX = ".staging-"
-BARRIER_TIMEOUT = timedelta(hours=24)  # ranks may finish hours apart on uneven slices
-
-
-# ------------------------------------------------------------------ processes
-class LocalState:
-    """The single-process stand-in for accelerate's `PartialState`."""
-
-    num_processes = 1
-    process_index = 0
-    is_main_process = True
-    device = None
-
-    def wait_for_everyone(self) -> None:
-        pass
-
-    @contextlib.contextmanager
-    def split_between_processes(self, inputs):
-        yield inputs
-
-
-def process_state():
-    """accelerate's `PartialState` under `accelerate launch` with several
-    processes (it also binds this process to its GPU), else `LocalState`."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        import torch
-        from accelerate import PartialState
-
-        # PartialState does not read ACCELERATE_USE_CPU itself (Accelerator does)
-        cpu = (os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes")
-               or os.environ.get("LIKENESS_DEVICE", "").strip().lower() == "cpu"
-               or not torch.cuda.is_available())
-        return PartialState(cpu=cpu, timeout=BARRIER_TIMEOUT)
-    return LocalState()
 
 
 # -------------------------------------------------------------------- results

@@ -32,9 +32,9 @@ def cmd_batch(args, settings) -> int:
     job = load_job(args.jobfile, demo=settings.demo)
     check_resources(job, settings)  # in --dry-run too: it fails where the run would
     if args.dry_run:
-        import os
+        from ..processes import is_main_process
 
-        if int(os.environ.get("RANK", "0") or 0) == 0:  # one listing under accelerate launch
+        if is_main_process():  # one listing under accelerate launch
             print_items(job, sys.stdout)
         return 0
     report = run_job(job, settings, args.out)

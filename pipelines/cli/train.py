@@ -10,8 +10,9 @@ process prepares the same crops; only the first one prints and writes files).
 
 from __future__ import annotations
 
-import os
 import sys
+
+from ..processes import is_main_process
 
 
 def register(sub) -> None:
@@ -39,9 +40,6 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _is_main_process() -> bool:
-    # set by `accelerate launch` / torchrun; absent in a plain run
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
 
 
 def config_from_args(args) -> dict:
@@ -75,7 +73,7 @@ def cmd_train(args, settings) -> int:
     if args.min_face is not None:
         opts["min_face_px"] = args.min_face
     options = DatasetOptions(**opts)
-    main = _is_main_process()
+    main = is_main_process(cpu=settings.resolve_device() == "cpu")
 
     def report(info: dict) -> None:
         if not main:

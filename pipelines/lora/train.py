@@ -49,6 +49,7 @@ from ..errors import BadInput, Cancelled, ModelError
 from ..memory import free_memory
 from ..models.bases import check_family, ensure_base, load_base_pipeline
 from ..paths import confine
+from ..processes import main_process_first
 from . import kohya
 from .checkpoints import Checkpoints, write_error
 from .dataset import DatasetOptions, TrainingSet, preview_grid, prepare_dataset
@@ -317,7 +318,7 @@ class LoraTrainer:
 
     def prepare(self, photos, options: DatasetOptions | None = None) -> TrainingSet:
         opts = options or DatasetOptions(demo=self.settings.demo)
-        with _main_process_first(self.settings):  # the first process fetches/builds the face models
+        with main_process_first(cpu=self.settings.resolve_device() == "cpu"):  # it fetches/builds the face models
             analyzer = self.analyzer()
             analyzer.detector  # loads the pack now
         return prepare_dataset(photos, analyzer, opts, max_pixels=self.settings.max_image_pixels,
@@ -485,18 +486,6 @@ class LoraTrainer:
                                       te1_state=te1, te2_state=te2)
         dtype = torch.float16 if save_half else torch.float32
         return {k: (v.to(dtype) if not k.endswith(".alpha") else v.float()).cpu() for k, v in tensors.items()}
-
-
-def _main_process_first(settings):
-    """Under `accelerate launch` (WORLD_SIZE > 1): the first process goes first.
-    A plain run does not touch torch.distributed at all."""
-    import contextlib
-
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return contextlib.nullcontext()
-    from accelerate import PartialState
-
-    return PartialState(cpu=settings.resolve_device() == "cpu").main_process_first()
 
 
 def _base_hash(store, base_model: str) -> str | None:
