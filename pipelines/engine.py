@@ -341,6 +341,12 @@ class Engine:
             return None
         from .pose.control import PoseControl
 
+        if "/" in req.pose or "\\" in req.pose or req.pose.lower().endswith((".json", ".png", ".jpg", ".jpeg")):
+            from .imageio import MAX_PHOTO_BYTES, regular_file
+
+            # a pose file named by a request (API, recipe) is read only if it is a regular file
+            regular_file(Path(req.pose).expanduser(), f"pose file {req.pose}", max_bytes=MAX_PHOTO_BYTES)
+
         if getattr(self, "_pose", None) is None:
             self._pose = PoseControl(self.store, self.device, self.dtype, self.settings)
         return self._pose.unit(req, family, width, height)

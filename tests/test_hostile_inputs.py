@@ -134,6 +134,18 @@ def test_device_files_are_refused_everywhere_a_user_names_a_file(job_dir, tmp_pa
     assert time.perf_counter() - t0 < 5
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_a_pose_file_that_is_a_fifo_is_refused_by_the_engine(demo_settings, tmp_path):
+    from pipelines.engine import Engine
+    from pipelines.requests import GenerateRequest
+
+    fifo = tmp_path / "pose.json"
+    os.mkfifo(fifo)
+    req = GenerateRequest(prompt="p", method="none", pose=str(fifo), steps=1, width=64, height=64)
+    with pytest.raises(BadInput, match="pose file .* is a pipe"):
+        Engine(demo_settings)._pose_unit(req, "sdxl", 64, 64)  # before any model is loaded
+
+
 def test_oversized_user_files_are_refused_before_reading(tmp_path):
     from pipelines.imageio import read_user_file
 
