@@ -315,3 +315,22 @@ def test_dropped_connection_stops_the_engine(slow_server):
     # the connection is closed here, as when a tab closes
     assert _wait(lambda: engine.calls and engine.calls[0]["end"] == "cancelled", timeout=15), engine.calls
     assert engine.calls[0]["images"] < 40
+
+
+def test_train_api_refuses_to_overwrite_a_lora(slow_server, photos_dir):
+    """The public /train endpoint: an existing LoRA is replaced only with
+    overwrite=True; without it the call fails at once and the file is untouched."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    loras = slow_server.settings.loras_dir
+    loras.mkdir(parents=True, exist_ok=True)
+    existing = loras / "me.safetensors"
+    existing.write_bytes(b"the user's LoRA")
+    client = Client(slow_server.url, verbose=False, download_files=False)
+    t0 = time.monotonic()
+    with pytest.raises(AppError, match="already exists.*--overwrite"):
+        client.predict(photos=[handle_file(str(photos_dir / "astronaut.png"))], name="me", steps=1,
+                       api_name="/train")
+    assert time.monotonic() - t0 < 30 and existing.read_bytes() == b"the user's LoRA"
+    assert not (loras / ".training").exists()
