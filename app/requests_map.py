@@ -123,11 +123,10 @@ def size_value(width: int | None, height: int | None, demo: bool) -> str:
 
 # ------------------------------------------------------------------------ LoRAs
 def lora_names(loras_dir: Path | str) -> list[str]:
-    """LoRA files the user can pick: loras/*.safetensors (pickles are never listed)."""
-    folder = Path(loras_dir)
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.glob("*.safetensors") if p.is_file() and not p.name.startswith("."))
+    """LoRA files the user can pick (the LoRA manager's listing)."""
+    from pipelines.lora.manager import list_loras
+
+    return list_loras(loras_dir)
 
 
 def lora_rows(names: Iterable[str], weights: dict[str, float] | None = None) -> list[list]:

@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import BadInput
+from ..models.hashing import sha256_file
 from ..samplers import demo_size
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -192,14 +193,10 @@ def upright_crop(rgb: np.ndarray, face, framing: str, bucket: tuple[int, int]) -
 
 
 def _digest(path: Path) -> str | None:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        return sha256_file(path)
     except OSError:
         return None
-    return h.hexdigest()
 
 
 def _judge(analyzer, rgb: np.ndarray, label: str, opts: DatasetOptions) -> tuple[object | None, PhotoReport]:

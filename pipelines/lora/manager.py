@@ -89,14 +89,18 @@ def lora_path(loras_dir: Path | str, name: str) -> Path:
                 f"LoRA {other} is an unsafe pickle ({suffix}); only .safetensors LoRAs are loaded: "
                 "convert it to .safetensors."
             )
-    have = sorted(p.stem for p in root.glob("*.safetensors")) if root.is_dir() else []
+    have = list_loras(root)
     hint = f"available: {', '.join(have)}" if have else "the folder has no .safetensors LoRAs"
     raise BadInput(f"LoRA {name!r} not found: expected {path} ({hint}).")
 
 
 def list_loras(loras_dir: Path | str) -> list[str]:
+    """The LoRAs a user can pick: names of the `<loras_dir>/*.safetensors` files
+    (pickles are never listed, nor hidden files such as a training's temp files)."""
     root = Path(loras_dir)
-    return sorted(p.stem for p in root.glob("*.safetensors")) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(p.stem for p in root.glob("*.safetensors") if p.is_file() and not p.name.startswith("."))
 
 
 # ---------------------------------------------------------------- compatibility
