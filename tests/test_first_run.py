@@ -618,3 +618,36 @@ def test_cancel_keeps_the_partial_file_and_the_next_download_resumes(tmp_path):
         assert hub.range_requests("big.bin")[0].range == f"bytes={1 << 20}-"  # resumed, not restarted
     assert (store.folder("big-model") / "big.safetensors").read_bytes() == data and not part.exists()
     assert store.status("big-model").verified
+
+
+def test_other_apps_checkpoints_and_loras_are_listed_and_registered_in_place(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    ckpts = tmp_path / "webui" / "models" / "Stable-diffusion"
+    ckpts.mkdir(parents=True)
+    sdxl = ckpts / "myXL.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4),
+               "conditioner.embedders.1.model.ln_final.weight": torch.ones(4)}, str(sdxl))
+    save_file({"model.diffusion_model.x": torch.zeros(2)}, str(ckpts / "sd15.safetensors"))  # not SDXL: skipped
+    (tmp_path / "webui" / "models" / "Lora").mkdir()
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, str(tmp_path / "webui/models/Lora/me.safetensors"))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "extra_model_paths.yaml").write_text(
+        f"a111:\n    base_path: {tmp_path / 'webui'}\n    checkpoints: models/Stable-diffusion\n"
+        "    loras: |\n        models/Lora\n        models/LyCORIS\n")
+    before = (sdxl.read_bytes(), sdxl.stat().st_mtime_ns)
+    flags = ["--models-dir", str(tmp_path / "models"), "--device", "cpu"]
+    assert run(["models", "list", *flags]) == 0
+    out = capsys.readouterr().out
+    found = out.split("Other apps")[1]
+    assert "1 SDXL checkpoint(s) not registered yet" in found and str(sdxl) in found and "sd15.safetensors" not in found
+    assert "1 LoRA file(s)" in out
+    command = HINT.search(out.split("Other apps")[1]).group(1)
+    assert run([*shlex.split(command)[2:], *flags]) == 0  # the suggested command, as printed
+    assert "registered" in capsys.readouterr().out
+    store = ModelStore(real_settings(tmp_path))
+    assert list(store.user_checkpoints().values()) == [sdxl.resolve()]
+    assert (sdxl.read_bytes(), sdxl.stat().st_mtime_ns) == before  # read in place, never modified
+    assert run(["models", "list", *flags]) == 0
+    assert "0 SDXL checkpoint(s) not registered yet" in capsys.readouterr().out

@@ -29,7 +29,9 @@ def register(sub) -> None:
     vp.add_argument("names", nargs="*", metavar="NAME")
     vp.set_defaults(func=cmd_verify)
     rp = msub.add_parser("register", help="register your own single-file SDXL checkpoint (.safetensors) by path")
-    rp.add_argument("path")
+    rp.add_argument("path", nargs="?")
+    rp.add_argument("--found", action="store_true",
+                    help="register every SDXL checkpoint in the folders of extra_model_paths.yaml")
     rp.set_defaults(func=cmd_register)
 
 
@@ -79,6 +81,8 @@ def cmd_list(args, settings) -> int:
     _table([("BUNDLE", "TOTAL", "TO DOWNLOAD", "MODELS"),
             *((b, total, todo, names) for b, names, total, todo in bundle_rows(store, settings))])
     print(f"free disk space in {store.root}: {human_size(free_space(store.root))} (~ = estimated size)")
+    for line in found_lines(store, settings):
+        print(line)
     if settings.demo:
         print(f"({DEMO_BANNER}; folder {store.root})")
     return 0
@@ -180,6 +184,34 @@ def cmd_verify(args, settings) -> int:
 
 
 def cmd_register(args, settings) -> int:
-    name = _store(settings).register_checkpoint(args.path)
-    print(f"registered {args.path} as {name!r}; use it with --base-model {name}")
+    from ..errors import BadInput
+    from ..models.external import found_checkpoints
+
+    if bool(args.path) == bool(args.found):
+        raise BadInput("models register: give a checkpoint PATH or --found (not both).")
+    store = _store(settings)
+    paths = [args.path] if args.path else found_checkpoints(settings)
+    if not paths:
+        print("no SDXL checkpoints found in the folders of extra_model_paths.yaml")
+    for path in paths:  # read only: the files stay where they are, as they are
+        name = store.register_checkpoint(path)
+        print(f"registered {path} as {name!r}; use it with --base-model {name}")
     return 0
+
+
+def found_lines(store, settings) -> list[str]:
+    """Other apps' checkpoints and LoRAs (extra_model_paths.yaml) and how to use them."""
+    from ..models.external import extra_paths_file, found_checkpoints, found_files
+
+    source = extra_paths_file(settings)
+    if source is None:
+        return []
+    registered = {p.resolve() for p in store.user_checkpoints().values()}
+    new = [p for p in found_checkpoints(settings) if p.resolve() not in registered]
+    loras = found_files(settings, "loras")
+    lines = [f"Other apps' folders ({source}):"]
+    lines.append(f"  {len(new)} SDXL checkpoint(s) not registered yet"
+                 + (": `python launch.py models register --found`" if new else ""))
+    lines += [f"    {p}" for p in new]
+    lines.append(f"  {len(loras)} LoRA file(s) (copy or link one into {settings.loras_dir} to use it)")
+    return lines

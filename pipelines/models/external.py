@@ -235,3 +235,22 @@ def reuse_file(store, entry, f, dest: Path, size_index=None) -> Reused | None:
     link_into(found.source, dest)
     store._write_pins(entry.name, {f.path: store._record(dest, found.sha256, reused_from=str(found.source))})
     return found
+
+
+def is_sdxl_checkpoint(path: Path) -> bool:
+    """A single-file SDXL checkpoint (.safetensors with the UNet and both text
+    encoders), judged from the header only."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            keys = list(fh.keys())
+    except Exception:  # safetensors raises its own error types for bad headers: not a checkpoint
+        return False
+    return any(k.startswith("model.diffusion_model.") for k in keys) and \
+        any(k.startswith("conditioner.embedders.1.") for k in keys)
+
+
+def found_checkpoints(settings) -> list[Path]:
+    """SDXL single-file checkpoints in the other apps' checkpoint folders."""
+    return [p for p in found_files(settings, "checkpoints") if is_sdxl_checkpoint(p)]
