@@ -316,3 +316,30 @@ def test_training_latents_are_prepared_like_inference(store, parser, face512):
     assert torch.allclose(w_train, encode_normalized(encoder, prepare_face(face512, parser).tensor, avg), atol=1e-5)
     assert not torch.allclose(w_train, encode_normalized(encoder, prepare_face(face512, None).tensor, avg),
                               atol=1e-4)
+
+
+def test_portrait_tab_offers_every_edit_and_switches_the_recipe(demo_settings):
+    """The Portrait tab (widgets built, no browser): the W+ edit table lists every
+    edit, choosing W+ shows its recipe, and a reused W+ recipe fills the table."""
+    import gradio as gr
+
+    from app.jobs import CancelRegistry, EngineHolder
+    from app.portrait import PortraitTab
+    from app.widgets import build_portrait
+
+    with gr.Blocks():
+        w = build_portrait(demo_settings)
+    tab = PortraitTab(demo_settings, EngineHolder(demo_settings, factory=lambda s: None), CancelRegistry(), w)
+    names = [row[0] for row in w.by_key["edits"].value["data"]]
+    assert len(names) == 65 and {"lipstick", "face_roundness", "ganspace.smile"} <= set(names)
+
+    by_key = {w.fields[c]: v for c, v in tab.switch_method("wplus", "dpmpp_2m_karras", 5.0, "").items()}
+    assert by_key == {"sampler": "euler", "cfg": 7.5,
+                      "negative": "monochrome, lowres, bad anatomy, worst quality, low quality"}
+    kept = {w.fields[c]: v for c, v in tab.switch_method("wplus", "ddim", 5.0, "my negative").items()}
+    assert kept == {"cfg": 7.5}  # the user's sampler and negative stay
+
+    recipe = {"request": {"prompt": "p", "method": "wplus", "edits": ["lipstick=+1.5", "age=-1"]}}
+    filled = {w.fields[c]: v for c, v in tab.reuse(0, [recipe]).items()}
+    strengths = {n: s for n, s in filled["edits"] if s}
+    assert strengths == {"lipstick": 1.5, "age": -1.0}
