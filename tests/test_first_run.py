@@ -651,3 +651,36 @@ def test_other_apps_checkpoints_and_loras_are_listed_and_registered_in_place(tmp
     assert (sdxl.read_bytes(), sdxl.stat().st_mtime_ns) == before  # read in place, never modified
     assert run(["models", "list", *flags]) == 0
     assert "0 SDXL checkpoint(s) not registered yet" in capsys.readouterr().out
+
+
+def source_hints() -> list[str]:
+    """Every `launch.py ...` command quoted in a message string of pipelines/ and
+    app/ (docstrings are prose and left out; an f-string's {field} reads as X)."""
+    import ast
+
+    found = []
+    for path in [*(REPO / "pipelines").rglob("*.py"), *(REPO / "app").rglob("*.py")]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr):
+                text = "".join(v.value if isinstance(v, ast.Constant) else "X" for v in node.values)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                text = node.value
+            else:
+                continue
+            found += [f"{m} ({path.relative_to(REPO)})" for m in HINT.findall(text)]
+    return found
+
+
+def test_every_command_quoted_in_a_message_parses():
+    hints = source_hints()
+    assert any("models register" in h for h in hints) and any("wplus edits" in h for h in hints)
+    parser = build_parser()
+    for hint in hints:
+        command, where = hint.rsplit(" (", 1)
+        argv = shlex.split(command)
+        try:
+            parser.parse_args(argv[argv.index("launch.py") + 1:])
+        except SystemExit:
+            pytest.fail(f"{where[:-1]} suggests a command that does not parse: {command}")
