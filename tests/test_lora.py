@@ -614,3 +614,23 @@ def test_failed_checkpoint_or_lora_write_is_one_clear_line(dirs, settings, monke
     assert f"could not write {settings.loras_dir / 'nospace.safetensors'}" in msg
     assert "last good checkpoint is step 4" in msg and "--resume" in msg
     assert not (settings.loras_dir / "nospace.safetensors").exists()
+
+
+def test_cancel_before_the_first_step_stops_between_phases(dirs, settings):
+    """A cancel that arrives while the photos are prepared stops before the
+    base model is loaded (a client that went away must not wait for a load)."""
+    from pipelines.lora.dataset import DatasetOptions
+    from pipelines.lora.train import TrainConfig, train_lora
+
+    cancel = threading.Event()
+    seen: list[str] = []
+
+    def callback(info):
+        seen.append(info.get("phase"))
+        if info.get("phase") == "dataset":
+            cancel.set()
+
+    with pytest.raises(Cancelled, match="after preparing the photos"):
+        train_lora(settings, [dirs["photos"] / "astronaut.png"], TrainConfig(name="early", steps=2),
+                   DatasetOptions(demo=True), callback=callback, cancel=cancel, progress=False)
+    assert seen == ["dataset"] and not (dirs["loras"] / "early.safetensors").exists()

@@ -385,12 +385,14 @@ class LoraTrainer:
         elif acc.is_main_process:
             ckpts.clear()  # a fresh start: an older run's checkpoints must not be resumed later
 
+        _stop_if_cancelled(cancel, plan.name, "before loading the base model")
         emit(phase="load", message=f"loading {plan.base_model}")
         wdtype = _weight_dtype(mp)
         check_family(self.store, plan.base_model, "sdxl", "LoRA training")
         with acc.main_process_first():  # demo packs are built once, not raced by every process
             ensure_base(self.store, plan.base_model)
         pipe = load_base(self.store, plan.base_model, wdtype)
+        _stop_if_cancelled(cancel, plan.name, "before caching the latents")
         emit(phase="cache", message=f"caching latents of {len(tset.samples)} crops")
         data, texts = self._cache(pipe, tset, acc.device, keep_text=plan.text_encoder)
         unet = pipe.unet
@@ -715,6 +717,12 @@ def fit_lora(unet, encoders, fit_data: FitData, acc, options: FitOptions) -> Fit
     return FitResult(losses, start, opt_name, step_times, checkpointing[0])
 
 
+def _stop_if_cancelled(cancel: threading.Event | None, name: str, where: str) -> None:
+    """Cancel between the phases before the first step (nothing to keep yet)."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"training {name} cancelled {where}, before its first step.")
+
+
 def _key_diff(old: dict, new: dict) -> str:
     diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     parts = []
@@ -738,4 +746,5 @@ def train_lora(settings, photos, config: TrainConfig, options: DatasetOptions | 
         callback({"phase": "dataset", "used": [r.file for r in tset.used],
                   "excluded": [{"file": r.file, "reason": r.reason} for r in tset.excluded],
                   "warnings": list(tset.warnings)})
+    _stop_if_cancelled(cancel, config.name, "after preparing the photos")
     return tset, trainer.train(tset, config, callback=callback, cancel=cancel, progress=progress)
