@@ -176,7 +176,7 @@ def request_models(req, settings, store) -> list[str]:
         names += base_models(base, settings, kind if kind in ("sdxl", "sd15") else family, req.vae)
     if cls is not None:
         names += list(cls.required_models)
-        if cls.recognizer:
+        if cls.recognizer and req.photos:  # a saved identity card already holds the embeddings
             names.append(cls.recognizer)
     if req.pose:
         names.append(POSE_CONTROLNET)
