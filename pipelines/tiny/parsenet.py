@@ -2,7 +2,8 @@
 `parse_multi_iter_90000.pth`, a torch pickle of a flat ParseNet state dict
 (`encoder.0.conv2d.*`, `encoder.{1..4}.{shortcut_func,conv1,conv2}.*`,
 `body.{0..9}.{conv1,conv2}.*`, `decoder.{0..3}.*`, `out_img_conv.*`,
-`out_mask_conv.*`, BatchNorm under `.norm.norm.*`), at 1/16 of the channels.
+`out_mask_conv.*`, BatchNorm under `.norm.norm.*`; an OrderedDict as
+`state_dict()` gives it), at 1/16 of the channels.
 
 The structure (4 down, 10 body, 4 up blocks, 19 classes, 512² input) is the
 published one; only widths shrink. BatchNorm statistics and the output bias are
@@ -45,8 +46,9 @@ def tiny_parsenet_state() -> dict:
     torch.manual_seed(SEED)
     net = ParseNet(width=WIDTH)
     gen = torch.Generator().manual_seed(SEED)
-    state = {}
-    for k, v in net.state_dict().items():
+    # an OrderedDict with `_metadata`, as `torch.save(model.state_dict())` writes it
+    state = net.state_dict()
+    for k, v in list(state.items()):
         if k.endswith("running_mean"):
             v = torch.randn(v.shape, generator=gen) * 0.1
         elif k.endswith("running_var"):
@@ -68,7 +70,7 @@ def tiny_parsenet_state() -> dict:
     return state
 
 
-@pack("parsenet", version=1)
+@pack("parsenet", version=2)
 def build_parsenet(dest: Path) -> None:
     import torch
 
