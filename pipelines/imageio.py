@@ -51,11 +51,14 @@ from .errors import BadInput, UnreadableImage
 # Decoders we are willing to run on user files: common photo formats only. GIF is
 # refused (256 colours and often animated: a poor source for a likeness);
 # FITS, PSD, AVIF, ICO, EPS and the other Pillow plugins are refused too.
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"})
+# HEIC/HEIF (the iPhone default) decode through pillow-heif (libheif), registered
+# with Pillow on first use, never at import; its files pass the same pixel cap and
+# truncation rules as the others (Pillow checks the header size of every plugin).
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "HEIF"})
 # Order in which Pillow tries the plugins (MPO files open through the JPEG plugin).
-_OPEN_ORDER = ("JPEG", "PNG", "WEBP", "TIFF", "BMP")
+_OPEN_ORDER = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "HEIF")
 
-SUPPORTED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP or TIFF"  # for messages
+SUPPORTED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP, TIFF or HEIC/HEIF"  # for messages
 
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_SIDE = 2048
@@ -75,10 +78,26 @@ _PIL_STATE_LOCK = threading.RLock()
 _TRANSPARENT_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 # ISO-BMFF brands of formats Pillow cannot open here, to name them in the error.
-_FTYP_BRANDS = {
-    b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
-    b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF",
-}
+_FTYP_BRANDS = {b"avif": "AVIF", b"avis": "AVIF"}
+_HEIF_LOCK = threading.Lock()
+_heif_registered = False
+
+
+def _register_heif() -> None:
+    """Teach Pillow HEIC/HEIF once per process (pillow-heif's documented
+    `register_heif_opener`). Without pillow-heif installed HEIC stays refused
+    with the usual format message."""
+    global _heif_registered
+    with _HEIF_LOCK:
+        if _heif_registered:
+            return
+        try:
+            import pillow_heif
+        except ImportError:
+            _FTYP_BRANDS.update({b: "HEIC" for b in (b"heic", b"heix", b"hevc", b"heim", b"heis")})
+        else:
+            pillow_heif.register_heif_opener()
+        _heif_registered = True
 
 
 # --------------------------------------------------------------------------- user files
@@ -378,6 +397,7 @@ def _refuse_unidentified(label: str, source: Path | bytes) -> BadInput:
 
 def _load_encoded(src: object, label: str, max_pixels: int, max_side: int | None) -> Image.Image:
     source = _read_source(src, label)
+    _register_heif()
     with pil_decoding_limits(max_pixels) as cap:
         try:
             img = Image.open(_open_arg(source), formats=list(_OPEN_ORDER))

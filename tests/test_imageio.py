@@ -378,7 +378,7 @@ def test_missing_file_and_folder_are_named(tmp_path):
         ("sky.png", _fits_bytes, "FITS"),  # the extension does not matter
         ("layers.psd", _psd_bytes, "PSD"),
         ("anim.gif", lambda: _encode(Image.new("RGB", (8, 8), (9, 9, 9)), "GIF"), "GIF"),
-        ("phone.jpg", lambda: b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64), "HEIC"),
+        ("phone.jpg", lambda: b"\x00\x00\x00\x18ftypavif\x00\x00\x00\x00mif1avif" + bytes(64), "AVIF"),
     ],
 )
 def test_formats_outside_the_allow_list_are_refused(tmp_path, filename, make, fmt):
@@ -456,3 +456,35 @@ def test_import_changes_no_pillow_state():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+# --------------------------------------------------------------------------- HEIC / HEIF
+
+
+def _heic_bytes(img: Image.Image) -> bytes:
+    pillow_heif = pytest.importorskip("pillow_heif")
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(img).save(buf, format="HEIF", quality=95)
+    return buf.getvalue()
+
+
+def test_heic_photo_is_decoded_to_rgb(tmp_path):
+    src = Image.new("RGB", (96, 64), (200, 40, 30))
+    path = _write(tmp_path / "IMG_0001.HEIC", _heic_bytes(src))
+    img = load_photo(path)
+    assert img.mode == "RGB" and img.size == (96, 64)
+    r, g, b = img.getpixel((48, 32))
+    assert abs(r - 200) < 20 and g < 80 and b < 80
+
+
+def test_heic_over_the_pixel_cap_is_refused_before_decoding(tmp_path):
+    path = _write(tmp_path / "big.heic", _heic_bytes(Image.new("RGB", (128, 128), (9, 9, 9))))
+    with pytest.raises(BadInput, match=r"big\.heic declares 128x128 pixels .* the limit of 10,000 pixels"):
+        load_photo(path, max_pixels=10_000)
+
+
+def test_truncated_heic_is_unreadable(tmp_path):
+    data = _heic_bytes(Image.new("RGB", (64, 64), (9, 99, 9)))
+    path = _write(tmp_path / "cut.heic", data[: len(data) * 2 // 3])
+    with pytest.raises(BadInput, match=r"cut\.heic is unreadable"):
+        load_photo(path)
