@@ -152,6 +152,9 @@ def launch_kwargs(settings: Settings, cfg: LaunchConfig) -> dict:
         quiet=True,
         footer_links=["api", "gradio"],
         mcp_server=False,
+        # gradio's run history keeps every call's inputs and outputs (face photos,
+        # portraits) in the browser and offers to upload them to a Hub bucket
+        run_history=False,
         app_kwargs={"middleware": [file_gate(outputs), exact_cancel()]},
     )
 

@@ -334,3 +334,10 @@ def test_train_api_refuses_to_overwrite_a_lora(slow_server, photos_dir):
                        api_name="/train")
     assert time.monotonic() - t0 < 30 and existing.read_bytes() == b"the user's LoRA"
     assert not (loras / ".training").exists()
+
+
+def test_run_history_is_off(slow_server):
+    """gradio's run history would keep photos and portraits in the browser and
+    offer to upload them to a Hub bucket: the app turns it off."""
+    assert slow_server.demo.run_history is False
+    assert httpx.get(slow_server.url + "/gradio_api/runs", timeout=30).status_code == 404
