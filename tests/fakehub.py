@@ -10,8 +10,8 @@ Serves in-memory files on 127.0.0.1 from a thread:
 
 Faults are per file: `cut_after` (send that many body bytes, then close the
 connection although Content-Length promised more) for the first `cut_times`
-responses (None = every time), and `advertised_sha256` (claim a hash that the
-bytes do not have). Every request is logged in `requests` for assertions.
+responses (None = every time), `advertised_sha256` (claim a hash that the
+bytes do not have) and `chunk_delay` (a slow link). Every request is logged in `requests` for assertions.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote
@@ -31,6 +32,7 @@ class FakeFile:
     cut_after: int | None = None
     cut_times: int | None = None
     advertised_sha256: str | None = None
+    chunk_delay: float = 0.0  # seconds to pause after each 256 KiB sent (a slow link)
     cuts_done: int = 0
 
     @property
@@ -189,5 +191,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body[: f.cut_after])
             self.wfile.flush()
             self.close_connection = True
+            return
+        if f.chunk_delay:
+            for i in range(0, len(body), 1 << 18):
+                self.wfile.write(body[i:i + (1 << 18)])
+                self.wfile.flush()
+                time.sleep(f.chunk_delay)
             return
         self.wfile.write(body)

@@ -684,3 +684,45 @@ def test_every_command_quoted_in_a_message_parses():
             parser.parse_args(argv[argv.index("launch.py") + 1:])
         except SystemExit:
             pytest.fail(f"{where[:-1]} suggests a command that does not parse: {command}")
+
+
+def test_first_run_card_cancel_then_resume(tmp_path, monkeypatch):
+    """The card's handlers without a browser: Cancel during the download ends with
+    'Cancelled' and keeps what arrived; the next Download finishes the job."""
+    from types import SimpleNamespace
+
+    import torch
+    from safetensors.torch import save
+
+    import app.models_tab as mt
+    from pipelines.models import store as store_mod
+
+    data = save({"w": torch.zeros(1_000_000)})  # 4 MB over a slow link: still arriving when Cancel is pressed
+    with FakeHub() as hub:
+        url = hub.add_url_file("big.bin", data, chunk_delay=0.1)
+        real = load_catalog()
+        entries = [e.model_dump() for e in real if e.name != "sdxl-base"]
+        entries.append({**real.get("sdxl-base").model_dump(exclude={"files", "repo", "revision", "variant"}),
+                        "source": "url", "files": [{"path": "big.safetensors", "source": url, "size": len(data),
+                                                    "sha256": hashlib.sha256(data).hexdigest()}]})
+        cat = Catalog.model_validate({"model": entries})
+        monkeypatch.setattr(store_mod, "load_catalog", lambda *a, **k: cat)
+        settings = real_settings(tmp_path)
+        card = mt.FirstRunCard(settings)
+        with __import__("gradio").Blocks():
+            card.build()
+        request = SimpleNamespace(session_hash="s1")
+        updates = card.download("none", None, True, request)
+        part = ModelStore(settings).folder("sdxl-base") / "big.safetensors.part"
+        while not (part.is_file() and part.stat().st_size > 0):  # wait until bytes are arriving
+            assert "fr-total-bar" in next(updates)[card.progress]
+        assert card.cancel(request).startswith("Cancelling")
+        last = list(updates)[-1]
+        assert "Cancelled" in last[card.progress]
+        assert not ModelStore(settings).status("sdxl-base").ok
+        last = list(card.download("none", None, True, request))[-1]
+        assert "ready" in last[card.progress] and "Models ready" in last[card.done]
+        assert ModelStore(settings).status("sdxl-base").verified
+        resumed = hub.range_requests("big.bin")
+        part_bytes = sum(len(data) - int(r.range.split("=")[1].rstrip("-")) for r in resumed)
+        assert len([r for r in hub.requests if r.method == "GET"]) == 2 and part_bytes < len(data)  # resumed
