@@ -152,3 +152,24 @@ def test_cli_sets_only_the_fields_it_was_given(demo_settings):
     # other methods declare no recipe: their requests are unchanged
     faceid = GenerateRequest(prompt="p", photos=["me.png"])
     assert apply_method_defaults(faceid, get_method_class("faceid")) is faceid
+
+
+def test_a_recipe_written_before_a_field_existed_replays_with_its_default(engine, photos_dir, tmp_path):
+    """A W+ recipe from before `freeu` existed was made without FreeU: replaying it
+    must not switch FreeU on although it is W+'s default today."""
+    from PIL import Image
+
+    from pipelines.cli.generate import recipe_request
+    from pipelines.metadata import read_recipe, save_png
+
+    res = engine.generate(GenerateRequest(**dict(FAST, method="wplus", photos=[str(photos_dir / "astronaut.png")],
+                                                 steps=2, freeu=False)))
+    recipe = read_recipe(res.images[0].path)
+    assert recipe["request"]["freeu"] is False
+    old = dict(recipe, request={k: v for k, v in recipe["request"].items() if k != "freeu"})
+    png = res.images[0].path.parent / "old-recipe.png"
+    save_png(Image.open(res.images[0].path), png, parameters="x", recipe=old, demo=True)
+    data = recipe_request(png, engine.settings, need_identity=False)
+    assert data["freeu"] is False and data["vae"] == recipe["request"]["vae"]
+    # a current recipe keeps every value it recorded
+    assert recipe_request(res.images[0].path, engine.settings, need_identity=False)["sampler"] == "euler"

@@ -187,6 +187,11 @@ def recipe_request(png, settings, need_identity: bool = True) -> dict:
     if not isinstance(request, dict):
         raise damaged("'request' is missing or not an object")
     data = {k: v for k, v in request.items() if k not in RECIPE_LOCAL_ONLY}
+    # a field the recipe lacks is younger than the recipe: the image was made with
+    # that field's default, so replay with it (not with a method's recipe default)
+    for name, f in GenerateRequest.model_fields.items():
+        if name not in request and name not in RECIPE_LOCAL_ONLY and not f.is_required():
+            data[name] = f.get_default(call_default_factory=True)
     data["count"] = 1
     if isinstance(data.get("pose"), str) and ("/" in data["pose"] or "\\" in data["pose"]):
         data["pose"] = Path(data["pose"]).name  # never a path chosen by the file
