@@ -16,6 +16,10 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(BIN)/pip install -q -e .
+	@# a CUDA machine gets the GPU build of ONNX Runtime, so face analysis and the likeness
+	@# score run on the GPU (pipelines/faces/analysis.py picks CUDAExecutionProvider when present)
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  $(BIN)/pip uninstall -q -y onnxruntime && $(BIN)/pip install -q "onnxruntime-gpu>=1.18"; fi
 	touch $@
 
 $(TEST_STAMP): $(STAMP)

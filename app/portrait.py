@@ -16,7 +16,7 @@ from pipelines.identity import DEFAULT_METHOD, method_family, method_recognizer
 from pipelines.settings import Settings
 
 from .jobs import CancelRegistry, EngineHolder, run_job
-from .progress import StepClock, describe_step, format_seconds, latent_preview
+from .progress import StepClock, describe_step, format_seconds, step_preview
 from .requests_map import (
     NONE, RECIPE_KEYS, caption, likeness_text, lora_names, lora_rows, photo_paths, request_from_ui,
     speed_widget_values, switch_method, ui_from_fields,
@@ -182,7 +182,7 @@ class PortraitTab:
                     now = time.monotonic()
                     if info.get("latents") is not None and now - last_preview >= PREVIEW_EVERY:
                         last_preview = now
-                        yield {w.status: text, w.preview: latent_preview(info["latents"], family)}
+                        yield {w.status: text, w.preview: step_preview(info, family)}
                 elif ev.kind == "error":
                     if isinstance(ev.data, Cancelled):
                         yield {w.status: f"**Stopped**: {ev.data} Memory freed; images already written "

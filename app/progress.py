@@ -1,7 +1,10 @@
-"""Live progress for a running generation: a cheap latent -> RGB preview and a
-step clock that estimates the time left. No gradio here (testable alone).
+"""Live progress for a running generation: the step preview and a step clock
+that estimates the time left. No gradio here (testable alone).
 
-The preview multiplies each latent pixel's 4 channels by a fixed 4x3 matrix (a
+The preview is the real tiny autoencoder's decode (TAESDXL / TAESD, computed by
+the engine only when asked: `decode_preview` in the step info,
+pipelines/previews.py). Without that model on disk it falls back to the
+projection below, which multiplies each latent pixel's 4 channels by a fixed 4x3 matrix (a
 least-squares fit of the VAE decoder's average colour response, the approach
 ComfyUI and A1111 use for their "latent2rgb" previews) instead of running the
 VAE: microseconds per step, blurry but faithful in colour and layout."""
@@ -67,6 +70,20 @@ def latent_preview(latents, family: str = "sdxl", side: int = PREVIEW_SIDE):
     from PIL import Image
 
     img = Image.fromarray(latents_to_rgb(latents, family))
+    w, h = img.size
+    k = side / max(w, h)
+    return img.resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BILINEAR)
+
+
+def step_preview(info: dict, family: str = "sdxl", side: int = PREVIEW_SIDE):
+    """The preview of one step's info: the TAESD decode when the engine offers one,
+    else the latent projection; scaled so its longer side is `side` pixels."""
+    from PIL import Image
+
+    decode = info.get("decode_preview")
+    img = decode() if callable(decode) else None
+    if img is None:
+        return latent_preview(info["latents"], family, side)
     w, h = img.size
     k = side / max(w, h)
     return img.resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BILINEAR)

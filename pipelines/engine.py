@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import BadInput, Cancelled, ModelError
+from .errors import BadInput, ModelError
 from .identity import get_method_class, method_family
 from .memory import free_memory
 from .models.bases import DEFAULT_BASE, base_family, dtype_kwargs, load_base_pipeline
@@ -69,6 +69,12 @@ class Engine:
         self._identities: dict[str, Any] = {}
         self._cn_pipes: dict[tuple, Any] = {}
         self.load_count = 0  # how many times a base pipeline was loaded (tests/bench)
+        # GPU path (pipelines/vram.py, pipelines/imageloop.py, pipelines/previews.py)
+        self.placement = None  # the offload/VAE-tiling choice of the resident pipeline
+        self._offload_override: str | None = None  # "model" after an out-of-memory retry
+        self.batch_images = "auto"  # -n as one batched call: auto | on | off
+        self.last_batched = False
+        self._previews = None
 
     # ----------------------------------------------------------------- models
     def base_family(self, base_name: str) -> str:
@@ -108,15 +114,22 @@ class Engine:
         return pipe
 
     def _place(self, pipe) -> None:
+        from .vram import Placement, choose_placement
+
         s = self.settings
         on_accel = self.device in ("cuda", "mps")
-        if s.offload == "model" and on_accel:
+        family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd15"
+        placement = choose_placement(s, self.device, family)  # from the free VRAM now, unless set
+        if self._offload_override is not None:
+            placement = Placement(self._offload_override, True, placement.free_gb, "retry after out of memory")
+        self.placement = placement
+        if placement.offload == "model" and on_accel:
             pipe.enable_model_cpu_offload(device=self.device)
-        elif s.offload == "sequential" and on_accel:
+        elif placement.offload == "sequential" and on_accel:
             pipe.enable_sequential_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
-        if s.vae_tiling:
+        if placement.vae_tiling:
             pipe.vae.enable_tiling()
         if s.attention == "xformers" and self.device == "cuda":
             try:
@@ -243,9 +256,36 @@ class Engine:
 
     def generate(self, req: GenerateRequest, on_step: StepCallback | None = None,
                  cancel: threading.Event | None = None) -> GenerateResult:
-        import torch
+        """Generate `req.count` images. An out-of-memory error on the GPU is retried
+        once with the base reloaded under model offload; a second one (or one on
+        another device) is a one-line `ModelError` naming the setting that helps."""
+        from .memory import is_oom
+        from .vram import oom_message
 
-        from .outputs import build_recipe, write_image
+        try:
+            return self._generate(req, on_step, cancel)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            first = exc
+        free_memory()
+        if self.device != "cuda" or self._offload_override is not None or (
+                self.placement is not None and self.placement.offload != "none"):
+            raise ModelError(oom_message(first)) from first
+        with self._lock:
+            self._offload_override = "model"
+            self.release_base()  # reloaded with model offload by the retry
+        try:
+            return self._generate(req, on_step, cancel)
+        except Exception as exc:
+            if is_oom(exc):
+                free_memory()
+                raise ModelError(oom_message(exc)) from exc
+            raise
+
+    def _generate(self, req: GenerateRequest, on_step: StepCallback | None = None,
+                  cancel: threading.Event | None = None) -> GenerateResult:
+        import torch
 
         t0 = time.perf_counter()
         with self._lock:
@@ -280,6 +320,9 @@ class Engine:
             seed0 = req.seed if req.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
             cond = method.conditioning(pipe, identity, req, width, height) if method else Conditioning()
             self._apply_loras(pipe, req, cond)
+            from .prompts import prompt_conditioning
+
+            prompt_conditioning(pipe, req, cond)  # (word:1.2) weighting and long prompts, when used
             units = list(cond.controlnets)
             pose_unit = self._pose_unit(req, family, width, height)
             if pose_unit is not None:
@@ -293,18 +336,13 @@ class Engine:
             run = self._controlnet_pipe(pipe, units) if units else pipe
             run.scheduler = make_scheduler(req.sampler, self._base_scheduler_config)
             set_freeu(run, req, cond)
-            images: list[GeneratedImage] = []
-            for i in range(req.count):
-                seed = (seed0 + i) % 2**32
-                kwargs = self._call_kwargs(req, cond, units, width, height, seed, on_step, cancel, i)
-                out = run(**kwargs)
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled(f"cancelled after {len(images)} of {req.count} images.")
-                image = out.images[0]
-                recipe = build_recipe(self, req, cond, identity, seed, width, height)
-                image = self._postprocess(image, req, identity, recipe)
-                path = write_image(self.settings, req, image, recipe, index=len(images))
-                images.append(GeneratedImage(path=path, seed=seed, image=image, recipe=recipe))
+            from .imageloop import run_images
+
+            self._preview_family = family
+            # denoise (one call per image, or one batched call), restore, and score/write on a
+            # worker thread so image k's likeness score overlaps image k+1's denoising
+            images = run_images(self, run, pipe, method, req, cond, units, identity, width, height, seed0,
+                                on_step, cancel)
             images = self._keep_best(images, req)
             excluded = [{"file": f, "reason": r} for f, r in (identity.excluded if identity else [])]
             return GenerateResult(images=images, identity=identity, excluded=excluded,
@@ -316,15 +354,18 @@ class Engine:
         alongside any adapter LoRA of the identity method; add trigger words."""
         # a speed mode's distilled LoRA is one more named adapter in the same bookkeeping
         # (never disable_lora/enable_lora, which would switch FaceID's attention LoRA off too)
+        from .prompts import merged_loras
+
         speed = speed_lora(self.store, req.speed)
-        if not req.loras and speed is None and not getattr(pipe, "likeness_lora_weights", None):
+        loras = merged_loras(req.prompt, req.loras)  # --lora plus the prompt's <lora:name:weight> tags
+        if not loras and speed is None and not getattr(pipe, "likeness_lora_weights", None):
             return
         from .lora.manager import LoraManager
 
         if getattr(self, "_loras", None) is None:
             self._loras = LoraManager(self.settings, self.store)
         store_loras = {speed[1]: (speed[0], 1.0)} if speed is not None else {}
-        applied = self._loras.apply(pipe, req.loras, store_loras)
+        applied = self._loras.apply(pipe, loras, store_loras)
         if speed is not None:
             cond.recipe["speed"] = speed_recipe(self.store, req.speed)
         if self._method is not None and hasattr(self._method, "refresh_adapters"):
@@ -335,6 +376,18 @@ class Engine:
         if applied.weights:
             cond.recipe["loras"] = [{"name": n, "weight": w, "sha256": applied.hashes.get(n)}
                                     for n, w in applied.weights.items()]
+
+    def _preview_decoder(self, latents):
+        """A callable giving this step's preview (PIL, TAESD/TAESDXL) or None when the
+        tiny autoencoder is not on disk; it decodes only when a front door calls it."""
+        if latents is None:
+            return None
+        from .previews import PreviewDecoder
+
+        if self._previews is None:
+            self._previews = PreviewDecoder(self.store, self.settings, self.device, self.dtype)
+        frozen, family, decoder = latents.detach().clone(), getattr(self, "_preview_family", "sdxl"), self._previews
+        return lambda: decoder.decode(frozen, family)
 
     def _pose_unit(self, req, family: str, width: int, height: int):
         if not req.pose:
@@ -353,6 +406,15 @@ class Engine:
 
     def _postprocess(self, image, req, identity, recipe: dict):
         """Face restore, then the likeness score (both recorded in the recipe)."""
+        image = self._restore(image, req, recipe)
+        if identity is not None:
+            from .scoring import score_image
+
+            recipe["likeness"] = score_image(self, image, identity, req.method)
+        return image
+
+    def _restore(self, image, req, recipe: dict):
+        """Face restore (recorded in the recipe); the image unchanged with restore none."""
         if req.restore != "none":
             from .restore.stage import restore_output
 
@@ -360,10 +422,6 @@ class Engine:
             recipe["restore"] = {"model": req.restore, "strength": req.restore_strength,
                                  "fidelity": req.codeformer_fidelity if req.restore == "codeformer" else None,
                                  "faces": report}
-        if identity is not None:
-            from .scoring import score_image
-
-            recipe["likeness"] = score_image(self, image, identity, req.method)
         return image
 
     def _keep_best(self, images: list[GeneratedImage], req) -> list[GeneratedImage]:
@@ -376,8 +434,10 @@ class Engine:
     def _call_kwargs(self, req, cond: Conditioning, units, width, height, seed, on_step, cancel, index):
         import torch
 
+        from .prompts import pipeline_prompt
+
         kwargs: dict[str, Any] = dict(
-            prompt=(req.prompt + cond.prompt_suffix),
+            prompt=pipeline_prompt(req, cond),
             negative_prompt=req.negative or None,
             num_inference_steps=req.steps,
             guidance_scale=req.cfg,
@@ -391,6 +451,9 @@ class Engine:
         if cond.prompt_embeds is not None:  # the method's conditioning is the whole prompt
             del kwargs["prompt"]
             kwargs.update(prompt_embeds=cond.prompt_embeds, negative_prompt=None)
+        elif "prompt_embeds" in kwargs:  # a weighted or long prompt, encoded by pipelines/prompts.py
+            kwargs.pop("prompt")
+            kwargs.pop("negative_prompt")
         if cond.cross_attention_kwargs:
             kwargs["cross_attention_kwargs"] = dict(cond.cross_attention_kwargs)
         if units:
@@ -411,7 +474,9 @@ class Engine:
             for cb in chain:
                 cb_kwargs = cb(pipe, step, timestep, cb_kwargs)
             if on_step is not None:
-                on_step({"image_index": index, "step": step + 1, "steps": steps, "latents": cb_kwargs.get("latents")})
+                latents = cb_kwargs.get("latents")
+                on_step({"image_index": index, "step": step + 1, "steps": steps, "latents": latents,
+                         "decode_preview": self._preview_decoder(latents)})
             if cancel is not None and cancel.is_set():
                 pipe._interrupt = True
             return cb_kwargs

@@ -75,6 +75,26 @@ def score_image(engine, image, identity, method: str) -> dict:
     """The likeness of one output. Uses the independent recogniser when it is
     downloaded; otherwise the method's own one, flagged `independent: False`
     (a missing scoring model never stops a generation)."""
+    return prepare_scorer(engine, identity, method)(image)
+
+
+class _OneAnalyzer:
+    """Stands in for the engine in `score_array`: the analyzer fetched on the
+    caller's thread, so a worker thread never waits for the engine's lock (which
+    the generating thread holds)."""
+
+    def __init__(self, analyzer):
+        self._analyzer = analyzer
+
+    def analyzer(self, pack):
+        return self._analyzer
+
+
+def prepare_scorer(engine, identity, method: str):
+    """`score(image) -> dict`, with the recogniser and the reference embeddings
+    loaded now, on the caller's thread. The function only runs ONNX Runtime
+    sessions (safe to call from another thread), so the engine scores image k on
+    a worker thread while image k+1 denoises."""
     from .identity import method_recognizer
 
     pack = scorer_pack(method)
@@ -82,13 +102,21 @@ def score_image(engine, image, identity, method: str) -> dict:
     if not _available(engine, pack):
         own = method_recognizer(method)
         if own is None or not _available(engine, own):
-            return {"recognizer": None, "face_found": None, "mean": None, "max": None,
+            note = {"recognizer": None, "face_found": None, "mean": None, "max": None,
                     "note": f"no face recogniser downloaded for scoring ({pack})"}
+            return lambda image: dict(note)
         pack, independent = own, False
-    rgb = np.asarray(image.convert("RGB"))
-    result = score_array(engine, rgb, reference_embeddings(engine, identity, pack), pack)
-    result["independent"] = independent
-    return result
+    refs = reference_embeddings(engine, identity, pack)
+    get = getattr(engine, "analyzer", None)
+    view = _OneAnalyzer(get(pack)) if callable(get) else engine
+
+    def score(image) -> dict:
+        rgb = np.asarray(image.convert("RGB"))
+        result = score_array(view, rgb, refs, pack)
+        result["independent"] = independent
+        return result
+
+    return score
 
 
 def sort_key(recipe: dict) -> float:

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     outputs_dir: Path = Field(default_factory=lambda: _default_home() / "outputs")
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    offload: Literal["none", "model", "sequential"] = "none"
+    # auto: chosen from the free VRAM when the base loads (pipelines/vram.py); vae_tiling
+    # True forces tiling on, False leaves it to that choice
+    offload: Literal["auto", "none", "model", "sequential"] = "auto"
     vae_tiling: bool = False
     attention: Literal["sdpa", "xformers"] = "sdpa"
     compile: bool = False

@@ -251,3 +251,171 @@ def test_ui_performance_choice_maps_to_the_request():
     assert (req.speed, req.steps, req.sampler, req.cfg) == ("turbo", 4, "euler_trailing", 1.0)
     assert speed_widget_values("quality") == {"sampler": "dpmpp_2m_karras", "steps": 30, "cfg": 5.0}
     assert ui_from_fields({"speed": "fast"}, demo=True)["speed"] == "fast"  # recipe reuse sets the radio
+
+
+def test_every_sdxl_feature_runs_in_turbo_and_fast(engine, photos_dir, settings):
+    """InstantID + pose, restore, and a user LoRA in the few-step modes."""
+    from pipelines.tiny.speed_loras import tiny_speed_lora
+    from safetensors.torch import save_file
+
+    photo = str(photos_dir / "astronaut.png")
+    img, recipe = generate(engine, method="instantid", photos=[photo], speed="turbo", pose="front-headshot")
+    assert recipe["steps"] == 4 and recipe["method_details"]["pose"]["pose"] == "front-headshot"
+    assert recipe["method_details"]["speed"]["mode"] == "turbo"
+    img, recipe = generate(engine, method="faceid", photos=[photo], speed="fast", restore="gfpgan")
+    assert recipe["restore"]["model"] == "gfpgan" and recipe["likeness"]["recognizer"]
+    settings.loras_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tiny_speed_lora(7), str(settings.loras_dir / "style.safetensors"))
+    with_lora, recipe = generate(engine, speed="turbo", loras=[{"name": "style", "weight": 0.7}])
+    assert recipe["method_details"]["loras"][0]["name"] == "style"
+    plain, _ = generate(engine, speed="turbo")
+    assert (with_lora != plain).any()
+
+
+def test_turbo_image_replays_exactly_from_its_recipe(engine, settings):
+    from pipelines.cli.generate import recipe_request
+    from pipelines.requests import GenerateRequest
+
+    res = engine.generate(GenerateRequest(prompt="a portrait", method="none", speed="turbo", count=2, **FAST))
+    second = res.images[1]
+    data = recipe_request(second.path, settings)
+    assert data["speed"] == "turbo" and data["seed"] == second.seed
+    again = engine.generate(GenerateRequest(**data))
+    assert (np.asarray(again.images[0].image) == np.asarray(second.image)).all()
+
+
+# ---------------------------------------------------------------- GPU path
+@pytest.mark.parametrize("method", ["none", "faceid"])
+def test_batched_n_keeps_each_images_seed(engine, photos_dir, method):
+    """-n as one pipeline call with one generator per image: image k equals its
+    seed alone (up to batched-kernel rounding)."""
+    from pipelines.requests import GenerateRequest
+
+    extra = {"photos": [str(photos_dir / "astronaut.png")]} if method == "faceid" else {}
+    req = GenerateRequest(prompt="a portrait", method=method, count=3, steps=3, cfg=5.0, sampler="euler_a",
+                          **extra, **FAST)
+    engine.batch_images = "on"
+    try:
+        batched = engine.generate(req)
+        assert engine.last_batched
+    finally:
+        engine.batch_images = "auto"
+    assert [g.seed for g in batched.images] == [3, 4, 5]
+    for g in batched.images:
+        alone = engine.generate(req.model_copy(update={"count": 1, "seed": g.seed}))
+        assert not engine.last_batched  # auto on a CPU: one call per image
+        a = np.asarray(alone.images[0].image).astype(np.int16)
+        b = np.asarray(g.image).astype(np.int16)
+        assert np.abs(a - b).max() <= 2, g.seed
+    # the images differ from each other: each had its own generator
+    assert (np.asarray(batched.images[0].image) != np.asarray(batched.images[1].image)).any()
+
+
+def test_likeness_score_of_image_k_does_not_hold_up_image_k_plus_1(engine, photos_dir, monkeypatch):
+    """The score runs on a worker thread: image 1 starts denoising while image 0's
+    (deliberately slow) score is still running. Ordering, not timing, is asserted."""
+    import threading
+    import time
+
+    from pipelines import scoring
+    from pipelines.requests import GenerateRequest
+
+    events, real = [], scoring.prepare_scorer
+
+    def slow_prepare(engine_, identity, method):
+        score = real(engine_, identity, method)
+
+        def slow(image):
+            events.append(("score-start", threading.current_thread().name))
+            time.sleep(1.5)
+            result = score(image)
+            events.append(("score-end", threading.current_thread().name))
+            return result
+
+        return slow
+
+    monkeypatch.setattr(scoring, "prepare_scorer", slow_prepare)
+
+    def on_step(info):
+        if info["step"] == 1:
+            events.append((f"denoise-{info['image_index']}", threading.current_thread().name))
+
+    res = engine.generate(GenerateRequest(prompt="a portrait", method="faceid", count=2, steps=2,
+                                          photos=[str(photos_dir / "astronaut.png")], **FAST), on_step=on_step)
+    names = [e[0] for e in events]
+    assert names.index("denoise-1") < names.index("score-end")  # image 1 began before score 0 ended
+    assert all(r.recipe["likeness"]["recognizer"] for r in res.images)
+    score_threads = {t for n, t in events if n.startswith("score")}
+    assert score_threads and all(t.startswith("likeness-score") for t in score_threads)
+
+
+def test_vram_policy_tiers_and_user_setting():
+    from types import SimpleNamespace
+
+    from pipelines.vram import choose_placement
+
+    auto = SimpleNamespace(offload="auto", vae_tiling=False)
+    assert choose_placement(auto, "cuda", "sdxl", free_gb=70).offload == "none"
+    p = choose_placement(auto, "cuda", "sdxl", free_gb=11)
+    assert (p.offload, p.vae_tiling) == ("none", True)
+    p = choose_placement(auto, "cuda", "sdxl", free_gb=8)  # an 8-12 GB card
+    assert (p.offload, p.vae_tiling) == ("model", True)
+    assert choose_placement(auto, "cuda", "sdxl", free_gb=3).offload == "sequential"
+    assert choose_placement(auto, "cuda", "sd15", free_gb=8).offload == "none"
+    assert choose_placement(auto, "cpu", "sdxl").offload == "none"
+    user = SimpleNamespace(offload="sequential", vae_tiling=True)
+    p = choose_placement(user, "cuda", "sdxl", free_gb=70)
+    assert (p.offload, p.vae_tiling) == ("sequential", True)
+
+
+def test_out_of_memory_is_retried_once_with_model_offload_then_one_line(settings, monkeypatch):
+    from pipelines.engine import Engine
+    from pipelines.errors import ModelError
+    from pipelines.requests import GenerateRequest
+
+    eng = Engine(settings)
+    calls = []
+
+    def oom_once(req, on_step=None, cancel=None):
+        calls.append(eng._offload_override)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return "ok"
+
+    monkeypatch.setattr(eng, "_generate", oom_once)
+    eng.device = "cuda"  # the retry path; nothing touches a GPU here
+    assert eng.generate(GenerateRequest(prompt="x", method="none")) == "ok"
+    assert calls == [None, "model"]
+
+    def oom_always(req, on_step=None, cancel=None):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(eng, "_generate", oom_always)
+    with pytest.raises(ModelError, match=r"^out of GPU memory even with model offload .*LIKENESS_OFFLOAD=model"):
+        eng.generate(GenerateRequest(prompt="x", method="none"))
+    cpu = Engine(settings)
+    monkeypatch.setattr(cpu, "_generate", oom_always)
+    with pytest.raises(ModelError, match="LIKENESS_OFFLOAD=model"):
+        cpu.generate(GenerateRequest(prompt="x", method="none"))
+
+
+def test_live_preview_is_the_taesd_decode(engine):
+    from app.progress import step_preview
+    from pipelines.requests import GenerateRequest
+
+    infos = []
+    engine.generate(GenerateRequest(prompt="a portrait", method="none", steps=2, **FAST), on_step=infos.append)
+    decode = infos[-1]["decode_preview"]
+    img = decode()
+    assert img.size == (64, 64)  # TAESDXL: 8x upsampling of the 8x8 latent
+    # it is AutoencoderTiny's decode of that step's latents
+    import torch
+
+    model = engine._previews.model("sdxl")
+    with torch.inference_mode():
+        ref = model.decode(infos[-1]["latents"][:1].float()).sample[0].clamp(-1, 1)
+    ref = ((ref.permute(1, 2, 0).numpy() + 1) * 127.5 + 0.5).astype(np.uint8)
+    assert (np.asarray(img) == ref).all()
+    assert step_preview(infos[-1], "sdxl", side=128).size == (128, 128)
+    fallback = step_preview({"latents": infos[-1]["latents"], "decode_preview": lambda: None}, "sdxl", side=128)
+    assert fallback.size == (128, 128)

@@ -54,7 +54,8 @@ GLOBAL_FLAGS: tuple[tuple[tuple[str, ...], dict], ...] = (
     (("--outputs-dir",), dict(help="output folder (LIKENESS_OUTPUTS_DIR)")),
     (("--device",), dict(help="auto, cuda, mps or cpu (LIKENESS_DEVICE)")),
     (("--dtype",), dict(help="auto, float16, bfloat16 or float32 (LIKENESS_DTYPE)")),
-    (("--offload",), dict(help="none, model or sequential (LIKENESS_OFFLOAD)")),
+    (("--offload",), dict(help="auto (from the free VRAM, the default), none, model or sequential "
+                                "(LIKENESS_OFFLOAD)")),
     (("--accept-license",), dict(action="store_true", help="accept research-only / non-commercial model licences")),
 )
 

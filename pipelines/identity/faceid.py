@@ -49,6 +49,7 @@ class FaceIDPlusV2(IdentityMethod):
     required_models = (MODEL, ENCODER)
     recognizer = "buffalo_l"
     default_scale = 0.8
+    supports_batch = True  # -n as one call: see prepare_batch
 
     def __init__(self, store, device, dtype):
         super().__init__(store, device, dtype)
@@ -85,6 +86,19 @@ class FaceIDPlusV2(IdentityMethod):
             size = self._encoder.config.image_size
             self._processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         return self._encoder
+
+    def prepare_batch(self, pipe, n: int) -> None:
+        """Before a call making `n` images: diffusers repeats the ID embeddings per
+        image ([uncond] * n + [cond] * n) but not the CLIP features the projection
+        holds, so they are repeated here the same way (n = 1 puts them back)."""
+        clip = getattr(self, "_clip", None)
+        if clip is None:
+            return
+        proj = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+        if clip.shape[0] == 2:  # [uncond, cond]
+            proj.clip_embeds = clip.repeat_interleave(n, dim=0)
+        else:
+            proj.clip_embeds = clip.repeat(n, *([1] * (clip.ndim - 1)))
 
     def set_lora_weight(self, pipe, weight: float) -> None:
         """Weight of the FaceID attention LoRA; other active LoRAs (user LoRAs set by
@@ -145,6 +159,7 @@ class FaceIDPlusV2(IdentityMethod):
             embeds = id_pos
             clip = cond_clip.unsqueeze(1)
         proj.clip_embeds = clip.to(self.device, self.dtype)
+        self._clip = proj.clip_embeds
         proj.shortcut = bool(request.shortcut)
         proj.shortcut_scale = float(request.s_scale)
         return Conditioning(
