@@ -69,6 +69,7 @@ class Engine:
         self._identities: dict[str, Any] = {}
         self._cn_pipes: dict[tuple, Any] = {}
         self.load_count = 0  # how many times a base pipeline was loaded (tests/bench)
+        self._finishing = None  # the current request's finishing steps (pipelines/finishing.py)
         # GPU path (pipelines/vram.py, pipelines/imageloop.py, pipelines/previews.py)
         self.placement = None  # the offload/VAE-tiling choice of the resident pipeline
         self._offload_override: str | None = None  # "model" after an out-of-memory retry
@@ -336,6 +337,10 @@ class Engine:
             run = self._controlnet_pipe(pipe, units) if units else pipe
             run.scheduler = make_scheduler(req.sampler, self._base_scheduler_config)
             set_freeu(run, req, cond)
+            from .finishing import FinishingSteps
+
+            self._finishing = FinishingSteps.for_request(self, req, run, pipe, method, cond, units, identity,
+                                                         width, height, cancel)
             from .imageloop import run_images
 
             self._preview_family = family
@@ -415,6 +420,9 @@ class Engine:
 
     def _restore(self, image, req, recipe: dict):
         """Face restore (recorded in the recipe); the image unchanged with restore none."""
+        finishing = self._finishing
+        if finishing is not None:  # face-detail pass (before restore and the likeness score)
+            image = finishing.before_restore(image, req, recipe)
         if req.restore != "none":
             from .restore.stage import restore_output
 
@@ -422,6 +430,8 @@ class Engine:
             recipe["restore"] = {"model": req.restore, "strength": req.restore_strength,
                                  "fidelity": req.codeformer_fidelity if req.restore == "codeformer" else None,
                                  "faces": report}
+        if finishing is not None:  # upscale and hires pass
+            image = finishing.after_restore(image, req, recipe)
         return image
 
     def _keep_best(self, images: list[GeneratedImage], req) -> list[GeneratedImage]:

@@ -82,6 +82,15 @@ class GenerateRequest(BaseModel):
     restore: Literal["none", "gfpgan", "codeformer"] = "none"
     restore_strength: float = Field(default=0.7, ge=0.0, le=1.0)
     codeformer_fidelity: float = Field(default=0.5, ge=0.0, le=1.0)
+    # finishing steps, in this order (pipelines/finishing.py): face-detail pass, restore,
+    # upscale (+ hires pass); all recorded in the recipe's request, so a replay repeats them
+    face_detail: bool = False
+    face_detail_strength: float = Field(default=0.4, ge=0.05, le=1.0)  # ADetailer's default denoise
+    face_detail_keep_better: bool = False  # keep the pre-pass image when its likeness is higher
+    upscale: float = 1.0  # 1 (off), 1.5, 2 or 4 (pipelines/upscale.py UPSCALE_FACTORS)
+    upscaler: Literal["realesrgan-x4plus", "4x-ultrasharp"] = "realesrgan-x4plus"
+    hires: bool = False  # img2img over the upscaled image, same conditioning and seed
+    hires_strength: float = Field(default=0.3, ge=0.05, le=0.8)
     keep: int | None = Field(default=None, ge=1, le=64)  # best-of-N: keep the most alike
     rejects: bool = False  # best-of-N: move the others into rejects/ instead of deleting them
     edits: list[str] = Field(default_factory=list, max_length=16)  # W+ attribute edits, "age=+2"
@@ -111,6 +120,13 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"unknown sampler {v!r}; choose one of: {', '.join(SAMPLERS)}")
         return key
 
+    @field_validator("upscale")
+    @classmethod
+    def _upscale(cls, v: float) -> float:
+        if v not in (1.0, 1.5, 2.0, 4.0):
+            raise ValueError(f"upscale {v:g} is not offered; choose 1 (off), 1.5, 2 or 4")
+        return float(v)
+
     @model_validator(mode="after")
     def _check(self):
         for f in ("width", "height"):
@@ -132,6 +148,8 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"keep {self.keep} is more than count {self.count}")
         if self.edits and self.method != "wplus":
             raise ValueError("edits need method 'wplus'")
+        if self.hires and self.upscale == 1:
+            raise ValueError("hires needs upscale 1.5, 2 or 4")
         return self
 
 

@@ -54,6 +54,17 @@ def register(sub) -> None:
     p.add_argument("--restore", choices=["none", "gfpgan", "codeformer"], help="face restoration")
     p.add_argument("--restore-strength", type=float, help="blend of the restored face, 0-1")
     p.add_argument("--codeformer-fidelity", type=float, help="CodeFormer fidelity weight w, 0-1")
+    p.add_argument("--face-detail", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-generate each face at a higher resolution and paste it back (before restore)")
+    p.add_argument("--face-detail-strength", type=float, metavar="D", help="face-detail denoise, 0.05-1 (0.4)")
+    p.add_argument("--face-detail-keep-better", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the image before the face-detail pass when its likeness score is higher")
+    p.add_argument("--upscale", type=float, metavar="X", help="upscale the output by 1.5, 2 or 4")
+    p.add_argument("--upscaler", choices=["realesrgan-x4plus", "4x-ultrasharp"],
+                   help="upscaler model (4x-ultrasharp is non-commercial: --accept-license)")
+    p.add_argument("--hires", action=argparse.BooleanOptionalAction, default=None,
+                   help="img2img pass over the upscaled image (same identity conditioning and seed)")
+    p.add_argument("--hires-strength", type=float, metavar="S", help="hires pass denoise, 0.05-0.8 (0.3)")
     p.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
                    help="W+ attribute edit, e.g. age=+2 or lipstick=+1 (repeatable; method wplus; "
                         "`launch.py wplus edits` lists all)")
@@ -82,6 +93,9 @@ _FIELDS = {
     "base_model": "base_model", "pose": "pose", "pose_scale": "pose_scale", "restore": "restore",
     "restore_strength": "restore_strength", "codeformer_fidelity": "codeformer_fidelity",
     "vae": "vae", "freeu": "freeu",
+    "face_detail": "face_detail", "face_detail_strength": "face_detail_strength",
+    "face_detail_keep_better": "face_detail_keep_better", "upscale": "upscale", "upscaler": "upscaler",
+    "hires": "hires", "hires_strength": "hires_strength",
 }
 
 

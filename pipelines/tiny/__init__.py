@@ -32,6 +32,7 @@ _MODULES = (
     "pipelines.tiny.insightface_pack",
     "pipelines.tiny.controlnet",
     "pipelines.tiny.restore",
+    "pipelines.tiny.upscaler",
     "pipelines.tiny.annotator",
     "pipelines.tiny.sd15",
     "pipelines.tiny.wplus",

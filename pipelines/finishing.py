@@ -1,0 +1,76 @@
+"""The finishing steps of one generated image, after denoising:
+
+1. face-detail pass (`face_detail`, pipelines/detail.py): each face re-generated
+   at a higher resolution and pasted back; before face restore and the likeness
+   score, as ADetailer runs before the final image is saved;
+2. face restore (the engine's restore stage);
+3. upscale (`upscale`, pipelines/upscale.py), then the optional hires pass.
+
+`FinishingSteps` holds what the steps re-use from the generation (the running
+pipeline, the identity conditioning, the ControlNet units, the identity); the
+engine makes one per `generate` call. Each step writes what it did into the
+image's recipe, and every setting is a request field, so the recipe's request
+replays the same steps with the same seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class FinishingSteps:
+    engine: Any
+    run: Any  # the pipeline that denoised (base, or a ControlNet view over it)
+    pipe: Any  # the resident base pipeline
+    method: Any  # the loaded IdentityMethod, or None
+    cond: Any  # its Conditioning for this request
+    units: list
+    identity: Any
+    width: int
+    height: int
+    cancel: Any = None
+
+    @classmethod
+    def for_request(cls, engine, req, run, pipe, method, cond, units, identity, width: int, height: int,
+                    cancel=None) -> "FinishingSteps | None":
+        """The steps of `req`, or None when it asks for none. Sizes are checked here,
+        before any denoising (an upscale over the pixel cap is a BadInput)."""
+        if not (req.face_detail or req.upscale != 1):
+            return None
+        if req.upscale != 1:
+            from .upscale import check_upscale
+
+            check_upscale(width, height, req.upscale, engine.settings.max_image_pixels)
+        return cls(engine, run, pipe, method, cond, units, identity, width, height, cancel)
+
+    def before_restore(self, image, req, recipe: dict):
+        if not req.face_detail:
+            return image
+        from .detail import face_detail_pass
+
+        return face_detail_pass(self, image, req, recipe)
+
+    def after_restore(self, image, req, recipe: dict):
+        if req.upscale == 1:
+            return image
+        from .upscale import get_upscaler, hires_pass
+
+        w0, h0 = image.size
+        image = get_upscaler(self.engine, req.upscaler).upscale(image, req.upscale)
+        entry = {"upscaler": req.upscaler, "factor": req.upscale, "from": [w0, h0], "to": list(image.size),
+                 "model_sha256": _model_sha(self.engine, req.upscaler)}
+        if req.hires:
+            image = hires_pass(self.engine, self, image, req, int(recipe["seed"]))
+            entry["hires"] = {"strength": req.hires_strength, "seed": int(recipe["seed"]),
+                              "steps_run": int(req.steps * req.hires_strength)}
+        recipe["upscale"] = entry
+        return image
+
+
+def _model_sha(engine, name: str) -> str | None:
+    from .outputs import model_hash
+    from .upscale import upscaler_spec
+
+    return model_hash(engine.store, upscaler_spec(name).model)
