@@ -130,6 +130,21 @@ def a1111_parameters(
     return f"{text}\n{line}"
 
 
+def lora_hashes(loras: Any) -> str | None:
+    """The infotext's `Lora hashes` value, `name: hash, name: hash`, as A1111's
+    built-in Lora extension writes it (extensions-builtin/Lora/networks.py: the
+    network's alias with ':' and ',' removed, and its `shorthash`, the first 12
+    hex digits of the file's SHA-256), which Civitai reads to link the LoRAs.
+    `loras` is the recipe's list of {"name", "weight", "sha256"}; None if empty."""
+    items = []
+    for lo in loras or []:
+        if not isinstance(lo, Mapping) or not lo.get("sha256"):
+            continue
+        alias = str(lo.get("name", "")).rsplit("/", 1)[-1].replace(":", "").replace(",", "")
+        items.append(f"{alias}: {str(lo['sha256'])[:12]}")
+    return ", ".join(items) or None
+
+
 # --------------------------------------------------------------------------- XMP
 
 

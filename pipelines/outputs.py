@@ -257,7 +257,7 @@ def output_path(settings, req, seed: int, index: int) -> Path:
 
 
 def write_image(settings, req, image, recipe: dict, index: int) -> Path:
-    from .metadata import a1111_parameters, save_png
+    from .metadata import a1111_parameters, lora_hashes, save_png
 
     m = recipe["models"]
     base_hash = (m.get(req.base_model) or "")[:10] or None
@@ -266,7 +266,8 @@ def write_image(settings, req, image, recipe: dict, index: int) -> Path:
         sampler=SAMPLER_TITLES.get(recipe["sampler"], recipe["sampler"]), cfg=recipe["cfg"],
         seed=recipe["seed"], width=recipe["width"], height=recipe["height"],
         model_name=req.base_model, model_hash=base_hash,
-        extra={"Likeness method": recipe["method"], **{f"Likeness {k}": v for k, v in recipe["method_details"].items()}},
+        extra={"Lora hashes": lora_hashes(recipe["method_details"].get("loras")),
+               "Likeness method": recipe["method"], **{f"Likeness {k}": v for k, v in recipe["method_details"].items()}},
     )
     path = output_path(settings, req, recipe["seed"], index)
     save_png(image, path, parameters=params, recipe=recipe, demo=settings.demo)

@@ -1,8 +1,9 @@
 """User LoRAs on the resident pipeline: find, check, load once, activate.
 
 Invariants:
-- Only `<loras_dir>/<name>.safetensors` is ever read; a pickle of that name
-  (.ckpt/.pt/.bin/.pth) is refused, names are single path components.
+- Only `<loras_dir>/<name>.safetensors` (or `<loras_dir>/<folder>/<name>.safetensors`,
+  a few levels deep, resolved inside loras/) is ever read; a pickle of that name
+  (.ckpt/.pt/.bin/.pth) is refused; every part of a name is a single safe path component.
 - A LoRA is checked against the pipeline (every key maps to an existing module
   of the right shape) before `load_lora_weights` touches it, so an incompatible
   file (SD1.5 on SDXL, unknown keys, wrong shapes) leaves the pipeline as it was.
@@ -74,14 +75,47 @@ def normalize_name(name: str, field: str = "LoRA name") -> str:
     return check_name(name, field)
 
 
+MAX_LORA_DEPTH = 4  # folders below loras/ searched for LoRAs
+
+
+def normalize_ref(name: str, field: str = "LoRA name") -> str:
+    """A reference to a LoRA: `NAME` or `FOLDER/NAME` (a file in a subfolder of
+    loras/, as A1111 and ComfyUI keep them), each part a safe path component."""
+    if isinstance(name, str) and "/" in name.strip("/"):
+        parts = name.strip("/").split("/")
+        if len(parts) > MAX_LORA_DEPTH + 1:
+            raise BadInput(f"{field} {name!r} is nested more than {MAX_LORA_DEPTH} folders deep.")
+        return "/".join([check_name(x, field) for x in parts[:-1]] + [normalize_name(parts[-1], field)])
+    return normalize_name(name, field)
+
+
+def _in_subfolders(root: Path, name: str) -> list[Path]:
+    """`<root>/**/<name>.safetensors` (not hidden, at most MAX_LORA_DEPTH deep),
+    each confined to `root` (a symlinked folder pointing elsewhere is skipped)."""
+    found = []
+    for rel in list_loras(root):
+        if "/" in rel and rel.rsplit("/", 1)[1] == name:
+            found.append(confine(root, f"{rel}.safetensors", "LoRA name"))
+    return found
+
+
 def lora_path(loras_dir: Path | str, name: str) -> Path:
-    """The file of LoRA `name`: `<loras_dir>/<name>.safetensors`, confined to
-    `loras_dir`. Raises `BadInput` when it is missing or only a pickle exists."""
-    name = normalize_name(name)
+    """The file of LoRA `name`: `<loras_dir>/<name>.safetensors`, or a subfolder's
+    `<name>.safetensors` when exactly one holds it (`<lora:name:w>` names only the
+    file, as in A1111), confined to `loras_dir`. Raises `BadInput` when it is
+    missing, ambiguous or only a pickle exists."""
+    name = normalize_ref(name)
     root = Path(loras_dir)
     path = confine(root, f"{name}.safetensors", "LoRA name")
     if path.is_file():
         return path
+    if "/" not in name:
+        found = _in_subfolders(root, name)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            rels = ", ".join(sorted(p.relative_to(root.resolve()).with_suffix("").as_posix() for p in found))
+            raise BadInput(f"LoRA {name!r} is in several folders ({rels}); name one with FOLDER/NAME.")
     for suffix in PICKLE_SUFFIXES:
         other = confine(root, f"{name}{suffix}", "LoRA name")
         if other.exists():
@@ -100,7 +134,19 @@ def list_loras(loras_dir: Path | str) -> list[str]:
     root = Path(loras_dir)
     if not root.is_dir():
         return []
-    return sorted(p.stem for p in root.glob("*.safetensors") if p.is_file() and not p.name.startswith("."))
+    resolved = root.resolve()
+    names = []
+    for p in root.rglob("*.safetensors"):
+        rel = p.relative_to(root)
+        if len(rel.parts) > MAX_LORA_DEPTH + 1 or any(x.startswith(".") for x in rel.parts):
+            continue
+        try:  # subfolders are searched only where they stay inside loras/
+            inside = resolved in p.resolve().parents
+        except OSError:
+            continue
+        if inside and p.is_file():
+            names.append(rel.with_suffix("").as_posix())
+    return sorted(names, key=lambda n: (n.count("/"), n))
 
 
 # ---------------------------------------------------------------- compatibility
@@ -381,7 +427,7 @@ class LoraManager:
         checked like a user file and kept under its own adapter name."""
         with self._lock:
             if path is None:
-                name = normalize_name(name)
+                name = normalize_ref(name)
                 path = self.path(name)
             table = self._resident.setdefault(id(pipe.unet), {})
             st = path.stat()
@@ -427,7 +473,7 @@ class LoraManager:
             wanted: dict[str, float] = {}
             for spec in loras or []:
                 name, weight = (spec.name, spec.weight) if hasattr(spec, "name") else (spec[0], float(spec[1]))
-                wanted[normalize_name(name)] = float(weight)  # last one wins
+                wanted[normalize_ref(name)] = float(weight)  # last one wins
             for name in wanted:  # every file is found before anything is loaded
                 self.path(name)
             previous = dict(getattr(pipe, "likeness_lora_weights", None) or {})
