@@ -26,7 +26,6 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import BadInput
-from ..models.hashing import sha256_file
 from ..samplers import demo_size
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -193,9 +192,13 @@ def upright_crop(rgb: np.ndarray, face, framing: str, bucket: tuple[int, int]) -
 
 
 def _digest(path: Path) -> str | None:
+    """sha256 of the photo, read as any user-named file is (regular files only,
+    size-capped); None when it cannot be read (the decoder then reports why)."""
+    from ..imageio import hash_user_file
+
     try:
-        return sha256_file(path)
-    except OSError:
+        return hash_user_file(path, str(path))
+    except BadInput:
         return None
 
 
