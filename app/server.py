@@ -166,12 +166,21 @@ def serve(settings: Settings, cfg: LaunchConfig, open_browser: bool = False, blo
     for var in _GRADIO_ENV:
         os.environ.pop(var, None)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from .http_api import mount_http_api
+    from .jobs import EngineHolder
     from .ui import app_css, build_app
 
+    holder = holder or EngineHolder(settings)  # one engine for the UI and the HTTP API
     demo = build_app(settings, holder=holder)
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
     demo.queue(default_concurrency_limit=1)
     app, url, share_url = demo.launch(
-        inbrowser=open_browser, prevent_thread_lock=not block, css=app_css(), **launch_kwargs(settings, cfg),
+        inbrowser=open_browser, prevent_thread_lock=True, css=app_css(), **launch_kwargs(settings, cfg),
     )
+    mount_http_api(app, settings, holder, cfg.auth)  # /api/v1, behind the same login
+    print(f"Likeness web UI: {url}  (JSON API: {url.rstrip('/')}/api/v1/docs)", flush=True)
+    if share_url:
+        print(f"public share link: {share_url}", flush=True)
+    if block:
+        demo.block_thread()
     return demo, url, share_url

@@ -81,7 +81,63 @@ def register(sub) -> None:
                    help="with --keep: move the other images into a rejects/ folder instead of deleting them")
     p.add_argument("--out", metavar="DIR", help="output folder (default: outputs/<date>)")
     p.add_argument("--save-identity", metavar="CARD", help="also save the analysed identity as a card")
+    show_request_defaults(p)
     p.set_defaults(func=cmd_generate)
+
+
+def show_request_defaults(parser) -> None:
+    """Append each request field's default to its option's help (the defaults
+    live in `GenerateRequest`; a method's or a preset's recipe may fill an unset
+    field differently, as the help of `--method` and `--preset` says)."""
+    from ..requests import GenerateRequest
+
+    fields = GenerateRequest.model_fields
+    for action in parser._actions:
+        field = _FIELDS.get(action.dest)
+        if field is None or field not in fields or fields[field].is_required():
+            continue
+        default = fields[field].get_default(call_default_factory=True)
+        if default is None or default == "" or action.help == argparse.SUPPRESS:
+            continue
+        if isinstance(default, bool):
+            default = "on" if default else "off"
+        action.help = f"{action.help or ''} (default: {default})".strip()
+
+
+class StepProgress:
+    """Sampling progress of `generate` on stderr: a tqdm bar with the ETA on a
+    terminal, plain lines (about every tenth of the steps) otherwise, as batch."""
+
+    def __init__(self, stream, count: int):
+        self.stream, self.count = stream, max(1, count)
+        self.bar = None
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.t0 = None
+
+    def __call__(self, info: dict) -> None:
+        import time
+
+        steps, step, index = int(info.get("steps") or 1), int(info.get("step") or 0), int(info.get("image_index") or 0)
+        total, done = steps * self.count, min(index * steps + step, steps * self.count)
+        if self.tty:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, file=self.stream, unit="step", desc="generate", leave=False)
+            self.bar.update(done - self.bar.n)
+            return
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0 = now
+        every = max(1, steps // 10)
+        if step % every == 0 or step == steps:
+            eta = (now - self.t0) / max(1, done - 1) * (total - done) if done > 1 else None
+            eta_text = f", about {eta:.0f}s left" if eta is not None else ""
+            print(f"image {index + 1}/{self.count}: step {step}/{steps}{eta_text}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 _FIELDS = {
@@ -252,7 +308,11 @@ def cmd_generate(args, settings) -> int:
 
     req = validate_request(GenerateRequest, request_from_args(args, settings), "generate")
     engine = Engine(settings)
-    result = engine.generate(req)
+    progress = StepProgress(sys.stderr, req.count)
+    try:
+        result = engine.generate(req, on_step=progress)
+    finally:
+        progress.close()
     for ex in result.excluded:
         print(escape_controls(f"left out {ex.get('file')}: {ex.get('reason')}"), file=sys.stderr)
     for choice in getattr(result.identity, "group_photos", []):

@@ -7,7 +7,8 @@ import sys
 
 def register(sub) -> None:
     p = sub.add_parser("ui", help="start the web UI (default command)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860,
+                   help="port to serve on (default: 7860); a port in use is refused with a message before start")
     p.add_argument("--listen", action="store_true", help="listen on all interfaces (needs --auth)")
     p.add_argument("--auth", metavar="USER:PASS", help="require this login")
     p.add_argument("--insecure-no-auth", action="store_true", help="allow --listen without a login (dangerous)")
