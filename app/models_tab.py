@@ -107,9 +107,9 @@ def download_model(settings: Settings, name: str | None, accept: bool, progress=
 
 
 def build_models(settings: Settings, app_load) -> None:
-    from pipelines.models.bundles import BUNDLE_CHOICES
+    from pipelines.models.bundles import bundle_choices
 
-    names = [f"{BUNDLE_PREFIX}{b}" for b in BUNDLE_CHOICES] + [e.name for e in _store(settings).catalog]
+    names = [f"{BUNDLE_PREFIX}{b}" for b in bundle_choices()] + [e.name for e in _store(settings).catalog]
     table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="model-status",
                          column_widths=["22%", "10%", "9%", "36%", "9%", "14%"])
     bundles = gr.Dataframe(headers=BUNDLE_HEADERS, interactive=False, wrap=True, elem_id="model-bundles",

@@ -78,7 +78,7 @@ def collected_hints(tmp_path, photos_dir) -> list[str]:
         with pytest.raises(LikenessError) as exc:
             store.ensure(entry.name)
         messages.append(str(exc.value))
-    for choice in bundles.BUNDLE_CHOICES:
+    for choice in bundles.bundle_choices():
         names = bundles.choice_models([choice], store.settings, store.catalog)
         with pytest.raises(bundles.MissingModels) as exc:
             bundles.require(store, names, (choice,))
@@ -163,7 +163,7 @@ def test_models_list_has_a_size_for_every_entry_and_bundle_totals(tmp_path, caps
     rows = [ln for ln in table.splitlines()[1:] if ln.strip()]
     assert len(rows) == len(load_catalog().model)
     assert all(re.search(r"\s~?\d+(\.\d)? (B|kB|MB|GB)\s", r) for r in rows), rows
-    for b in bundles.BUNDLE_CHOICES:
+    for b in bundles.bundle_choices():
         assert re.search(rf"^{b}\s+~?\d+\.\d GB", rest, re.M), b
     assert "free disk space" in rest
 

@@ -21,7 +21,7 @@ def register(sub) -> None:
     dp = msub.add_parser("download", help="download models by name (or 'all'), or a bundle with --for")
     dp.add_argument("names", nargs="*", metavar="NAME")
     dp.add_argument("--for", dest="bundle", nargs="+", metavar="CHOICE",
-                    help="everything a choice needs here: faceid, instantid, wplus, pose, restore, "
+                    help="everything a choice needs here: an identity method (e.g. faceid), pose, restore, "
                          "preset NAME, all (several may be given)")
     dp.add_argument("--yes", action="store_true", help="do not ask before downloading")
     dp.set_defaults(func=cmd_download)
@@ -49,11 +49,11 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 def bundle_rows(store, settings) -> list[tuple[str, str, str, str]]:
     """(bundle, models, total size, still to download) for every bundle choice."""
-    from ..models.bundles import BUNDLE_CHOICES, choice_models, plan
+    from ..models.bundles import bundle_choices, choice_models, plan
     from ..models.catalog import human_size
 
     rows = []
-    for choice in BUNDLE_CHOICES:
+    for choice in bundle_choices():
         names = choice_models([choice], settings, store.catalog)
         sizes = [store.entry(n).planned_size for n in names]
         total = human_size(sum(s[0] or 0 for s in sizes), all(s[1] for s in sizes))
@@ -99,14 +99,14 @@ def _names(store, names: list[str]) -> list[str]:
 def resolve_download(args, settings, store) -> list[str]:
     """The models `models download` would fetch for these arguments (validated)."""
     from ..errors import BadInput
-    from ..models.bundles import choice_models
+    from ..models.bundles import bundle_choices, choice_models
 
     names = _names(store, list(args.names or []))
     if args.bundle:
         names += choice_models(args.bundle, settings, store.catalog)
     if not names:
-        raise BadInput("models download: name the models, or a bundle with --for faceid|instantid|wplus|pose|"
-                       "restore|preset NAME|all.")
+        raise BadInput(f"models download: name the models, or a bundle with --for "
+                       f"{'|'.join(bundle_choices())}|preset NAME.")
     return list(dict.fromkeys(names))
 
 

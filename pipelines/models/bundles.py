@@ -23,8 +23,18 @@ from pathlib import Path
 from ..errors import BadInput, ModelMissing
 from .catalog import Catalog, ModelEntry, human_size
 
-METHOD_CHOICES = ("faceid", "instantid", "wplus")
-BUNDLE_CHOICES = (*METHOD_CHOICES, "pose", "restore", "all")
+OTHER_CHOICES = ("pose", "restore", "all")
+
+
+def method_choices() -> tuple[str, ...]:
+    """One bundle per registered identity method (a new method file adds its own)."""
+    from ..identity import method_names
+
+    return tuple(method_names())
+
+
+def bundle_choices() -> tuple[str, ...]:
+    return (*method_choices(), *OTHER_CHOICES)
 FP16_VAE_FIX = "sdxl-vae-fp16-fix"
 POSE_CONTROLNET = "controlnet-openpose-sdxl"
 POSE_ANNOTATOR = "openpose-annotator"
@@ -134,8 +144,8 @@ def parse_choice(tokens) -> list[tuple[str, ...]]:
             out.append(("preset", tokens[i + 1]))
             i += 2
             continue
-        if t not in BUNDLE_CHOICES:
-            raise BadInput(f"--for {t!r} is unknown; choose from: {', '.join(BUNDLE_CHOICES)}, preset NAME.")
+        if t not in bundle_choices():
+            raise BadInput(f"--for {t!r} is unknown; choose from: {', '.join(bundle_choices())}, preset NAME.")
         out.append((t,))
         i += 1
     return out
@@ -147,7 +157,7 @@ def choice_models(tokens, settings, catalog: Catalog) -> list[str]:
     for item in parse_choice(tokens):
         if item[0] == "all":
             names += [e.name for e in catalog]
-        elif item[0] in METHOD_CHOICES:
+        elif item[0] in method_choices():
             names += method_models(item[0], settings)
         elif item[0] == "pose":
             names += [POSE_CONTROLNET, POSE_ANNOTATOR]
