@@ -726,3 +726,23 @@ def test_first_run_card_cancel_then_resume(tmp_path, monkeypatch):
         resumed = hub.range_requests("big.bin")
         part_bytes = sum(len(data) - int(r.range.split("=")[1].rstrip("-")) for r in resumed)
         assert len([r for r in hub.requests if r.method == "GET"]) == 2 and part_bytes < len(data)  # resumed
+
+
+def test_models_tab_shows_sizes_bundle_totals_and_free_disk(tmp_path):
+    import gradio as gr
+
+    from app.models_tab import BUNDLE_PREFIX, bundle_table, disk_text, download_model, licence_text, model_rows
+
+    settings = real_settings(tmp_path, dtype="float16")
+    rows = model_rows(settings)
+    assert len(rows) == len(load_catalog().model)
+    assert all(re.fullmatch(r"~?\d+(\.\d)? (B|kB|MB|GB)", r[2]) for r in rows), rows
+    table = {r[0]: r for r in bundle_table(settings)}
+    assert set(table) == set(bundles.bundle_choices())
+    assert "sdxl-vae-fp16-fix" in table["faceid"][3]  # float16 here: the bundle carries the VAE fix
+    assert re.fullmatch(r"~?\d+\.\d GB", table["all"][1])
+    assert "Free disk space" in disk_text(settings)
+    assert "Total" in licence_text(settings, f"{BUNDLE_PREFIX}faceid")
+    with pytest.raises(gr.Error, match="research / non-commercial"):  # every licence before the first byte
+        download_model(settings, f"{BUNDLE_PREFIX}faceid", accept=False)
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("*.safetensors"))
