@@ -108,15 +108,16 @@ class StepProgress:
     """Sampling progress of `generate` on stderr: a tqdm bar with the ETA on a
     terminal, plain lines (about every tenth of the steps) otherwise, as batch."""
 
-    def __init__(self, stream, count: int):
+    def __init__(self, stream, count: int, now=None):
+        import time
+
         self.stream, self.count = stream, max(1, count)
         self.bar = None
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self.t0 = None
+        self.now = now or time.monotonic
 
     def __call__(self, info: dict) -> None:
-        import time
-
         steps, step, index = int(info.get("steps") or 1), int(info.get("step") or 0), int(info.get("image_index") or 0)
         total, done = steps * self.count, min(index * steps + step, steps * self.count)
         if self.tty:
@@ -126,8 +127,8 @@ class StepProgress:
                 self.bar = tqdm(total=total, file=self.stream, unit="step", desc="generate", leave=False)
             self.bar.update(done - self.bar.n)
             return
-        now = time.monotonic()
-        if self.t0 is None:
+        now = self.now()
+        if self.t0 is None:  # timed from the first step's end: model loading is not sampling
             self.t0 = now
         every = max(1, steps // 10)
         if step % every == 0 or step == steps:
