@@ -75,7 +75,8 @@ def run_batch(settings: Settings, holder: EngineHolder, cancels: CancelRegistry,
                                                            out=summary, on_step=on_step, cancel=c), cancel):
             if ev.kind == "error":
                 if isinstance(ev.data, Cancelled):
-                    yield f"Stopped: {ev.data}\n\n{log.getvalue()}", gr.skip()
+                    yield (f"Stopped: the batch was cancelled ({ev.data}). Finished items are kept; run it again "
+                           f"to continue.\n\n{log.getvalue()}", gr.skip())
                     return
                 raise user_error(ev.data)
             if ev.kind == "done":

@@ -341,3 +341,41 @@ def test_run_history_is_off(slow_server):
     offer to upload them to a Hub bucket: the app turns it off."""
     assert slow_server.demo.run_history is False
     assert httpx.get(slow_server.url + "/gradio_api/runs", timeout=30).status_code == 404
+
+
+def test_batch_tab_cancel_stops_within_a_step(tmp_path):
+    """The Batch tab's Cancel (and a closed tab: the generator closed) reaches
+    the engine through the runner's cancel event; finished items stay done."""
+    from app.batch_tab import cancel_batch, run_batch
+    from app.jobs import CancelRegistry, EngineHolder
+    from pipelines.settings import load_settings
+
+    settings = load_settings(models_dir=tmp_path / "models", loras_dir=tmp_path / "loras",
+                             outputs_dir=tmp_path / "outputs", device="cpu", dtype="float32", demo=True)
+    engine = SlowEngine(tmp_path, step_s=0.01)
+
+    def generate(req, on_step=None, cancel=None):  # the runner stages each item in its own folder
+        engine.out = Path(req.out_dir)
+        engine.out.mkdir(parents=True, exist_ok=True)
+        return SlowEngine.generate(engine, req, on_step=on_step, cancel=cancel)
+
+    holder = EngineHolder(settings, factory=lambda s: SimpleNamespace(generate=generate))
+    job = tmp_path / "job.yaml"
+    job.write_text("name: long\nitems:\n  - prompt: p\n    method: none\n    seeds: [1, 2, 3, 4, 5, 6]\n"
+                   "    overrides: {steps: 50}\n")
+    cancels = CancelRegistry()
+    updates = run_batch(settings, holder, cancels, str(job), [])
+    while len(engine.calls) < 2:  # the first item is done, the second is running
+        next(updates)
+    assert cancel_batch(cancels, None).startswith("Cancelling")
+    last = list(updates)[-1]
+    assert last[0].startswith("Stopped: the batch was cancelled") and "run it again" in last[0]
+    assert [c["end"] for c in engine.calls] == ["done", "cancelled"]
+    manifest = settings.outputs_dir / "batch-long" / "manifest.jsonl"
+    assert len(manifest.read_text().splitlines()) == 1  # the finished item, whole
+    updates = run_batch(settings, holder, CancelRegistry(), str(job), [])
+    for _ in updates:  # a closed tab: the generator is closed after one step
+        break
+    updates.close()
+    assert _wait(lambda: engine.calls[-1]["end"] == "cancelled", timeout=5)
+    assert len(engine.calls) == 3  # it resumed after the finished item and stopped there
