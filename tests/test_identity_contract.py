@@ -83,6 +83,11 @@ def _batch(x) -> int:
     return int(x.shape[0])
 
 
+def _tensors(kwargs: dict) -> list:
+    """The tensors among a call's cross-attention kwargs (e.g. PuLID's id_embedding)."""
+    return [v for v in kwargs.values() if isinstance(v, torch.Tensor)]
+
+
 @contextlib.contextmanager
 def observe(engine, method_name: str):
     """Hooks on what the models receive while `engine.generate` runs `method_name`.
@@ -169,6 +174,7 @@ def test_several_images_each_equal_their_seed_alone_with_the_cfg_batch(engine, p
     assert seen.unet and all(c["sample"] % 2 == 0 for c in seen.unet)
     for call in seen.unet:
         assert call["states"] == call["sample"] and all(b == call["sample"] for b in call["image_embeds"])
+        assert all(t.shape[0] == call["sample"] for t in _tensors(call["attention_kwargs"]))
     for call in seen.controlnet:
         assert call["states"].shape[0] == call["sample"]
 
@@ -181,6 +187,7 @@ def test_without_cfg_the_method_conditions_with_batch_one(engine, photos_dir, me
     assert not np.array_equal(plain[0], base[0])  # conditioned without CFG too
     assert seen.unet and all(c["sample"] == 1 and c["states"] == 1 for c in seen.unet)
     assert all(b == 1 for c in seen.unet for b in c["image_embeds"])
+    assert all(t.shape[0] == 1 for c in seen.unet for t in _tensors(c["attention_kwargs"]))
     assert all(x.shape[0] == 1 for x in seen.projection_in)
     for attrs in seen.projection_attrs:  # e.g. FaceID's CLIP features: cond only
         assert all(t.shape[0] == 1 for t in attrs.values())
@@ -260,8 +267,27 @@ def _arc2face_uncond(engine, pipe, seen: Seen) -> None:
         assert not torch.allclose(text[half:], text[:half])
 
 
+def _pulid_uncond(engine, pipe, seen: Seen) -> None:
+    """PuLID (ToTheBeginning/PuLID pipeline_v1_1.py get_id_embedding): the uncond ID
+    tokens are the ID encoder applied to a zero ID vector and zero EVA-CLIP hidden
+    states, not zero tokens; the cond tokens differ from them."""
+    method = engine.use_method("pulid", pipe)
+    enc, eva = method.id_encoder, method.eva
+    id_dim = enc.id_embedding_mapping[0].in_features
+    zeros = [torch.zeros(1, eva.pos_embed.shape[1], eva.embed_dim) for _ in range(5)]
+    with torch.no_grad():
+        ref = enc(torch.zeros(1, id_dim), zeros)
+    assert seen.unet
+    for call in seen.unet:
+        emb = call["attention_kwargs"]["id_embedding"]
+        half = emb.shape[0] // 2
+        torch.testing.assert_close(emb[:half], ref.expand(half, -1, -1).to(emb.dtype), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(emb[half:], emb[:half])
+        assert call["attention_kwargs"]["id_scale"] > 0
+
+
 UNCOND_REFERENCES = {"faceid": _faceid_uncond, "instantid": _instantid_uncond, "wplus": _wplus_uncond,
-                     "arc2face": _arc2face_uncond}
+                     "arc2face": _arc2face_uncond, "pulid": _pulid_uncond}
 # methods whose identity input reaches the UNet without an image projection
 NO_PROJECTION = {"arc2face", "pulid"}
 
@@ -317,6 +343,11 @@ def test_tiny_packs_have_at_least_two_attention_heads(engine, method):
         if method == "instantid":
             net = _attention_heads(m.identitynet)
             assert net and min(h for _, h, _ in net) >= 2
+        if method == "pulid":  # its ID attention runs with the UNet's heads, its encoders have >= 2
+            procs = [p for p in pipe.unet.attn_processors.values() if type(p).__name__ == "IDAttnProcessor"]
+            assert procs
+            assert min(layer[0].heads for layer in m.id_encoder.layers) >= 2
+            assert m.eva.blocks[0].attn.num_heads >= 2 and len(m.eva.blocks) >= 21
         if method == "wplus":  # its processors attend with the UNet's heads
             procs = [p for p in pipe.unet.attn_processors.values() if type(p).__name__ == "WPlusAttnProcessor"]
             assert procs

@@ -28,6 +28,7 @@ _METHODS = {
     "instantid": "pipelines.identity.instantid:InstantID",
     "wplus": "pipelines.identity.wplus:WPlusAdapter",
     "arc2face": "pipelines.identity.arc2face:Arc2Face",
+    "pulid": "pipelines.identity.pulid:PuLID",
 }
 
 

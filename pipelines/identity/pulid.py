@@ -1,0 +1,199 @@
+"""PuLID v1.1 for SDXL (ToTheBeginning/PuLID `pulid/pipeline_v1_1.py`,
+`app_v1_1.py`, `pulid/encoders_transformer.py`, `pulid/attention_processor.py`).
+
+Conditioning, as the reference computes it:
+- ID embedding: antelopev2's raw (not normed) embedding of the face;
+- face features: the photo (long side <= 1024, Lanczos) aligned to facexlib's
+  512 FFHQ crop, BiSeNet-parsed, background white and face grey, resized to the
+  EVA input without antialias, through EVA02-CLIP-L-14-336's visual tower: the
+  normed CLS embedding and the hidden states before blocks 4, 8, 12, 16, 20
+  (`pipelines/pulid/preprocess.py`, `eva.py`);
+- `IDFormer(cat(raw 512, EVA 768), hidden states)` -> 32 ID tokens; the
+  unconditional tokens are the IDFormer on zeros (not zero tokens);
+- the ID attention processors on every attn2 with id_scale, 20 zero tokens and
+  ortho "v2" (the v1.1 demo's defaults), passed per call in
+  `cross_attention_kwargs` (`pipelines/pulid/attention.py`); without CFG only
+  the conditional tokens go in;
+- encoders and ID projections in float32, as the reference.
+
+Deviations, and how to get the reference behaviour:
+- landmarks: the reference detects them again with facexlib's RetinaFace-R50,
+  picking the face nearest the image centre; here the identity's own face (the
+  one antelopev2 embedded, its SCRFD landmarks) is aligned, so the crop and the
+  embedding always show the same person. No switch yet: RetinaFace is not
+  implemented in the app.
+- sampler: the reference samples with its own k-diffusion DPM++ 2M Karras port;
+  diffusers' `dpmpp_2m_karras` (the default here) has the same sigmas but maps
+  timesteps differently (max 0.15 on a fake model over 25 steps). Not bit-exact.
+- several photos: only the first photo's face features are used (v1.1 stacks
+  all photos' tokens).
+- the v1 checkpoint (IDEncoder, SDXL-Lightning base) is not supported yet.
+
+Licence: Apache-2.0 code and weights; insightface antelopev2 makes it research-only.
+"""
+
+from __future__ import annotations
+
+from ..errors import BadInput, ModelError
+from .base import Conditioning, IdentityMethod
+
+WEIGHTS, WEIGHTS_FILE = "pulid-v1.1", "pulid_v1.1.safetensors"
+EVA, EVA_FILE = "eva02-clip-l-336", "EVA02_CLIP_L_336_psz14_s6B.pt"
+PARSER, PARSER_FILE = "facexlib-bisenet", "parsing_bisenet.pth"
+NUM_ZERO = 20  # app_v1_1.py default
+ORTHO = "v2"  # app_v1_1.py default (hidden "ortho_v2")
+MAX_SIDE = 1024  # app_v1_1.py resize_numpy_image_long(image, 1024)
+# app_v1_1.py DEFAULT_NEGATIVE_PROMPT, character for character (two pieces join without a space)
+REFERENCE_NEGATIVE = (
+    "flaws in the eyes, flaws in the face, flaws, lowres, non-HDRi, low quality, worst quality,"
+    "artifacts noise, text, watermark, glitch, deformed, mutated, ugly, disfigured, hands, "
+    "low resolution, partially rendered objects,  deformed or partially rendered eyes, "
+    "deformed, deformed eyeballs, cross-eyed,blurry"
+)
+
+
+class PuLID(IdentityMethod):
+    name = "pulid"
+    label, title = "PuLID v1.1", "PuLID v1.1 (SDXL)"
+    help = "ID encoder from ArcFace + EVA-CLIP face features, ID attention with orthogonal mixing (SDXL)"
+    base = "sdxl"
+    required_models = (WEIGHTS, EVA, PARSER)
+    recognizer = "antelopev2"
+    default_scale = 0.8
+    # app_v1_1.py, its full-step base (Juggernaut-XL-v9): DPM++ 2M Karras, 25 steps, cfg 7, its negative
+    recipe_defaults = {"sampler": "dpmpp_2m_karras", "steps": 25, "cfg": 7.0, "negative": REFERENCE_NEGATIVE}
+
+    def __init__(self, store, device, dtype):
+        super().__init__(store, device, dtype)
+        self._saved = None
+        self.id_encoder = None
+        self.eva = None
+        self._parser = None
+
+    # ------------------------------------------------------------ life
+    def load(self, pipe) -> None:
+        if self.loaded:
+            return
+        from ..pulid.attention import install
+
+        state = self._weights()
+        try:
+            self._saved = install(pipe.unet, state, source=str(self.store.file_path(WEIGHTS, WEIGHTS_FILE)))
+        except (KeyError, ValueError) as exc:
+            raise ModelError(f"PuLID weights do not fit this UNet: {exc}") from exc
+        self._ensure_encoders(state)
+        self.loaded = True
+
+    def unload(self, pipe) -> None:
+        if not self.loaded:
+            return
+        from ..pulid.attention import remove
+
+        remove(pipe.unet, self._saved)
+        self._saved = None
+        self.loaded = False
+
+    def _weights(self) -> dict:
+        from safetensors.torch import load_file
+
+        self.store.ensure(WEIGHTS)
+        return load_file(str(self.store.file_path(WEIGHTS, WEIGHTS_FILE)))
+
+    def _ensure_encoders(self, state: dict | None = None) -> None:
+        from safetensors.torch import load_file
+
+        if self.id_encoder is None:
+            from ..pulid.encoders import IDFormer, idformer_config_from_state
+
+            state = state if state is not None else self._weights()
+            enc = {k.removeprefix("id_adapter."): v for k, v in state.items() if k.startswith("id_adapter.")}
+            try:
+                net = IDFormer(**idformer_config_from_state(state))
+                net.load_state_dict(enc, strict=True)
+            except (KeyError, RuntimeError, ValueError) as exc:
+                raise ModelError(f"the PuLID ID encoder (id_adapter.*) could not be loaded: {exc}") from exc
+            self.id_encoder = net.eval().to(self.device)  # float32, as the reference
+        if self.eva is None:
+            from ..pulid.eva import load_eva_visual
+
+            self.store.ensure(EVA)
+            try:
+                self.eva = load_eva_visual(load_file(str(self.store.file_path(EVA, EVA_FILE)))).to(self.device)
+            except (KeyError, RuntimeError, ValueError) as exc:
+                raise ModelError(f"the EVA-CLIP visual tower could not be loaded: {exc}") from exc
+        if self._parser is None:
+            from ..pulid.parsing import bisenet_from_state
+
+            self.store.ensure(PARSER)
+            try:
+                self._parser = bisenet_from_state(load_file(str(self.store.file_path(PARSER, PARSER_FILE))))
+            except (KeyError, RuntimeError) as exc:
+                raise ModelError(f"the BiSeNet face parser could not be loaded: {exc}") from exc
+            self._parser = self._parser.to(self.device)
+
+    # ---------------------------------------------------------- tokens
+    def face_features(self, identity):
+        """(aligned 512 crop, whitened grey image, id_cond [1, 512 + embed],
+        EVA hidden states), cached on the identity."""
+        import cv2
+        import numpy as np
+        import torch
+
+        from ..imageio import load_photo_array
+        from ..pulid.eva import eva_features, eva_input
+        from ..pulid.preprocess import align_face, parse_labels, whiten_background
+
+        cached = identity.__dict__.get("_pulid")
+        if cached is not None:
+            return cached
+        if not identity.used:
+            raise BadInput("method 'pulid' needs the person's photos (this identity card holds no photo).")
+        try:
+            rgb = load_photo_array(identity.used[0])
+        except BadInput as exc:
+            raise BadInput(f"method 'pulid' re-reads the reference photo: {exc}") from None
+        w, h = (int(v) for v in identity.image_size)
+        kps = np.asarray(identity.kps, np.float32).reshape(5, 2)
+        scale = min(1.0, MAX_SIDE / max(w, h))
+        size = (max(1, int(w * scale)), max(1, int(h * scale)))
+        if (rgb.shape[1], rgb.shape[0]) != size:
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4)
+        aligned = align_face(rgb, kps * scale)
+        labels = parse_labels(self._parser, aligned)
+        grey = whiten_background(aligned, labels)
+        with torch.no_grad():
+            x = eva_input(grey.to(self.device), self.eva.patch_embed.img_size[0])
+            vit_cond, hidden = eva_features(self.eva, x)
+        raw = torch.as_tensor(self.embedding_for(identity, raw=True), dtype=torch.float32, device=self.device)
+        id_cond = torch.cat([raw.reshape(1, -1), vit_cond], dim=-1)
+        out = (aligned, grey, id_cond, hidden)
+        identity.__dict__["_pulid"] = out
+        return out
+
+    def id_tokens(self, identity):
+        """(cond, uncond) ID tokens [1, 32, 2048]: the IDFormer on the face, and on
+        zeros (the reference's unconditional branch)."""
+        import torch
+
+        self._ensure_encoders()
+        _, _, id_cond, hidden = self.face_features(identity)
+        with torch.no_grad():
+            cond = self.id_encoder(id_cond, hidden)
+            uncond = self.id_encoder(torch.zeros_like(id_cond), [torch.zeros_like(t) for t in hidden])
+        return cond, uncond
+
+    def conditioning(self, pipe, identity, request, width, height) -> Conditioning:
+        import torch
+
+        if identity is None:
+            raise BadInput("method 'pulid' needs photos of the person.")
+        scale = self.scale_for(request)
+        recipe = {"scale": scale, "version": "v1.1", "num_zero": NUM_ZERO, "ortho": ORTHO}
+        if scale == 0:
+            return Conditioning(recipe=recipe)
+        cond, uncond = self.id_tokens(identity)
+        emb = torch.cat([uncond, cond]) if request.cfg > 1.0 else cond
+        return Conditioning(
+            cross_attention_kwargs={"id_embedding": emb, "id_scale": scale, "num_zero": NUM_ZERO, "ortho": ORTHO},
+            recipe=recipe,
+        )

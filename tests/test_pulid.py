@@ -1,0 +1,256 @@
+"""PuLID v1.1 pieces on tiny weights: the ID attention against a plain restatement
+of ToTheBeginning/PuLID's IDAttnProcessor2_0 (all three ortho modes, 2 heads,
+zero tokens), the published key layouts (IDFormer, id_adapter_attn_layers
+indices, EVA-CLIP visual.*, facexlib BiSeNet), the EVA hidden-state taps, the
+face preparation (FFHQ warp, border colour, whitening, no-antialias resize) and
+the method through the engine and `eval`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipelines.pulid.attention import IDAttnProcessor, install, remove
+
+
+# ------------------------------------------------------------- attention
+def _attn_module(dim=32, heads=2, cross=24):
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    return Attention(query_dim=dim, cross_attention_dim=cross, heads=heads, dim_head=dim // heads).eval()
+
+
+def _reference(attn, proc, x, text, emb, scale, num_zero, ortho):
+    """PuLID's processor restated with explicit per-head softmax attention."""
+    b, n, _ = x.shape
+    h, d = attn.heads, attn.to_q.out_features // attn.heads
+
+    def split(t):
+        return t.view(b, -1, h, d).transpose(1, 2)
+
+    def attend(q, k, v):
+        return torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, dim=-1) @ v
+
+    q = split(attn.to_q(x))
+    hid = attend(q, split(attn.to_k(text)), split(attn.to_v(text))).transpose(1, 2).reshape(b, n, h * d)
+    e = torch.cat([emb, torch.zeros(b, num_zero, emb.shape[-1])], dim=1)
+    k_id, v_id = split(proc.id_to_k(e)), split(proc.id_to_v(e))
+    i = attend(q, k_id, v_id).transpose(1, 2).reshape(b, n, h * d)
+    if ortho == "off":
+        out = hid + scale * i
+    else:
+        proj = torch.stack([(hid[:, :, c] * i[:, :, c]).sum(1) / (hid[:, :, c] ** 2).sum(1)
+                            for c in range(h * d)], dim=-1)[:, None, :] * hid
+        if ortho == "v1":
+            out = hid + scale * (i - proj)
+        else:
+            w = torch.stack([torch.softmax(q[:, j] @ k_id[:, j].transpose(-1, -2), dim=-1) for j in range(h)]).mean(0)
+            alpha = w[:, :, :5].sum(-1, keepdim=True)
+            out = hid + scale * (i + (alpha - 1) * proj)
+    return attn.to_out[0](out)
+
+
+@pytest.mark.parametrize("ortho", ["off", "v1", "v2"])
+@pytest.mark.parametrize("num_zero", [0, 8])
+def test_id_attention_matches_the_reference(ortho, num_zero):
+    attn = _attn_module()
+    proc = IDAttnProcessor(32, 24)
+    g = torch.Generator().manual_seed(1)
+    x, text, emb = torch.randn(2, 6, 32, generator=g), torch.randn(2, 7, 24, generator=g), torch.randn(2, 9, 24, generator=g)
+    with torch.no_grad():
+        got = proc(attn, x, text, id_embedding=emb, id_scale=0.8, num_zero=num_zero, ortho=ortho)
+        ref = _reference(attn, proc, x, text, emb, 0.8, num_zero, ortho)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_id_attention_is_plain_attention_without_an_id_and_refuses_a_batch_mismatch():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    attn = _attn_module()
+    proc = IDAttnProcessor(32, 24)
+    x, text = torch.randn(1, 6, 32), torch.randn(1, 7, 24)
+    with torch.no_grad():
+        plain = AttnProcessor2_0()(attn, x, text)
+        assert torch.equal(proc(attn, x, text), plain)
+        assert torch.equal(proc(attn, x, text, id_embedding=torch.randn(1, 9, 24), id_scale=0.0), plain)
+        # PuLID's [uncond, cond] embedding at a batch-1 call: refused, not silently merged
+        with pytest.raises(ValueError, match="batch 2"):
+            proc(attn, x, text, id_embedding=torch.randn(2, 9, 24), id_scale=0.8)
+
+
+def test_install_maps_checkpoint_indices_to_processor_positions_and_remove_restores():
+    from pipelines.tiny.pulid import id_attention_state
+    from pipelines.tiny.sdxl import build_unet
+
+    unet = build_unet()
+    before = dict(unet.attn_processors)
+    state = id_attention_state(unet)
+    names = list(before)
+    assert {int(k.split(".")[1]) for k in state} == {i for i, n in enumerate(names) if n.endswith("attn2.processor")}
+    saved = install(unet, state)
+    procs = unet.attn_processors
+    for i, name in enumerate(names):
+        if name.endswith("attn2.processor"):
+            assert torch.equal(procs[name].id_to_k.weight, state[f"id_adapter_attn_layers.{i}.id_to_k.weight"])
+    remove(unet, saved)
+    assert all(unet.attn_processors[n] is before[n] for n in names)
+    with pytest.raises(KeyError, match="id_adapter_attn_layers.1.id_to_k"):
+        install(unet, {k: v for k, v in state.items() if not k.startswith("id_adapter_attn_layers.1.")})
+
+
+# ------------------------------------------------------------ encoders
+def test_idformer_has_the_published_layout():
+    from pipelines.pulid.encoders import IDFormer
+
+    with torch.device("meta"):
+        net = IDFormer()  # the published widths
+    sd = net.state_dict()
+    assert len(sd) == 172 and sum(v.numel() for v in sd.values()) == pytest.approx(151.4e6, rel=2e-3)
+    assert sd["latents"].shape == (1, 32, 1024) and sd["proj_out"].shape == (1024, 2048)
+    assert sd["layers.9.0.to_kv.weight"].shape == (2048, 1024) and "layers.9.1.3.weight" in sd
+    assert sd["id_embedding_mapping.6.weight"].shape == (5120, 1024) and sd["mapping_4.0.weight"].shape == (1024, 1024)
+
+
+def test_eva_taps_are_the_outputs_of_blocks_3_7_11_15_19():
+    from pipelines.pulid.eva import eva_clip_keys, eva_features, load_eva_visual
+    from pipelines.tiny.pulid import build_eva
+
+    built = build_eva()
+    model = load_eva_visual(eva_clip_keys(built.state_dict()))  # EVA-CLIP names -> timm, strictly
+    seen = {}
+    for i in (3, 7, 11, 15, 19):
+        model.blocks[i].register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out.detach().clone()))
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        cond, hidden = eva_features(model, x)
+        final = model.forward_features(x)
+        head = model.head(final[:, 0])
+    assert [tuple(h.shape) for h in hidden] == [(1, 17, 128)] * 5  # CLS + 4x4 patches
+    for h, i in zip(hidden, (3, 7, 11, 15, 19)):
+        assert torch.equal(h, seen[i])
+    torch.testing.assert_close(cond, head / head.norm(dim=1, keepdim=True))
+    assert model.rope is not None and len(model.blocks) >= 21
+
+
+def test_bisenet_keeps_facexlib_key_names():
+    from pipelines.pulid.parsing import BiSeNet, bisenet_from_state
+    from pipelines.tiny.pulid import build_bisenet
+
+    with torch.device("meta"):
+        published = BiSeNet().state_dict()
+    assert published["cp.arm16.conv.conv.weight"].shape == (128, 256, 3, 3)
+    assert published["ffm.convblk.conv.weight"].shape == (256, 256, 1, 1)
+    assert published["conv_out.conv_out.weight"].shape == (19, 256, 1, 1)
+    assert published["cp.resnet.layer2.0.downsample.0.weight"].shape == (128, 64, 1, 1)
+    tiny = build_bisenet().state_dict()
+    assert set(tiny) == set(published)
+    net = bisenet_from_state(tiny)
+    assert net(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
+
+
+# --------------------------------------------------------- preparation
+def test_alignment_is_the_ffhq_similarity_with_facexlibs_border():
+    import cv2
+
+    from pipelines.pulid.preprocess import BORDER_RGB, FFHQ_512, align_face
+
+    # landmarks = the template scaled by 0.5 and shifted: the crop maps them back exactly
+    kps = FFHQ_512 * 0.5 + np.array([40.0, 10.0], np.float32)
+    rgb = np.full((200, 200, 3), 200, np.uint8)  # the crop reaches past its right and bottom edges
+    rgb[:, :, 0] = np.arange(200, dtype=np.uint8)[None, :]
+    out = align_face(rgb, kps)
+    matrix, _ = cv2.estimateAffinePartial2D(kps, FFHQ_512, method=cv2.LMEDS)
+    np.testing.assert_allclose(np.c_[kps, np.ones(5)] @ matrix.T, FFHQ_512, atol=1e-3)
+    assert out.shape == (512, 512, 3)
+    # pixels from outside the photo take facexlib's BGR (135, 133, 132) border
+    assert tuple(out[-1, -1]) == BORDER_RGB == (132, 133, 135)
+    # INTER_LINEAR, not cubic: a pixel inside equals the bilinear sample
+    inv = cv2.invertAffineTransform(matrix)
+    sx, sy = inv @ np.array([256.0, 256.0, 1.0])
+    assert abs(int(out[256, 256, 0]) - sx) <= 1
+
+
+def test_whitening_and_grey():
+    from pipelines.pulid.preprocess import whiten_background
+
+    face = np.zeros((4, 4, 3), np.uint8)
+    face[..., 0], face[..., 1], face[..., 2] = 200, 100, 50
+    labels = torch.tensor([[0, 1, 16, 17]] * 4)  # bg, skin, cloth, hair
+    out = whiten_background(face, labels)[0]
+    grey = (0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255
+    assert torch.all(out[:, :, 0] == 1.0) and torch.all(out[:, :, 2] == 1.0)
+    torch.testing.assert_close(out[:, :, 1], torch.full((3, 4), grey))
+    torch.testing.assert_close(out[:, :, 3], torch.full((3, 4), grey))
+
+
+def test_eva_input_resizes_without_antialias():
+    from pipelines.pulid.eva import MEAN, STD, eva_input
+
+    x = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    got = eva_input(x, 336)
+    plain = F.interpolate(x, size=(336, 336), mode="bicubic", align_corners=False, antialias=False)
+    smooth = F.interpolate(x, size=(336, 336), mode="bicubic", align_corners=False, antialias=True)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(got, (plain - mean) / std)
+    assert not torch.allclose(got, (smooth - mean) / std)
+
+
+# ---------------------------------------------------------------- engine
+@pytest.fixture(scope="module")
+def engine(tiny_models_dir, tmp_path_factory):
+    from pipelines.engine import Engine
+    from pipelines.settings import load_settings
+
+    out = tmp_path_factory.mktemp("pulid-out")
+    settings = load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
+                             device="cpu", dtype="float32", demo=True)
+    return Engine(settings)
+
+
+def test_method_conditions_with_the_reference_settings(engine, photos_dir):
+    from pipelines.engine import apply_method_defaults
+    from pipelines.identity import get_method_class
+    from pipelines.identity.pulid import REFERENCE_NEGATIVE
+    from pipelines.requests import GenerateRequest
+    from pipelines.scoring import scorer_pack
+
+    req = apply_method_defaults(GenerateRequest(method="pulid", photos=["x.png"], prompt="p"), get_method_class("pulid"))
+    assert (req.sampler, req.steps, req.cfg, req.negative) == ("dpmpp_2m_karras", 25, 7.0, REFERENCE_NEGATIVE)
+    assert scorer_pack("pulid") == "buffalo_l"  # it conditions on antelopev2
+    res = engine.generate(GenerateRequest(method="pulid", photos=[str(photos_dir / "astronaut.png")], prompt="p",
+                                          steps=2, width=64, height=64, sampler="euler", seed=2))
+    details = res.images[0].recipe["method_details"]
+    assert (details["num_zero"], details["ortho"], details["version"]) == (20, "v2", "v1.1")
+    img = np.asarray(res.images[0].image)
+    assert np.isfinite(img).all() and img.std() > 0
+    # the face crop the EVA tower saw: white background, grey face (R = G = B)
+    aligned, grey, id_cond, hidden = res.identity.__dict__["_pulid"]
+    assert aligned.shape == (512, 512, 3)
+    g = grey[0]
+    assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
+    assert id_cond.shape[-1] == 512 + engine.use_method("pulid", engine.pipeline("sdxl-base")).eva.num_classes
+
+
+def test_eval_runs_pulid(tiny_models_dir, photos_dir, tmp_path, capsys):
+    import csv
+    import shutil
+
+    from pipelines.cli.main import run
+
+    ids = tmp_path / "ids" / "astronaut"
+    ids.mkdir(parents=True)
+    shutil.copy(photos_dir / "astronaut.png", ids / "a.png")
+    (tmp_path / "prompts.txt").write_text("a portrait photo\n")
+    out = tmp_path / "report"
+    rc = run(["--demo", "--models-dir", str(tiny_models_dir), "--outputs-dir", str(tmp_path / "outputs"),
+              "--device", "cpu", "--dtype", "float32", "eval", "--identities", str(tmp_path / "ids"),
+              "--prompts", str(tmp_path / "prompts.txt"), "--methods", "pulid", "--seeds", "1",
+              "--seed", "5", "--steps", "2", "--width", "64", "--height", "64", "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    with open(out / "images.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], r["recognizer"]) for r in rows] == [("pulid", "buffalo_l")]
