@@ -154,10 +154,10 @@ def choice_for(method: str | None, preset: str | None) -> tuple[str, ...]:
 
 
 def needed_models(settings: Settings, choice: tuple[str, ...]) -> list[str]:
-    from pipelines.models.bundles import base_models, choice_models
+    from pipelines.models.bundles import choice_models, plain_models
 
     if not choice:
-        return base_models("sdxl-base", settings)
+        return plain_models(settings)
     return choice_models(list(choice), settings, _store(settings).catalog)
 
 

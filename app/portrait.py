@@ -103,10 +103,10 @@ class PortraitTab:
 
     def missing_for(self, method: str) -> list[str]:
         """The models `method` needs here that are not downloaded (none in demo mode)."""
-        from pipelines.models.bundles import base_models, method_models, missing_models
+        from pipelines.models.bundles import method_models, missing_models, plain_models
         from pipelines.models.store import ModelStore
 
-        names = method_models(method, self.settings) if method != "none" else base_models("sdxl-base", self.settings)
+        names = method_models(method, self.settings) if method != "none" else plain_models(self.settings)
         return missing_models(ModelStore(self.settings), names)
 
     def missing_report(self, method: str, missing: list[str]) -> str:

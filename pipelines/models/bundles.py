@@ -93,6 +93,11 @@ def base_models(base: str, settings, family: str | None = None, vae: str = "auto
     return [base, FP16_VAE_FIX] if needs_fix else [base]
 
 
+def plain_models(settings) -> list[str]:
+    """What generating without an identity method needs: the default SDXL base."""
+    return base_models(_default_base("sdxl"), settings, "sdxl")
+
+
 def method_models(method: str, settings) -> list[str]:
     from ..identity import get_method_class
 
@@ -189,8 +194,10 @@ def request_models(req, settings, store) -> list[str]:
         if cls.recognizer and req.photos:  # a saved identity card already holds the embeddings
             names.append(cls.recognizer)
     if req.pose:
+        from ..pose.control import PHOTO_SUFFIXES
+
         names.append(POSE_CONTROLNET)
-        if Path(req.pose).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
+        if Path(req.pose).suffix.lower() in PHOTO_SUFFIXES:  # a pose taken from a photo needs the annotator
             names.append(POSE_ANNOTATOR)
     if req.restore != "none":
         from ..restore.base import RESTORERS
