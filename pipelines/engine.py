@@ -69,6 +69,9 @@ class Engine:
         self._identities: dict[str, Any] = {}
         self._cn_pipes: dict[tuple, Any] = {}
         self.load_count = 0  # how many times a base pipeline was loaded (tests/bench)
+        self._loras = None  # LoraManager, made on the first request with a LoRA
+        self._pose = None  # PoseControl, made on the first request with a pose
+        self._restore_stage = None  # RestoreStage, made on the first request with a face restore
         self._finishing = None  # the current request's finishing steps (pipelines/finishing.py)
         # GPU path (pipelines/vram.py, pipelines/imageloop.py, pipelines/previews.py)
         self.placement = None  # the offload/VAE-tiling choice of the resident pipeline
@@ -145,6 +148,8 @@ class Engine:
             if self._pipe is not None and self._method is not None:
                 self._method.unload(self._pipe)
             self._method = None
+            if self._pipe is not None and self._loras is not None:
+                self._loras.forget(self._pipe)
             self._pipe = None
             self._base_name = None
             self._cn_pipes.clear()
@@ -363,18 +368,18 @@ class Engine:
 
         speed = speed_lora(self.store, req.speed)
         loras = merged_loras(req.prompt, req.loras)  # --lora plus the prompt's <lora:name:weight> tags
-        if not loras and speed is None and not getattr(pipe, "likeness_lora_weights", None):
+        if not loras and speed is None and not (self._loras and self._loras.active_weights(pipe)):
             return
         from .lora.manager import LoraManager
 
-        if getattr(self, "_loras", None) is None:
+        if self._loras is None:
             self._loras = LoraManager(self.settings, self.store)
         store_loras = {speed[1]: (speed[0], 1.0)} if speed is not None else {}
         applied = self._loras.apply(pipe, loras, store_loras)
         if speed is not None:
             cond.recipe["speed"] = speed_recipe(self.store, req.speed)
-        if self._method is not None and hasattr(self._method, "refresh_adapters"):
-            self._method.refresh_adapters(pipe)
+        if self._method is not None:
+            self._method.refresh_adapters(pipe, self._loras.active_weights(pipe))
         missing = [t for t in applied.triggers if t and t not in req.prompt]
         if missing:
             cond.prompt_suffix += ", " + ", ".join(missing)
@@ -394,6 +399,16 @@ class Engine:
         frozen, family, decoder = latents.detach().clone(), getattr(self, "_preview_family", "sdxl"), self._previews
         return lambda: decoder.decode(frozen, family)
 
+    def restore_stage(self):
+        """The face-restore stage (its restorers stay resident)."""
+        from .restore.stage import RestoreStage
+
+        with self._lock:
+            if self._restore_stage is None:
+                self._restore_stage = RestoreStage(self.store, self.device, self.dtype, self.settings.demo,
+                                                   self.analyzer)
+            return self._restore_stage
+
     def _pose_unit(self, req, family: str, width: int, height: int):
         if not req.pose:
             return None
@@ -405,7 +420,7 @@ class Engine:
             # a pose file named by a request (API, recipe) is read only if it is a regular file
             regular_file(Path(req.pose).expanduser(), f"pose file {req.pose}", max_bytes=MAX_PHOTO_BYTES)
 
-        if getattr(self, "_pose", None) is None:
+        if self._pose is None:
             self._pose = PoseControl(self.store, self.device, self.dtype, self.settings)
         return self._pose.unit(req, family, width, height)
 
@@ -424,9 +439,7 @@ class Engine:
         if finishing is not None:  # face-detail pass (before restore and the likeness score)
             image = finishing.before_restore(image, req, recipe)
         if req.restore != "none":
-            from .restore.stage import restore_output
-
-            image, report = restore_output(self, image, req)
+            image, report = self.restore_stage().restore(image, req)
             recipe["restore"] = {"model": req.restore, "strength": req.restore_strength,
                                  "fidelity": req.codeformer_fidelity if req.restore == "codeformer" else None,
                                  "faces": report}

@@ -61,7 +61,7 @@ def should_batch(engine, req, method, width: int, height: int) -> bool:
 def run_images(engine, run, pipe, method, req, cond, units, identity, width: int, height: int, seed0: int,
                on_step: Callable | None, cancel) -> list:
     """Denoise, restore, score and write `req.count` images; `GeneratedImage`s in seed order."""
-    from .outputs import build_recipe
+    from .outputs import RecipeContext, build_recipe
 
     seeds = [(seed0 + i) % 2**32 for i in range(req.count)]
     scorer = None
@@ -78,7 +78,8 @@ def run_images(engine, run, pipe, method, req, cond, units, identity, width: int
                                             batched, on_step, cancel):
             if pending:
                 pending[-1].result()  # restore below shares the face detector with the score
-            recipe = build_recipe(engine, req, cond, identity, seed, width, height)
+            recipe = build_recipe(RecipeContext(engine.settings, engine.store, engine.device, engine.dtype),
+                                  engine._method, req, cond, identity, seed, width, height)
             image = engine._restore(image, req, recipe)
             pending.append(pool.submit(_finish, engine, req, image, recipe, scorer, seed, index))
         return [f.result() for f in pending]

@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import BadInput
@@ -46,11 +48,11 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
-def model_hashes(engine, req, method) -> dict[str, str | None]:
+def model_hashes(store, req, method) -> dict[str, str | None]:
     names = [req.base_model]
     if method is not None:
         names += list(method.required_models)
-    return {n: model_hash(engine.store, n) for n in names}
+    return {n: model_hash(store, n) for n in names}
 
 
 def identity_card_path(settings, identity) -> Path:
@@ -68,9 +70,19 @@ def ensure_identity_card(settings, identity) -> Path:
     return path
 
 
-def build_recipe(engine, req, cond, identity, seed: int, width: int, height: int) -> dict:
-    settings = engine.settings
-    method = engine._method
+@dataclass(frozen=True)
+class RecipeContext:
+    """Where an image is made, as its recipe records it."""
+
+    settings: Any
+    store: Any
+    device: str
+    dtype: Any
+
+
+def build_recipe(ctx: RecipeContext, method, req, cond, identity, seed: int, width: int, height: int) -> dict:
+    """The recipe of one image; `method` is the identity method that made it (None: none)."""
+    settings = ctx.settings
     # the photos (and the face chosen in each) live in the identity card the recipe names
     request = req.model_dump(exclude={"out_dir", "photos", "identity_card", "face_index"})
     request.update(seed=seed, count=1, width=width, height=height)
@@ -95,10 +107,10 @@ def build_recipe(engine, req, cond, identity, seed: int, width: int, height: int
         "prompt": req.prompt + cond.prompt_suffix,
         "negative": req.negative,
         "base_model": req.base_model,
-        "models": model_hashes(engine, req, method),
+        "models": model_hashes(ctx.store, req, method),
         "method_details": details,
-        "device": engine.device,
-        "dtype": str(engine.dtype).replace("torch.", ""),
+        "device": ctx.device,
+        "dtype": str(ctx.dtype).replace("torch.", ""),
         "request": request,
     }
     if settings.demo:

@@ -11,7 +11,7 @@ Rules:
   authors give, is a `BadInput` naming the field and the range. (The SDXL default
   "leading" spacing, for one, starts Lightning at t=751 instead of 999.)
 - The LoRA is a named peft adapter in the engine's LoRA bookkeeping
-  (`LoraManager`, `pipe.likeness_lora_weights`), never toggled with
+  (`LoraManager.active_weights`), never toggled with
   `disable_lora()`/`enable_lora()`: those switch off *every* adapter, FaceID's
   own attention LoRA (`faceid_0`) too. In quality mode the adapter, once
   loaded, stays resident at weight 0 and adds exactly nothing.

@@ -59,11 +59,9 @@ def test_bad_pose_file_is_a_clear_error(engine, photos_dir, tmp_path):
 
 
 def test_restore_stage_restores_the_face_in_an_output(engine, photos_dir):
-    from pipelines.restore.stage import restore_output
-
     photo = Image.open(photos_dir / "astronaut.png").convert("RGB")
     req = GenerateRequest(**dict(FAST, photos=["x"], restore="codeformer", restore_strength=1.0))
-    restored, report = restore_output(engine, photo, req)
+    restored, report = engine.restore_stage().restore(photo, req)
     a, b = np.asarray(photo).astype(int), np.asarray(restored).astype(int)
     changed = np.abs(a - b).sum(axis=2) > 0
     ys, xs = np.nonzero(changed)

@@ -94,6 +94,11 @@ class IdentityMethod(ABC):
                            "re-create it from photos.")
         return emb
 
+    def refresh_adapters(self, pipe, user_lora_weights: dict[str, float]) -> None:
+        """Called whenever the user LoRAs on `pipe` change, with the active ones
+        (peft adapter -> weight): a method with a peft adapter of its own keeps it
+        and them active together. Default: nothing to do."""
+
     @abstractmethod
     def load(self, pipe) -> None:
         """Attach adapters/processors to `pipe` (idempotent)."""

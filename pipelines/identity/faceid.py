@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..lora.adapters import drop_empty_peft_config, peft_adapters, set_adapter_weights
 from .base import Conditioning, IdentityMethod
 
 MODEL = "ip-adapter-faceid-plusv2-sdxl"
@@ -55,6 +56,7 @@ class FaceIDPlusV2(IdentityMethod):
         super().__init__(store, device, dtype)
         self._encoder = None
         self._processor = None
+        self._user_lora_weights: dict[str, float] = {}  # the user LoRAs active beside faceid_0
 
     # ------------------------------------------------------------------ life
     def load(self, pipe) -> None:
@@ -72,7 +74,8 @@ class FaceIDPlusV2(IdentityMethod):
         pipe.unload_ip_adapter()
         if LORA_NAME in getattr(pipe.unet, "peft_config", {}):
             pipe.delete_adapters([LORA_NAME])
-        _drop_empty_peft(pipe.unet)
+        drop_empty_peft_config(pipe.unet)
+        self._user_lora_weights = {}
         self.loaded = False
 
     def _ensure_encoder(self):
@@ -101,15 +104,16 @@ class FaceIDPlusV2(IdentityMethod):
             proj.clip_embeds = clip.repeat(n, *([1] * (clip.ndim - 1)))
 
     def set_lora_weight(self, pipe, weight: float) -> None:
-        """Weight of the FaceID attention LoRA; other active LoRAs (user LoRAs set by
-        the engine in `pipe.likeness_lora_weights`) keep theirs."""
+        """Weight of the FaceID attention LoRA; the active user LoRAs (as last
+        given to `refresh_adapters`) keep theirs."""
         self._lora_weight = float(weight)
-        _set_faceid_weight(pipe, weight, getattr(pipe, "likeness_lora_weights", None))
+        set_adapter_weights(pipe, {LORA_NAME: float(weight), **self._user_lora_weights})
 
-    def refresh_adapters(self, pipe) -> None:
+    def refresh_adapters(self, pipe, user_lora_weights: dict[str, float]) -> None:
         """Re-apply the FaceID LoRA weight after the user LoRAs changed, so both
-        the FaceID LoRA and `pipe.likeness_lora_weights` are active."""
-        if self.loaded and LORA_NAME in getattr(pipe.unet, "peft_config", {}):
+        the FaceID LoRA and the user LoRAs are active."""
+        self._user_lora_weights = dict(user_lora_weights)
+        if self.loaded and LORA_NAME in peft_adapters(pipe.unet):
             self.set_lora_weight(pipe, getattr(self, "_lora_weight", 1.0))
 
     # ---------------------------------------------------------- conditioning
@@ -169,19 +173,3 @@ class FaceIDPlusV2(IdentityMethod):
         )
 
 
-def _set_faceid_weight(pipe, weight: float, others: dict[str, float] | None = None) -> None:
-    names = [LORA_NAME, *(others or {})]
-    weights = [weight, *(others or {}).values()]
-    pipe.set_adapters(names, adapter_weights=weights)
-
-
-def _drop_empty_peft(unet) -> None:
-    """After the last adapter is deleted peft leaves an empty config; remove it so the
-    UNet is as it was before the FaceID load."""
-    cfg = getattr(unet, "peft_config", None)
-    if cfg is not None and len(cfg) == 0:
-        try:
-            del unet.peft_config
-        except AttributeError:
-            pass
-        unet._hf_peft_config_loaded = False

@@ -12,7 +12,10 @@ Invariants:
   exactly nothing even if peft re-activates them (it does when another adapter
   is deleted): with no LoRA requested the output equals the base model's.
 - An identity method's own adapter (FaceID's `faceid_0`) stays active; the
-  method reads the user LoRAs' weights from `pipe.likeness_lora_weights`.
+  manager keeps the active user LoRAs' weights per pipeline (`active_weights`)
+  and the engine hands them to the method (`IdentityMethod.refresh_adapters`).
+- The peft/diffusers internals used to switch and remove adapters live in
+  `lora/adapters.py`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ..errors import BadInput, ModelError
 from ..models.hashing import file_problem, sha256_file
 from ..paths import check_name, confine
 from . import kohya
+from .adapters import adapter_weight, delete_adapter, peft_adapters, set_adapter_weights
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ADAPTER_PREFIX = "user_"
@@ -345,41 +349,13 @@ def _load_text_lora(model, modules: dict, adapter: str) -> None:
         raise ValueError(f"unexpected keys {result.unexpected_keys[:2]}")
 
 
-def _peft_adapters(model) -> set[str]:
-    return set(getattr(model, "peft_config", {}) or {})
+_peft_adapters = peft_adapters
+_current_weight = adapter_weight
 
 
 def _drop_adapter(pipe, adapter: str) -> None:
     """Remove a (possibly partly) loaded adapter from every component."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for model in _components(pipe).values():
-        present = adapter in _peft_adapters(model)
-        if hasattr(model, "delete_adapters") and present:  # diffusers model
-            model.delete_adapters([adapter])
-        else:  # text encoders: peft layers directly
-            for module in model.modules():
-                if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "lora_A", {}):
-                    module.delete_adapter(adapter)
-            if present:
-                model.peft_config.pop(adapter, None)
-        if getattr(model, "peft_config", None) is not None and len(model.peft_config) == 0:
-            try:
-                del model.peft_config
-            except AttributeError:
-                pass
-            model._hf_peft_config_loaded = False
-
-
-def _current_weight(unet, adapter: str) -> float:
-    """The weight peft is applying for `adapter` (scaling = weight · alpha / r)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in unet.modules():
-        if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "scaling", {}):
-            base = module.lora_alpha[adapter] / module.r[adapter]
-            return float(module.scaling[adapter] / base) if base else 1.0
-    return 1.0
+    delete_adapter(_components(pipe).values(), adapter)
 
 
 class LoraManager:
@@ -390,6 +366,7 @@ class LoraManager:
         self.store = store
         self.loras_dir = Path(settings.loras_dir)
         self._resident: dict[int, dict[str, _Resident]] = {}  # id(unet) -> name -> adapter
+        self._active: dict[int, dict[str, float]] = {}  # id(unet) -> active adapter -> weight
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------ files
@@ -467,7 +444,7 @@ class LoraManager:
         previously active set is restored and the error raised.
         `store_loras`: adapter name -> (file, weight) of LoRAs from the model store
         (a speed mode's), active beside the user LoRAs and kept in the same
-        bookkeeping (`pipe.likeness_lora_weights`), so an identity method that
+        bookkeeping (`active_weights`), so an identity method that
         re-sets its own adapter keeps them on; not listed in the result."""
         with self._lock:
             wanted: dict[str, float] = {}
@@ -476,7 +453,7 @@ class LoraManager:
                 wanted[normalize_ref(name)] = float(weight)  # last one wins
             for name in wanted:  # every file is found before anything is loaded
                 self.path(name)
-            previous = dict(getattr(pipe, "likeness_lora_weights", None) or {})
+            previous = self.active_weights(pipe)
             residents: dict[str, _Resident] = {}
             fixed: dict[str, float] = {}
             try:
@@ -511,11 +488,22 @@ class LoraManager:
         active = {a: w for a, w in active.items() if a in ours}
         others = sorted(a for a in present if a not in ours)
         if ours or others:
-            other_w = {a: _current_weight(pipe.unet, a) for a in others}
+            other_w = {a: adapter_weight(pipe.unet, a) for a in others}
             idle = sorted(ours - set(active))
             if idle:  # kept at 0 for good: adds exactly nothing even if peft re-activates it
-                pipe.set_adapters(idle, adapter_weights=[0.0] * len(idle))
+                set_adapter_weights(pipe, {a: 0.0 for a in idle})
             names = [*active, *others]
             if names:
-                pipe.set_adapters(names, adapter_weights=[*active.values(), *(other_w[a] for a in others)])
-        pipe.likeness_lora_weights = dict(active)
+                set_adapter_weights(pipe, {**active, **other_w})
+        self._active[id(pipe.unet)] = dict(active)
+
+    def active_weights(self, pipe) -> dict[str, float]:
+        """The LoRA adapters this manager has active on `pipe` (adapter -> weight)."""
+        with self._lock:
+            return dict(self._active.get(id(pipe.unet), {}))
+
+    def forget(self, pipe) -> None:
+        """Drop the bookkeeping of `pipe` (it is being released)."""
+        with self._lock:
+            self._resident.pop(id(pipe.unet), None)
+            self._active.pop(id(pipe.unet), None)
