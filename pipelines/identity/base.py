@@ -54,10 +54,6 @@ class IdentityMethod(ABC):
     label: ClassVar[str] = ""
     title: ClassVar[str] = ""
     help: ClassVar[str] = ""
-    #: short name for choices (UI, CLI help), full name for reports, one line of help
-    label: ClassVar[str] = ""
-    title: ClassVar[str] = ""
-    help: ClassVar[str] = ""
     #: base model family it runs on: "sdxl" or "sd15"
     base: ClassVar[str] = "sdxl"
     #: catalog names of the models it needs (downloaded/built by the store)

@@ -44,8 +44,6 @@ class FaceIDPlusV2(IdentityMethod):
     name = "faceid"
     label, title = "FaceID Plus v2", "IP-Adapter FaceID Plus v2"
     help = "ArcFace embedding + CLIP face features through IP-Adapter (SDXL)"
-    label, title = "FaceID Plus v2", "IP-Adapter FaceID Plus v2"
-    help = "ArcFace embedding + CLIP face features through IP-Adapter (SDXL)"
     base = "sdxl"
     required_models = (MODEL, ENCODER)
     recognizer = "buffalo_l"
