@@ -323,6 +323,12 @@ class Engine:
             follows_photo = identity is not None and getattr(method, "follows_photo_aspect", False)
             posed = bool(req.pose) and req.pose_scale > 0
             width, height = self.resolve_size(req, family, identity.image_size if follows_photo and not posed else None)
+            template = None
+            if req.template:  # "put me in this photo": only the template's face is re-generated
+                from .templates import load_template
+
+                template = load_template(self, req)
+                width, height = self.resolve_size(req, family, template.image.size)
             seed0 = req.seed if req.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
             cond = method.conditioning(pipe, identity, req, width, height) if method else Conditioning()
             self._apply_loras(pipe, req, cond)
@@ -346,6 +352,11 @@ class Engine:
 
             self._finishing = FinishingSteps.for_request(self, req, run, pipe, method, cond, units, identity,
                                                          width, height, cancel)
+            if template is not None:
+                from .templates import template_run
+
+                run = template_run(self, req, run, pipe, method, cond, units, identity, width, height, template,
+                                   cancel)
             from .imageloop import run_images
 
             self._preview_family = family

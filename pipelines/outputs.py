@@ -88,6 +88,8 @@ def build_recipe(ctx: RecipeContext, method, req, cond, identity, seed: int, wid
     request.update(seed=seed, count=1, width=width, height=height)
     if request.get("pose"):
         request["pose"] = _shareable_pose(request["pose"])
+    if request.get("template"):  # a template file is recorded by its file name, as a pose file
+        request["template"] = _shareable_pose(request["template"])
     details = dict(cond.recipe)
     if isinstance(details.get("pose"), dict) and details["pose"].get("pose"):
         details["pose"] = {**details["pose"], "pose": _shareable_pose(details["pose"]["pose"])}

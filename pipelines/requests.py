@@ -91,6 +91,11 @@ class GenerateRequest(BaseModel):
     upscaler: Literal["realesrgan-x4plus", "4x-ultrasharp"] = "realesrgan-x4plus"
     hires: bool = False  # img2img over the upscaled image, same conditioning and seed
     hires_strength: float = Field(default=0.3, ge=0.05, le=0.8)
+    # "put me in this photo" (pipelines/templates.py): a template name or photo file whose
+    # face (template_face, 1 = the largest) is inpainted with the identity
+    template: str | None = Field(default=None, max_length=1000)
+    template_face: int = Field(default=1, ge=1, le=100)
+    template_strength: float = Field(default=0.85, ge=0.05, le=1.0)
     keep: int | None = Field(default=None, ge=1, le=64)  # best-of-N: keep the most alike
     rejects: bool = False  # best-of-N: move the others into rejects/ instead of deleting them
     edits: list[str] = Field(default_factory=list, max_length=16)  # W+ attribute edits, "age=+2"
@@ -148,6 +153,8 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"keep {self.keep} is more than count {self.count}")
         if self.edits and self.method != "wplus":
             raise ValueError("edits need method 'wplus'")
+        if self.template and self.pose:
+            raise ValueError("template and pose: the template's own face gives the pose; give one of them")
         if self.hires and self.upscale == 1:
             raise ValueError("hires needs upscale 1.5, 2 or 4")
         return self

@@ -65,6 +65,10 @@ def register(sub) -> None:
     p.add_argument("--hires", action=argparse.BooleanOptionalAction, default=None,
                    help="img2img pass over the upscaled image (same identity conditioning and seed)")
     p.add_argument("--hires-strength", type=float, metavar="S", help="hires pass denoise, 0.05-0.8 (0.3)")
+    p.add_argument("--template", metavar="NAME|FILE",
+                   help="put the person in this photo: a template name (`assets/templates`, ./templates) or a photo")
+    p.add_argument("--template-face", type=int, metavar="N", help="which face of the template (1 = the largest)")
+    p.add_argument("--template-strength", type=float, metavar="D", help="denoise of the template's face, 0.05-1")
     p.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
                    help="W+ attribute edit, e.g. age=+2 or lipstick=+1 (repeatable; method wplus; "
                         "`launch.py wplus edits` lists all)")
@@ -153,6 +157,7 @@ _FIELDS = {
     "face_detail": "face_detail", "face_detail_strength": "face_detail_strength",
     "face_detail_keep_better": "face_detail_keep_better", "upscale": "upscale", "upscaler": "upscaler",
     "hires": "hires", "hires_strength": "hires_strength",
+    "template": "template", "template_face": "template_face", "template_strength": "template_strength",
 }
 
 
