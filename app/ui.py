@@ -4,7 +4,6 @@ widgets become typed requests (`app.requests_map`), engine errors become
 
 from __future__ import annotations
 
-import importlib.util
 
 import gradio as gr
 
@@ -22,13 +21,6 @@ CSS = """
 #demo-banner { background: #fff3cd; color: #664d03; border: 1px solid #ffe69c; border-radius: 6px;
                padding: 4px 12px; }
 """
-
-
-def has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def banner(settings: Settings) -> None:
@@ -56,20 +48,17 @@ def build_app(settings: Settings, holder: EngineHolder | None = None) -> gr.Bloc
                 banner(settings)
                 history = HistoryTab(settings, portrait, tabs, PORTRAIT_TAB)
                 history.build()
-            train = None
-            if has_module("pipelines.lora.train"):
-                with gr.Tab("Train", id="train"):
-                    banner(settings)
-                    from .train_tab import TrainTab
+            with gr.Tab("Train", id="train"):
+                banner(settings)
+                from .train_tab import TrainTab
 
-                    train = TrainTab(settings, holder, cancels)
-                    train.build()
-            if has_module("pipelines.batch.runner"):
-                with gr.Tab("Batch", id="batch"):
-                    banner(settings)
-                    from .batch_tab import build_batch
+                train = TrainTab(settings, holder, cancels)
+                train.build()
+            with gr.Tab("Batch", id="batch"):
+                banner(settings)
+                from .batch_tab import build_batch
 
-                    build_batch(settings, holder)
+                build_batch(settings, holder, cancels)
             with gr.Tab("Models", id="models"):
                 banner(settings)
                 build_models(settings, demo.load)

@@ -74,12 +74,10 @@ def preset_cards():
 
 
 def pose_cards():
-    """(name, title, PIL preview or None) for every pose template, when this build has poses."""
-    try:
-        from pipelines.pose.templates import list_templates
-    except ImportError:
-        return []
+    """(name, title, PIL preview or None) for every pose template."""
     from PIL import Image
+
+    from pipelines.pose.templates import list_templates
 
     out = []
     for t in list_templates():
