@@ -227,12 +227,11 @@ def test_json_job_files_work_too(job_dir):
         ("  - identity: alice\n    methods: [faceid]\n", 4, r"items\[0\]\.prompt: required"),
         ("  - identity: alice\n    prompt: p\n    prompts: [q]\n", 4, r"items\[0\]: give prompt: or prompts:, not both"),
         ("  - identity: alice\n    prompt: p\n  - identity: alice\n    prompt: p\n    prompt: q\n", 8, r"items\[1\]\.prompt: key given twice"),
-        ("  - identity: alice\n    preset: studio-headshot\n", 5, r"items\[0\]\.preset: presets are not available"),
+        ("  - identity: alice\n    preset: no-such-preset\n", 5, r"items\[0\]\.preset: preset 'no-such-preset'"),
         ("  - identity: alice\n    prompt: p\n    loras: [[mine:7.5]]\n", 6, r"items\[0\]\.loras: .*less than or equal to 5"),
     ],
 )
 def test_job_errors_name_the_key_and_the_line(job_dir, body, line, key, monkeypatch):
-    monkeypatch.setitem(sys.modules, "pipelines.presets", None)  # the presets module is another issue's
     head = "identities:\n  alice: {photos: [photos/astronaut.png]}\nitems:\n"
     p = job_dir / "bad.yaml"
     p.write_text(head + body)
@@ -266,30 +265,6 @@ def test_poses_and_loras_are_axes(job_dir):
 
     keys = [tuple(x.name for x in it.request.loras) for it in order_items(job.items)]
     assert sum(1 for a, b in zip(keys, keys[1:]) if a != b) == 3
-
-
-def test_axes_missing_from_the_request_model_are_named(job_dir):
-    from pydantic import BaseModel, ConfigDict
-
-    class OlderRequest(BaseModel):  # a build without pose / LoRA support
-        model_config = ConfigDict(extra="forbid")
-        photos: list[str] = []
-        identity_card: str | None = None
-        prompt: str
-        method: str = "faceid"
-        seed: int | None = None
-        base_model: str = "sdxl-base"
-
-    head = "identities:\n  alice: {photos: [photos/astronaut.png]}\nitems:\n  - identity: alice\n    prompt: p\n"
-    p = job_dir / "bad.yaml"
-    p.write_text(head + "    poses: [pose1.png]\n")
-    with pytest.raises(BadInput, match=r"bad\.yaml, line 6: items\[0\]\.poses: poses are not available"):
-        jf.load_job(p, request_model=OlderRequest)
-    p.write_text(head + "    loras: [mine]\n")
-    with pytest.raises(BadInput, match=r"bad\.yaml, line 6: items\[0\]\.loras: loras are not available"):
-        jf.load_job(p, request_model=OlderRequest)
-    p.write_text(head)
-    assert len(jf.load_job(p, request_model=OlderRequest).items) == 1
 
 
 def test_identity_schema_errors(job_dir):

@@ -39,7 +39,6 @@ the ids; changing a photo, a prompt or a setting changes them.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -356,7 +355,7 @@ def _parse(path: Path) -> tuple[Any, _Lines]:
     return data, _Lines(root)
 
 
-def load_job(path: Path | str, request_model=None, demo: bool = False, uploads: "Uploads | None" = None) -> Job:
+def load_job(path: Path | str, demo: bool = False, uploads: "Uploads | None" = None) -> Job:
     """Read, validate and expand a job file; `BadInput` naming the key and line.
     With `uploads` (a job sent through the web UI or the API) the file may name
     only what came with it, never a path on the server: see `Uploads`."""
@@ -380,7 +379,7 @@ def load_job(path: Path | str, request_model=None, demo: bool = False, uploads: 
         _confine(spec, uploads, errors)
     job = Job(path=path, name=spec.name or path.stem, identities=_resolve_identities(spec, path, errors),
               lines=lines)
-    job.items, job.duplicates = expand(spec, job, errors, request_model, demo)
+    job.items, job.duplicates = expand(spec, job, errors, demo)
     return job
 
 
@@ -519,14 +518,6 @@ def _contents_hash(files, locs=None, errors: _Errors | None = None, max_bytes: i
 
 
 # ------------------------------------------------------------------ expansion
-def _request_model(request_model):
-    if request_model is not None:
-        return request_model
-    from ..requests import GenerateRequest
-
-    return GenerateRequest
-
-
 def _preset_at_speed(fields: dict, defaults: dict, overrides: dict) -> dict:
     """A preset's fields at the speed the job asks for (item overrides, then
     defaults): a different speed drops the preset's steps/sampler/cfg, which the
@@ -543,27 +534,13 @@ def _preset_at_speed(fields: dict, defaults: dict, overrides: dict) -> dict:
 
 
 def _load_preset(name: str, loc: tuple, errors: _Errors, demo: bool = False) -> dict:
+    from ..presets import load_preset
+
     try:
-        mod = importlib.import_module("pipelines.presets")
-        load = mod.load_preset
-    except ModuleNotFoundError as exc:
-        if exc.name != "pipelines.presets":
-            raise
-        raise errors.at(loc, "presets are not available in this build; use prompt: instead") from None
-    except AttributeError:
-        raise errors.at(loc, "presets are not available in this build; use prompt: instead") from None
-    try:
-        fields = load(name, demo=demo)
+        fields = load_preset(name, demo=demo)
     except LikenessError as exc:
         raise errors.at(loc, f"preset {name!r}: {exc}") from None
     return dict(fields)
-
-
-def _axis_field(model, key: str, candidates: tuple[str, ...], loc: tuple, errors: _Errors) -> str:
-    for f in candidates:
-        if f in model.model_fields:
-            return f
-    raise errors.at(loc, f"{key} are not available in this build (generate has no {candidates[0]} option)")
 
 
 _POSE_PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -655,10 +632,12 @@ def _count_combinations(spec: JobSpec, job: Job, errors: _Errors) -> None:
                                           f"(duplicates included); split it")
 
 
-def expand(spec: JobSpec, job: Job, errors: _Errors, request_model=None, demo: bool = False) -> tuple[list[BatchItem], int]:
+def expand(spec: JobSpec, job: Job, errors: _Errors, demo: bool = False) -> tuple[list[BatchItem], int]:
     """identities x presets x prompts x methods x seeds x poses x loras, each
     validated as a request. Returns (unique items, number of duplicates)."""
-    model = _request_model(request_model)
+    from ..requests import GenerateRequest
+
+    model = GenerateRequest
     base = job.path.parent
     _count_combinations(spec, job, errors)
     _check_overrides(spec.defaults, ("defaults",), model, errors)
@@ -683,11 +662,8 @@ def expand(spec: JobSpec, job: Job, errors: _Errors, request_model=None, demo: b
         prompts = it.axis("prompt") or [None]
         methods = it.axis("method") or [None]
         seeds = it.axis("seed") or [None]
-        pose_field = lora_field = None
-        if it.poses is not None:
-            pose_field = _axis_field(model, "poses", ("pose", "poses"), loc + ("poses",), errors)
-        if it.loras is not None:
-            lora_field = _axis_field(model, "loras", ("loras", "lora"), loc + ("loras",), errors)
+        pose_field = "pose" if it.poses is not None else None  # the request field each axis sets
+        lora_field = "loras" if it.loras is not None else None
         poses = it.poses or [None]
         loras = it.loras or [None]
         combos = itertools.product(names, presets, prompts, methods, poses, loras)
