@@ -73,6 +73,10 @@ class GenerateRequest(BaseModel):
     # FaceID Plus v2 attention-LoRA weight; None = fades with the scale below 0.8, 1.0 = the reference
     faceid_lora_weight: float | None = Field(default=None, ge=0.0, le=2.0)
     faceid_crop_channels: Literal["rgb", "bgr"] = "rgb"  # "bgr" = what IP-Adapter's model card feeds CLIP
+    # PuLID: zero tokens appended to the ID tokens, and the orthogonal mixing mode (the v1.1 demo's
+    # 20 / "v2"; its v1 demo's "fidelity" is 8 / "v2", "extremely style" 16 / "v1")
+    pulid_num_zero: int = Field(default=20, ge=0, le=80)
+    pulid_ortho: Literal["off", "v1", "v2"] = "v2"
     # LoRAs (issue: LoRA training), pose ControlNet, face restore, best-of-N, W+ edits
     loras: list[LoraSpec] = Field(default_factory=list, max_length=8)
     pose: str | None = None  # a template name from assets/poses, or a .json / .png file

@@ -254,3 +254,45 @@ def test_eval_runs_pulid(tiny_models_dir, photos_dir, tmp_path, capsys):
     with open(out / "images.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["method"], r["recognizer"]) for r in rows] == [("pulid", "buffalo_l")]
+
+
+def test_num_zero_and_ortho_reach_the_processors_per_call(engine, photos_dir):
+    from pipelines.requests import GenerateRequest
+
+    base = dict(method="pulid", photos=[str(photos_dir / "astronaut.png")], prompt="p", steps=2, width=64,
+                height=64, sampler="euler", seed=2)
+    seen = []
+    pipe = engine.pipeline("sdxl-base")
+    engine.use_method("pulid", pipe)
+    handle = pipe.unet.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(dict(kw.get("cross_attention_kwargs") or {})), with_kwargs=True)
+    try:
+        images = {}
+        for nz, ortho in ((20, "v2"), (8, "v2"), (16, "v1"), (20, "off")):
+            seen.clear()
+            res = engine.generate(GenerateRequest(**base, pulid_num_zero=nz, pulid_ortho=ortho))
+            assert {(c["num_zero"], c["ortho"]) for c in seen} == {(nz, ortho)}
+            assert (res.images[0].recipe["method_details"]["num_zero"],
+                    res.images[0].recipe["method_details"]["ortho"]) == (nz, ortho)
+            images[(nz, ortho)] = np.asarray(res.images[0].image)
+    finally:
+        handle.remove()
+    assert len({v.tobytes() for v in images.values()}) == 4  # every setting changes the image
+
+
+def test_cli_flags_reach_the_request(demo_settings):
+    import argparse
+
+    from pipelines.cli.generate import register, request_from_args
+    from pipelines.requests import GenerateRequest
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    base = ["generate", "--photo", "me.jpg", "--prompt", "p", "--method", "pulid"]
+    req = GenerateRequest(**request_from_args(parser.parse_args(base), demo_settings))
+    assert (req.pulid_num_zero, req.pulid_ortho) == (20, "v2")  # the v1.1 demo's
+    args = parser.parse_args([*base, "--pulid-num-zero", "16", "--pulid-ortho", "v1"])
+    req = GenerateRequest(**request_from_args(args, demo_settings))
+    assert (req.pulid_num_zero, req.pulid_ortho) == (16, "v1")
+    with pytest.raises(ValueError):
+        GenerateRequest(**request_from_args(parser.parse_args([*base, "--pulid-num-zero", "81"]), demo_settings))

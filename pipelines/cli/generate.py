@@ -49,6 +49,10 @@ def register(sub) -> None:
                    help="FaceID attention-LoRA weight (default: fades with --scale below 0.8; 1 = the reference)")
     p.add_argument("--faceid-crop-channels", choices=["rgb", "bgr"],
                    help="channel order of the face crop fed to CLIP (default rgb; bgr = IP-Adapter's model card)")
+    p.add_argument("--pulid-num-zero", type=int, metavar="N",
+                   help="PuLID: zero tokens added to the ID tokens, 0-80 (default 20; more = more editable)")
+    p.add_argument("--pulid-ortho", choices=["off", "v1", "v2"],
+                   help="PuLID orthogonal mixing (default v2; v1 with 16 zero tokens = its 'extremely style')")
     p.add_argument("--pose", metavar="NAME|FILE", help="pose template name, or a .json template / reference .png photo")
     p.add_argument("--pose-scale", type=float, help="pose ControlNet conditioning scale")
     p.add_argument("--restore", choices=["none", "gfpgan", "codeformer"], help="face restoration")
@@ -151,6 +155,7 @@ _FIELDS = {
     "scale": "scale", "s_scale": "s_scale", "identitynet_scale": "identitynet_scale",
     "enhance_face_region": "enhance_face_region", "faceid_lora_weight": "faceid_lora_weight",
     "faceid_crop_channels": "faceid_crop_channels",
+    "pulid_num_zero": "pulid_num_zero", "pulid_ortho": "pulid_ortho",
     "base_model": "base_model", "pose": "pose", "pose_scale": "pose_scale", "restore": "restore",
     "restore_strength": "restore_strength", "codeformer_fidelity": "codeformer_fidelity",
     "vae": "vae", "freeu": "freeu",

@@ -11,7 +11,8 @@ Conditioning, as the reference computes it:
 - `IDFormer(cat(raw 512, EVA 768), hidden states)` -> 32 ID tokens; the
   unconditional tokens are the IDFormer on zeros (not zero tokens);
 - the ID attention processors on every attn2 with id_scale, 20 zero tokens and
-  ortho "v2" (the v1.1 demo's defaults), passed per call in
+  ortho "v2" (the v1.1 demo's defaults; request `pulid_num_zero`, `pulid_ortho`,
+  `--pulid-num-zero`, `--pulid-ortho`), passed per call in
   `cross_attention_kwargs` (`pipelines/pulid/attention.py`); without CFG only
   the conditional tokens go in;
 - encoders and ID projections in float32, as the reference.
@@ -40,8 +41,6 @@ from .base import Conditioning, IdentityMethod
 WEIGHTS, WEIGHTS_FILE = "pulid-v1.1", "pulid_v1.1.safetensors"
 EVA, EVA_FILE = "eva02-clip-l-336", "EVA02_CLIP_L_336_psz14_s6B.pt"
 PARSER, PARSER_FILE = "facexlib-bisenet", "parsing_bisenet.pth"
-NUM_ZERO = 20  # app_v1_1.py default
-ORTHO = "v2"  # app_v1_1.py default (hidden "ortho_v2")
 MAX_SIDE = 1024  # app_v1_1.py resize_numpy_image_long(image, 1024)
 # app_v1_1.py DEFAULT_NEGATIVE_PROMPT, character for character (two pieces join without a space)
 REFERENCE_NEGATIVE = (
@@ -188,12 +187,13 @@ class PuLID(IdentityMethod):
         if identity is None:
             raise BadInput("method 'pulid' needs photos of the person.")
         scale = self.scale_for(request)
-        recipe = {"scale": scale, "version": "v1.1", "num_zero": NUM_ZERO, "ortho": ORTHO}
+        num_zero, ortho = request.pulid_num_zero, request.pulid_ortho
+        recipe = {"scale": scale, "version": "v1.1", "num_zero": num_zero, "ortho": ortho}
         if scale == 0:
             return Conditioning(recipe=recipe)
         cond, uncond = self.id_tokens(identity)
         emb = torch.cat([uncond, cond]) if request.cfg > 1.0 else cond
         return Conditioning(
-            cross_attention_kwargs={"id_embedding": emb, "id_scale": scale, "num_zero": NUM_ZERO, "ortho": ORTHO},
+            cross_attention_kwargs={"id_embedding": emb, "id_scale": scale, "num_zero": num_zero, "ortho": ortho},
             recipe=recipe,
         )
