@@ -1,4 +1,4 @@
-"""Launch policy for the web server (BAD_INPUTS rows 13-17), kept free of gradio
+"""Launch policy for the web server, kept free of gradio
 so it is testable on its own.
 
 - Binds 127.0.0.1 unless --listen; `GRADIO_SERVER_NAME` in the environment is

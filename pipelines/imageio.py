@@ -2,7 +2,7 @@
 
 What comes out is always an upright 8-bit RGB image whose long side is at most
 `max_side`; what cannot be turned into one is refused with a one-sentence
-`BadInput` / `UnreadableImage` naming the file. The rules (BAD_INPUTS rows 5-12):
+`BadInput` / `UnreadableImage` naming the file. The rules:
 
 - the *decoded* format must be in `ALLOWED_FORMATS` (the extension is ignored);
 - the pixel count declared in the header is checked against a cap before any

@@ -245,7 +245,7 @@ def test_rejects_non_rgb_arrays(analyzers):
         analyzers["buffalo_l"].analyze(np.zeros((64, 64), np.uint8), "gray.png")
 
 
-# -- broken model folders (BAD_INPUTS row 22) ---------------------------------
+# -- broken model folders  ---------------------------------
 
 
 def test_nested_pack_folder_names_expected_path(store, demo, tmp_path):

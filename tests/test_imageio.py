@@ -1,4 +1,4 @@
-"""Safe photo input (BAD_INPUTS rows 5-12). Every input is built here in code."""
+"""Safe photo input. Every input is built here in code."""
 
 from __future__ import annotations
 

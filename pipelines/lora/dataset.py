@@ -1,6 +1,6 @@
 """Training set for a personal LoRA: a few photos in, face-centred crops out.
 
-Rules (FaceChain's, plus what BAD_INPUTS asks for):
+Rules (FaceChain's, plus the app's own photo checks):
 - every photo is decoded through `load_photo_array` (format allow-list, pixel
   cap, EXIF orientation, 8-bit RGB);
 - a photo is used only with exactly one person in it: no face, a group photo
@@ -46,7 +46,7 @@ FRAMINGS: dict[str, tuple[tuple[int, int], float, float]] = {
 class DatasetOptions:
     trigger: str = "lkns"
     class_word: str = ""
-    min_face_px: int = 64  # the app's minimum face size (BAD_INPUTS row 4)
+    min_face_px: int = 64  # the app's minimum face size, as for generation
     min_sharpness: float = 35.0
     group_ratio: float = 0.33
     flip: bool = False

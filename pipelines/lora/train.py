@@ -1,6 +1,6 @@
 """Personal LoRA training on SDXL (UNet LoRA with peft; text-encoder LoRA optional).
 
-Defaults follow FaceChain v3's face LoRA (ANCHORS §3): rank 4, alpha 32,
+Defaults follow FaceChain v3's face LoRA (modelscope/facechain training defaults): rank 4, alpha 32,
 lr 1.5e-4 with a cosine schedule, steps = min(200 × photos, 800); demo mode
 (tiny random models) uses min(10 × photos, 40) steps. `--steps/--rank/--lr`
 override. One optimizer step = one crop per process (batch 1, as FaceChain and

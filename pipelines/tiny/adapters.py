@@ -1,4 +1,4 @@
-"""Tiny identity-adapter packs in the published key layouts (ANCHORS §2), sized for
+"""Tiny identity-adapter packs in the published key layouts (as diffusers' loaders/ip_adapter.py reads them), sized for
 the tiny SDXL of `pipelines.tiny.sdxl`:
 
 - `faceid-plusv2-sdxl`: h94/IP-Adapter-FaceID `ip-adapter-faceid-plusv2_sdxl.bin`,

@@ -1,4 +1,4 @@
-"""Tiny W+ packs in the published layouts (ANCHORS §7):
+"""Tiny W+ packs in the published layouts (csxmli2016/w-plus-adapter and omertov/encoder4editing):
 
 - `wplus-adapter`: csxmli2016/w-plus-adapter `wplus_adapter.bin`, a torch pickle
   `{"w_proj": {proj_0..3.weight, norm.*}, "wplus_adapter": {"{i}.to_{k,v,q}_wplus.weight"}}`
