@@ -31,19 +31,20 @@ class FinishingSteps:
     width: int
     height: int
     cancel: Any = None
+    people: Any = None  # pipelines/multi_person.People: the likeness is scored per person
 
     @classmethod
     def for_request(cls, engine, req, run, pipe, method, cond, units, identity, width: int, height: int,
-                    cancel=None) -> "FinishingSteps | None":
+                    cancel=None, people=None) -> "FinishingSteps | None":
         """The steps of `req`, or None when it asks for none. Sizes are checked here,
         before any denoising (an upscale over the pixel cap is a BadInput)."""
-        if not (req.face_detail or req.upscale != 1):
+        if not (req.face_detail or req.upscale != 1 or people is not None):
             return None
         if req.upscale != 1:
             from .upscale import check_upscale
 
             check_upscale(width, height, req.upscale, engine.settings.max_image_pixels)
-        return cls(engine, run, pipe, method, cond, units, identity, width, height, cancel)
+        return cls(engine, run, pipe, method, cond, units, identity, width, height, cancel, people)
 
     def before_restore(self, image, req, recipe: dict):
         if not req.face_detail:
@@ -53,6 +54,14 @@ class FinishingSteps:
         return face_detail_pass(self, image, req, recipe)
 
     def after_restore(self, image, req, recipe: dict):
+        image = self._upscale(image, req, recipe)
+        if self.people is not None:
+            from .multi_person import score_people
+
+            recipe["likeness_people"] = score_people(self.engine, image, self.people, req.method)
+        return image
+
+    def _upscale(self, image, req, recipe: dict):
         if req.upscale == 1:
             return image
         from .upscale import get_upscaler, hires_pass

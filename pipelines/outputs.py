@@ -84,7 +84,8 @@ def build_recipe(ctx: RecipeContext, method, req, cond, identity, seed: int, wid
     """The recipe of one image; `method` is the identity method that made it (None: none)."""
     settings = ctx.settings
     # the photos (and the face chosen in each) live in the identity card the recipe names
-    request = req.model_dump(exclude={"out_dir", "photos", "identity_card", "face_index"})
+    request = req.model_dump(exclude={"out_dir", "photos", "identity_card", "face_index",
+                                      "photos_2", "identity_card_2", "face_index_2"})  # person 2: method_details
     request.update(seed=seed, count=1, width=width, height=height)
     if request.get("pose"):
         request["pose"] = _shareable_pose(request["pose"])

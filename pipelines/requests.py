@@ -100,6 +100,12 @@ class GenerateRequest(BaseModel):
     template: str | None = Field(default=None, max_length=1000)
     template_face: int = Field(default=1, ge=1, le=100)
     template_strength: float = Field(default=0.85, ge=0.05, le=1.0)
+    # a second person (pipelines/multi_person.py): their photos or card, placed in box 2 of
+    # `layout` (assets/poses/layouts; default two-side-by-side), person 1 in box 1
+    photos_2: list[str] = Field(default_factory=list, max_length=MAX_PHOTOS)
+    face_index_2: dict[str, int] = Field(default_factory=dict, max_length=50)
+    identity_card_2: str | None = None
+    layout: str | None = Field(default=None, max_length=1000)
     keep: int | None = Field(default=None, ge=1, le=64)  # best-of-N: keep the most alike
     rejects: bool = False  # best-of-N: move the others into rejects/ instead of deleting them
     edits: list[str] = Field(default_factory=list, max_length=16)  # W+ attribute edits, "age=+2"
@@ -157,6 +163,18 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"keep {self.keep} is more than count {self.count}")
         if self.edits and self.method != "wplus":
             raise ValueError("edits need method 'wplus'")
+        second = bool(self.photos_2 or self.identity_card_2)
+        if self.photos_2 and self.identity_card_2:
+            raise ValueError("give photos_2 or identity_card_2 for the second person, not both")
+        if second and self.method == "none":
+            raise ValueError("a second person (photos_2) needs an identity method")
+        if self.layout and not second:
+            raise ValueError("layout places two people: give the second person's photos_2 or identity_card_2")
+        for photo in self.face_index_2:
+            if photo not in self.photos_2:
+                raise ValueError(f"face_index_2 names {photo!r}, which is not one of photos_2")
+        if second and self.template:
+            raise ValueError("template portraits take one person; leave photos_2 out")
         if self.template and self.pose:
             raise ValueError("template and pose: the template's own face gives the pose; give one of them")
         if self.hires and self.upscale == 1:

@@ -73,6 +73,11 @@ def register(sub) -> None:
                    help="put the person in this photo: a template name (`assets/templates`, ./templates) or a photo")
     p.add_argument("--template-face", type=int, metavar="N", help="which face of the template (1 = the largest)")
     p.add_argument("--template-strength", type=float, metavar="D", help="denoise of the template's face, 0.05-1")
+    p.add_argument("--photo-2", action="append", default=[], metavar="FILE", dest="photo_2",
+                   help="a photo of a second person (repeatable): two people, each in a layout box")
+    p.add_argument("--identity-2", metavar="CARD", help="the second person's identity card instead of photos")
+    p.add_argument("--layout", metavar="NAME|FILE", help="two-person layout (assets/poses/layouts; "
+                   "default two-side-by-side)")
     p.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
                    help="W+ attribute edit, e.g. age=+2 or lipstick=+1 (repeatable; method wplus; "
                         "`launch.py wplus edits` lists all)")
@@ -163,6 +168,7 @@ _FIELDS = {
     "face_detail_keep_better": "face_detail_keep_better", "upscale": "upscale", "upscaler": "upscaler",
     "hires": "hires", "hires_strength": "hires_strength",
     "template": "template", "template_face": "template_face", "template_strength": "template_strength",
+    "identity_2": "identity_card_2", "layout": "layout",
 }
 
 
@@ -211,6 +217,9 @@ def request_from_args(args, settings) -> dict:
         data.pop("face_index", None)  # a replay's recorded faces name the recipe's photos, not these
         if getattr(args, "face_index", None):
             data["face_index"] = dict(args.face_index)
+    if getattr(args, "photo_2", None):
+        data.pop("identity_card_2", None)
+        data["photos_2"] = list(args.photo_2)
     if getattr(args, "edit", None):
         data["edits"] = list(args.edit)
     if args.identity:
@@ -282,12 +291,17 @@ def recipe_request(png, settings, need_identity: bool = True) -> dict:
     probe = dict(data)
     if ident or not need_identity:
         probe["identity_card"] = "card"  # stands in for the card found below (or --photo/--identity)
+    if (recipe.get("method_details") or {}).get("people"):
+        probe["identity_card_2"] = "card"  # person 2's card, found below
     try:
         validate_request(GenerateRequest, probe, "request")
     except BadInput as exc:
         raise damaged(str(exc).rstrip(".")) from None
     if ident and need_identity:
         data.update(find_recipe_identity(png, ident, settings))
+    second = ((recipe.get("method_details") or {}).get("people") or {}).get("identity_2")
+    if isinstance(second, dict) and need_identity:  # two people: person 2's card, found the same way
+        data.update({f"{k}_2": v for k, v in find_recipe_identity(png, second, settings).items()})
     pose = data.get("pose")
     if isinstance(pose, str) and "." in pose:  # a pose file, recorded by name: look beside the PNG first
         from ..outputs import _matching, recipe_search_folders

@@ -1,0 +1,217 @@
+"""Two people in one picture: each identity, from its own photos, conditions its
+own region of the canvas.
+
+Regions come from a layout: a pose-template-like data file
+(`assets/poses/layouts/<name>.json`, or a .json file) with the canvas aspect and,
+per person, a box (x1, y1, x2, y2) and the 5 face points (insightface order, as
+in pose templates), all normalised to 0..1. Person k of the request (1 = the
+`photos` identity, 2 = the `photos_2` one) takes the layout's box k.
+
+FaceID Plus v2 (diffusers' IP-Adapter attention masks): ONE loaded adapter with
+the two people as two "images": ID embeddings [CFG, 2, 1, 512], the CLIP
+features the FaceID projection holds in the same (batch, image) order, and
+`ip_adapter_masks` [1, 2, H, W] (binarised by `IPAdapterMaskProcessor`). With
+masks, `IPAdapterAttnProcessor2_0` attends each person's tokens separately and
+adds each result only inside that person's mask (resized to the layer's token
+grid). The adapter is not loaded twice: `load_ip_adapter` keeps only the last
+file's attention LoRA active. The shortcut/s_scale and the attention LoRA are
+shared by both and unmasked; self-attention, convolutions and the text prompt
+still mix the regions, so expect some bleeding (the public reports of
+ComfyUI_InstantID's multi-ID say the same).
+
+InstantID is not wired for two people here (it needs one IdentityNet pass per
+person with that person's face tokens and masked residuals); it is refused with
+a one-line error naming FaceID as the method that does it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import BadInput
+from .pose.templates import ASSETS_POSES, FaceKeypoints
+
+ASSETS_LAYOUTS = ASSETS_POSES / "layouts"
+DEFAULT_LAYOUT = "two-side-by-side"
+MAX_LAYOUT_BYTES = 64 * 1024
+TWO_PERSON_METHODS = ("faceid",)
+
+Coord = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class PersonRegion(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    box: tuple[Coord, Coord, Coord, Coord]
+    face: FaceKeypoints | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        x1, y1, x2, y2 = self.box
+        if not (x2 > x1 and y2 > y1):
+            raise ValueError(f"box {list(self.box)} must have x2 > x1 and y2 > y1")
+        return self
+
+
+class Layout(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = Field(default=1, ge=1, le=1)
+    name: str = Field(min_length=1, max_length=64)
+    title: str = Field(min_length=1, max_length=80)
+    description: str = Field(default="", max_length=500)
+    aspect: float = Field(ge=0.25, le=4.0, allow_inf_nan=False)
+    people: list[PersonRegion] = Field(min_length=1, max_length=4)
+
+    def masks(self, width: int, height: int) -> list[np.ndarray]:
+        """One (height, width) float32 0/1 mask per person, from its box."""
+        out = []
+        for p in self.people:
+            x1, y1, x2, y2 = p.box
+            m = np.zeros((height, width), np.float32)
+            m[int(round(y1 * height)):int(round(y2 * height)), int(round(x1 * width)):int(round(x2 * width))] = 1.0
+            out.append(m)
+        return out
+
+
+def list_layouts() -> list[str]:
+    return sorted(p.stem for p in ASSETS_LAYOUTS.glob("*.json") if p.is_file())
+
+
+def load_layout(name: str) -> Layout:
+    """A shipped layout by name, or a layout .json file; errors name the file and key."""
+    from .datafile import parse_json_model
+    from .imageio import regular_file
+
+    if name.endswith(".json") or "/" in name or "\\" in name:
+        path = Path(name).expanduser()
+    else:
+        from .paths import check_name
+
+        check_name(name, "layout")
+        path = ASSETS_LAYOUTS / f"{name}.json"
+        if not path.is_file():
+            raise BadInput(f"layout: no layout named {name!r}; known: {', '.join(list_layouts())}.")
+    regular_file(path, f"layout file {path}", max_bytes=MAX_LAYOUT_BYTES)
+    return parse_json_model(path.read_bytes(), Layout, f"layout file {path}", "a layout",
+                            "with the keys name, title, aspect, people", _describe)
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"key {loc}: {msg}" if loc else msg
+
+
+def check_people(layout: Layout, n_people: int, method: str) -> None:
+    if n_people > len(layout.people):
+        raise BadInput(f"layout {layout.name!r} has room for {len(layout.people)} "
+                       f"{'person' if len(layout.people) == 1 else 'people'}; the request names {n_people}. "
+                       f"Choose a layout with {n_people} boxes (e.g. {DEFAULT_LAYOUT}).")
+    if method not in TWO_PERSON_METHODS:
+        raise BadInput(f"two people: method {method!r} cannot condition two regions yet; use method "
+                       + " or ".join(repr(m) for m in TWO_PERSON_METHODS) + ".")
+
+
+@dataclass
+class People:
+    """The layout and the second identity of one request (person 1's is the
+    request's own identity, added by `condition`)."""
+
+    layout: Layout
+    identities: list
+
+    @property
+    def layout_size(self) -> tuple[int, int]:
+        """A (w, h) with the layout's aspect, for the nearest size bucket."""
+        return int(round(1000 * self.layout.aspect)), 1000
+
+    def condition(self, engine, pipe, method, cond, identity, req, width: int, height: int) -> None:
+        self.identities = [identity, *self.identities[-1:]]
+        two_person_conditioning(engine, pipe, method, cond, identity, self.identities[1], self.layout, req,
+                                width, height)
+
+
+def prepare_people(engine, req, packs) -> People:
+    """The request's layout (checked against the number of people and the method)
+    and its second identity (photos_2 or identity_card_2)."""
+    layout = load_layout(req.layout or DEFAULT_LAYOUT)
+    check_people(layout, 2, req.method)
+    second = engine.identity(req.photos_2 or None, req.identity_card_2, packs, req.face_index_2)
+    return People(layout, [second])
+
+
+def two_person_conditioning(engine, pipe, method, cond, identity_a, identity_b, layout: Layout, req,
+                            width: int, height: int):
+    """Turn person 1's `cond` into the two-person conditioning (FaceID Plus v2)."""
+    import torch
+    from diffusers.image_processor import IPAdapterMaskProcessor
+    from PIL import Image
+
+    proj = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    clip_a = proj.clip_embeds
+    emb_a = cond.call_kwargs["ip_adapter_image_embeds"][0]
+    cond_b = method.conditioning(pipe, identity_b, req, width, height)
+    clip_b = proj.clip_embeds
+    emb_b = cond_b.call_kwargs["ip_adapter_image_embeds"][0]
+    # (CFG batch, person, tokens, dim): diffusers flattens batch x images in this order
+    embeds = torch.cat([emb_a, emb_b], dim=1)
+    clip = torch.cat([clip_a, clip_b], dim=1)
+    proj.clip_embeds = clip
+    method._clip = clip  # what prepare_batch repeats for -n as one batched call
+    masks = layout.masks(width, height)[:2]
+    pil = [Image.fromarray((m * 255).astype(np.uint8), "L") for m in masks]
+    mask = IPAdapterMaskProcessor().preprocess(pil, height=height, width=width)  # [2, 1, H, W], 0/1
+    mask = mask.reshape(1, 2, height, width).to(engine.device)
+    cond.call_kwargs["ip_adapter_image_embeds"] = [embeds]
+    cond.cross_attention_kwargs["ip_adapter_masks"] = [mask]
+    cond.recipe["people"] = {
+        "layout": layout.name,
+        "boxes": [[int(round(v * s)) for v, s in zip(p.box, (width, height, width, height))]
+                  for p in layout.people[:2]],
+        "identity_2": _identity_entry(engine, identity_b),
+    }
+    return cond
+
+
+def _identity_entry(engine, identity) -> dict:
+    """Person 2's identity card (saved beside the outputs), by name and sha256, as the
+    recipe records person 1's, so a replay finds it again."""
+    from .outputs import _stat_sha256, ensure_identity_card
+
+    card = ensure_identity_card(engine.settings, identity)
+    return {"hash": identity.hash, "card": card.name, "card_sha256": _stat_sha256(card)}
+
+
+def score_people(engine, image, people: People, method: str) -> list[dict]:
+    """Likeness per person: the output's face whose centre lies in the person's box
+    (the largest such), against that person's photos."""
+    from .scoring import _unit, reference_embeddings, scorer_pack
+    from .detail import detect_faces
+
+    pack = scorer_pack(method)
+    if not (engine.settings.demo or engine.store.status(pack).present):
+        from .identity import method_recognizer
+
+        pack = method_recognizer(method) or pack
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    faces = detect_faces(engine, image)
+    analyzer = engine.analyzer(pack)
+    out = []
+    for k, (region, ident) in enumerate(zip(people.layout.people, people.identities), start=1):
+        x1, y1, x2, y2 = region.box[0] * w, region.box[1] * h, region.box[2] * w, region.box[3] * h
+        inside = [f for f in faces if x1 <= (f.bbox[0] + f.bbox[2]) / 2 < x2 and y1 <= (f.bbox[1] + f.bbox[3]) / 2 < y2]
+        entry = {"person": k, "recognizer": pack, "face_found": bool(inside), "mean": None, "max": None}
+        if inside:
+            face = analyzer.embed_detection(rgb, inside[0], "output", n_faces=len(faces))
+            refs = reference_embeddings(engine, ident, pack)
+            sims = np.clip(refs @ _unit(face.embedding), -1.0, 1.0)
+            entry.update(mean=round(float(sims.mean()), 4), max=round(float(sims.max()), 4))
+        out.append(entry)
+    return out

@@ -1,0 +1,124 @@
+"""Two people in one picture (tiny models): each person's region is conditioned
+by their own identity (IP-Adapter attention masks), likeness per person, exact
+replay, and clear errors (more people than the layout has, a method that cannot)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.errors import BadInput
+from pipelines.requests import GenerateRequest
+
+FAST = dict(steps=2, width=128, height=96, cfg=5.0, sampler="euler", prompt="two friends", seed=4,
+            method="faceid")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models_dir, tmp_path_factory):
+    from pipelines.engine import Engine
+    from pipelines.settings import load_settings
+
+    out = tmp_path_factory.mktemp("two-out")
+    return Engine(load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
+                                device="cpu", dtype="float32", demo=True))
+
+
+def first_attn2_output(engine, req) -> np.ndarray:
+    """The first cross-attention layer's output at the first step (before any
+    convolution spreads one region into the other): [CFG batch, tokens, channels]."""
+    pipe = engine.pipeline(engine.default_base("faceid"))
+    name, attn = next((n, m) for n, m in pipe.unet.named_modules() if n.endswith("attn2"))
+    seen = []
+    handle = attn.register_forward_hook(lambda m, a, out: seen.append(out.detach().clone()) if not seen else None)
+    try:
+        engine.generate(req)
+    finally:
+        handle.remove()
+    return seen[0].numpy()
+
+
+def test_each_region_is_conditioned_by_its_own_identity(engine, photos_dir):
+    a, b, c = (str(photos_dir / p) for p in ("astronaut.png", "t1.jpg", "chelsea.png"))
+    base = first_attn2_output(engine, GenerateRequest(**FAST, photos=[a], photos_2=[b]))
+    other = first_attn2_output(engine, GenerateRequest(**FAST, photos=[a], photos_2=[a]))
+    swapped = first_attn2_output(engine, GenerateRequest(**FAST, photos=[b], photos_2=[b]))
+    n = base.shape[1]
+    h = int(round((n * 96 / 128) ** 0.5))
+    w = n // h
+    left = np.zeros((h, w), bool)
+    left[:, : w // 2] = True
+    left = left.reshape(-1)
+    d2 = np.abs(base - other).max(axis=(0, 2))  # only person 2's identity changed
+    assert d2[left].max() == 0.0 and d2[~left].max() > 1e-4
+    d1 = np.abs(other - swapped).max(axis=(0, 2))  # person 1's identity changed (and 2 back to b)
+    assert d1[left].max() > 1e-4
+    assert c  # chelsea (a cat) is not used: a face is needed for an identity
+
+
+def test_likeness_per_person_and_exact_replay(engine, photos_dir):
+    from pipelines.cli.generate import recipe_request
+
+    req = GenerateRequest(**FAST, photos=[str(photos_dir / "astronaut.png")], photos_2=[str(photos_dir / "t1.jpg")],
+                          face_index_2={str(photos_dir / "t1.jpg"): 2})
+    first = engine.generate(req).images[0]
+    people = first.recipe["method_details"]["people"]
+    assert people["layout"] == "two-side-by-side" and people["boxes"] == [[0, 0, 64, 96], [64, 0, 128, 96]]
+    assert [p["person"] for p in first.recipe["likeness_people"]] == [1, 2]
+    assert "photos_2" not in first.recipe["request"]  # no local paths: person 2 is a card by name
+    replay = GenerateRequest(**recipe_request(first.path, engine.settings))
+    assert replay.identity_card_2 and not replay.photos_2
+    again = engine.generate(replay).images[0]
+    assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
+
+
+def test_score_people_finds_each_persons_face_in_their_box(engine, photos_dir):
+    from pipelines.multi_person import People, load_layout, score_people
+
+    face = Image.open(photos_dir / "astronaut.png").convert("RGB").resize((256, 256))
+    canvas = Image.new("RGB", (512, 256))
+    canvas.paste(face, (0, 0))
+    canvas.paste(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (256, 0))
+    ident_a = engine.identity([str(photos_dir / "astronaut.png")], packs=("antelopev2",))
+    ident_b = engine.identity([str(photos_dir / "t1.jpg")], packs=("antelopev2",))
+    scores = score_people(engine, canvas, People(load_layout("two-side-by-side"), [ident_a, ident_b]), "faceid")
+    assert [s["face_found"] for s in scores] == [True, True]
+    alone = Image.new("RGB", (512, 256))
+    alone.paste(face, (0, 0))
+    scores = score_people(engine, alone, People(load_layout("two-side-by-side"), [ident_a, ident_b]), "faceid")
+    assert [s["face_found"] for s in scores] == [True, False] and scores[1]["mean"] is None
+
+
+def test_more_people_than_the_layout_has_is_a_clear_error(engine, photos_dir, tmp_path):
+    layout = json.loads((__import__("pipelines.multi_person", fromlist=["x"]).ASSETS_LAYOUTS
+                         / "two-side-by-side.json").read_text())
+    layout.update(name="solo", people=layout["people"][:1])
+    solo = tmp_path / "solo.json"
+    solo.write_text(json.dumps(layout))
+    with pytest.raises(BadInput, match=r"layout 'solo' has room for 1 person; the request names 2"):
+        engine.generate(GenerateRequest(**FAST, photos=[str(photos_dir / "astronaut.png")],
+                                        photos_2=[str(photos_dir / "t1.jpg")], layout=str(solo)))
+    with pytest.raises(BadInput, match="no layout named 'nope'"):
+        engine.generate(GenerateRequest(**FAST, photos=[str(photos_dir / "astronaut.png")],
+                                        photos_2=[str(photos_dir / "t1.jpg")], layout="nope"))
+    with pytest.raises(BadInput, match="two people: method 'instantid' cannot"):
+        engine.generate(GenerateRequest(**{**FAST, "method": "instantid"}, photos=[str(photos_dir / "astronaut.png")],
+                                        photos_2=[str(photos_dir / "t1.jpg")]))
+
+
+def test_request_checks_and_cli_flags(demo_settings):
+    from pipelines.cli.generate import request_from_args
+    from pipelines.cli.main import build_parser
+    from pipelines.requests import validate_request
+
+    with pytest.raises(BadInput, match="layout places two people"):
+        validate_request(GenerateRequest, dict(FAST, photos=["a.png"], layout="two-side-by-side"))
+    with pytest.raises(BadInput, match="not both"):
+        validate_request(GenerateRequest, dict(FAST, photos=["a.png"], photos_2=["b.png"], identity_card_2="c"))
+    args = build_parser().parse_args(["generate", "--prompt", "p", "--photo", "a.png", "--photo-2", "b.png",
+                                      "--photo-2", "c.png", "--layout", "two-side-by-side"])
+    req = GenerateRequest(**request_from_args(args, demo_settings))
+    assert req.photos_2 == ["b.png", "c.png"] and req.layout == "two-side-by-side"
