@@ -72,6 +72,7 @@ class Engine:
         self._loras = None  # LoraManager, made on the first request with a LoRA
         self._pose = None  # PoseControl, made on the first request with a pose
         self._restore_stage = None  # RestoreStage, made on the first request with a face restore
+        self._scorer = None  # LikenessScorer, made on the first request with an identity
         self._finishing = None  # the current request's finishing steps (pipelines/finishing.py)
         # GPU path (pipelines/vram.py, pipelines/imageloop.py, pipelines/previews.py)
         self.placement = None  # the offload/VAE-tiling choice of the resident pipeline
@@ -418,6 +419,19 @@ class Engine:
         frozen, family, decoder = latents.detach().clone(), getattr(self, "_preview_family", "sdxl"), self._previews
         return lambda: decoder.decode(frozen, family)
 
+    def scorer(self):
+        """The likeness scorer (it caches each identity's reference embeddings)."""
+        from .scoring import LikenessScorer
+
+        with self._lock:
+            if self._scorer is None:
+                self._scorer = LikenessScorer(self.analyzer, self._pack_available)
+            return self._scorer
+
+    def _pack_available(self, pack: str) -> bool:
+        """Whether face pack `pack` can be loaded (demo packs are built on first use)."""
+        return self.settings.demo or self.store.status(pack).present
+
     def restore_stage(self):
         """The face-restore stage (its restorers stay resident)."""
         from .restore.stage import RestoreStage
@@ -447,9 +461,7 @@ class Engine:
         """Face restore, then the likeness score (both recorded in the recipe)."""
         image = self._restore(image, req, recipe)
         if identity is not None:
-            from .scoring import score_image
-
-            recipe["likeness"] = score_image(self, image, identity, req.method)
+            recipe["likeness"] = self.scorer().score(image, identity, req.method)
         return image
 
     def _restore(self, image, req, recipe: dict):

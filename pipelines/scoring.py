@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -38,24 +39,8 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
-def reference_embeddings(engine, identity, pack: str) -> np.ndarray:
-    """Unit embeddings of each reference photo with `pack`'s recogniser, from the
-    identity's aligned crops (the 224 crop is the 112 ArcFace template scaled x2),
-    cached on the identity."""
-    import cv2
-
-    cache = identity.__dict__.setdefault("_score_refs", {})
-    if pack not in cache:
-        rec = engine.analyzer(pack).recognizer
-        size = rec.input_size
-        refs = [_unit(rec.embed_crop(cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA)))
-                for c in identity.crops]
-        cache[pack] = np.stack(refs)
-    return cache[pack]
-
-
-def score_array(engine, rgb: np.ndarray, refs: np.ndarray, pack: str) -> dict:
-    analyzer = engine.analyzer(pack)
+def score_array(analyzer, rgb: np.ndarray, refs: np.ndarray, pack: str) -> dict:
+    """Detect the face in `rgb` with `analyzer` (pack `pack`) and compare it with `refs`."""
     faces = analyzer.detect(rgb, "output")
     if not faces:
         return {"recognizer": pack, "face_found": False, "mean": None, "max": None}
@@ -65,58 +50,78 @@ def score_array(engine, rgb: np.ndarray, refs: np.ndarray, pack: str) -> dict:
             "max": round(float(sims.max()), 4), "references": int(len(refs))}
 
 
-def _available(engine, pack: str) -> bool:
-    if engine.settings.demo:
-        return True  # demo packs are built on first use
-    return engine.store.status(pack).present
+class LikenessScorer:
+    """Scores outputs against an identity's reference photos.
+
+    It is given what it uses: `analyzer(pack)` (the engine's face analysers,
+    shared) and `available(pack)` (whether a recogniser pack can be loaded), and
+    it owns its cache of reference embeddings, keyed by the identity's content
+    hash and the pack."""
+
+    def __init__(self, analyzer: Callable[[str], Any], available: Callable[[str], bool]):
+        self.analyzer = analyzer
+        self.available = available
+        self._refs: dict[tuple[str, str], np.ndarray] = {}
+
+    def reference_embeddings(self, identity, pack: str) -> np.ndarray:
+        """Unit embeddings of each reference photo with `pack`'s recogniser, from the
+        identity's aligned crops (the 224 crop is the 112 ArcFace template scaled x2)."""
+        import cv2
+
+        key = (identity.hash, pack)
+        if key not in self._refs:
+            rec = self.analyzer(pack).recognizer
+            size = rec.input_size
+            refs = [_unit(rec.embed_crop(cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA)))
+                    for c in identity.crops]
+            self._refs[key] = np.stack(refs)
+        return self._refs[key]
+
+    def prepare(self, identity, method: str) -> Callable[[Any], dict]:
+        """`score(image) -> dict`, with the recogniser and the reference embeddings
+        loaded now, on the caller's thread. Uses the independent recogniser when it
+        is downloaded; otherwise the method's own one, flagged `independent: False`
+        (a missing scoring model never stops a generation). The function only runs
+        ONNX Runtime sessions (safe to call from another thread), so the engine
+        scores image k on a worker thread while image k+1 denoises."""
+        from .identity import method_recognizer
+
+        pack = scorer_pack(method)
+        independent = True
+        if not self.available(pack):
+            own = method_recognizer(method)
+            if own is None or not self.available(own):
+                note = {"recognizer": None, "face_found": None, "mean": None, "max": None,
+                        "note": f"no face recogniser downloaded for scoring ({pack})"}
+                return lambda image: dict(note)
+            pack, independent = own, False
+        refs = self.reference_embeddings(identity, pack)
+        analyzer = self.analyzer(pack)  # fetched here: a worker thread never waits for the engine's lock
+
+        def score(image) -> dict:
+            rgb = np.asarray(image.convert("RGB"))
+            result = score_array(analyzer, rgb, refs, pack)
+            result["independent"] = independent
+            return result
+
+        return score
+
+    def score(self, image, identity, method: str) -> dict:
+        """The likeness of one output (see `prepare`)."""
+        return self.prepare(identity, method)(image)
 
 
+# For callers that hold an engine: its scorer (see `Engine.scorer`).
 def score_image(engine, image, identity, method: str) -> dict:
-    """The likeness of one output. Uses the independent recogniser when it is
-    downloaded; otherwise the method's own one, flagged `independent: False`
-    (a missing scoring model never stops a generation)."""
-    return prepare_scorer(engine, identity, method)(image)
+    return engine.scorer().score(image, identity, method)
 
 
-class _OneAnalyzer:
-    """Stands in for the engine in `score_array`: the analyzer fetched on the
-    caller's thread, so a worker thread never waits for the engine's lock (which
-    the generating thread holds)."""
-
-    def __init__(self, analyzer):
-        self._analyzer = analyzer
-
-    def analyzer(self, pack):
-        return self._analyzer
+def prepare_scorer(engine, identity, method: str) -> Callable[[Any], dict]:
+    return engine.scorer().prepare(identity, method)
 
 
-def prepare_scorer(engine, identity, method: str):
-    """`score(image) -> dict`, with the recogniser and the reference embeddings
-    loaded now, on the caller's thread. The function only runs ONNX Runtime
-    sessions (safe to call from another thread), so the engine scores image k on
-    a worker thread while image k+1 denoises."""
-    from .identity import method_recognizer
-
-    pack = scorer_pack(method)
-    independent = True
-    if not _available(engine, pack):
-        own = method_recognizer(method)
-        if own is None or not _available(engine, own):
-            note = {"recognizer": None, "face_found": None, "mean": None, "max": None,
-                    "note": f"no face recogniser downloaded for scoring ({pack})"}
-            return lambda image: dict(note)
-        pack, independent = own, False
-    refs = reference_embeddings(engine, identity, pack)
-    get = getattr(engine, "analyzer", None)
-    view = _OneAnalyzer(get(pack)) if callable(get) else engine
-
-    def score(image) -> dict:
-        rgb = np.asarray(image.convert("RGB"))
-        result = score_array(view, rgb, refs, pack)
-        result["independent"] = independent
-        return result
-
-    return score
+def reference_embeddings(engine, identity, pack: str) -> np.ndarray:
+    return engine.scorer().reference_embeddings(identity, pack)
 
 
 def sort_key(recipe: dict) -> float:

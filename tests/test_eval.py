@@ -228,8 +228,6 @@ def test_face_sim_of_outputs_with_faces_reaches_the_table(demo_settings, eval_in
     from pipelines.engine import Engine, GeneratedImage, GenerateResult
     from pipelines.eval import EvalRequest, run_eval
     from pipelines.identity import get_method_class
-    from pipelines.scoring import score_image
-
     engine = Engine(demo_settings)
 
     def fake_generate(req):
@@ -238,7 +236,7 @@ def test_face_sim_of_outputs_with_faces_reaches_the_table(demo_settings, eval_in
         path = Path(req.out_dir) / f"{req.name_prefix}-{req.method}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path)
-        recipe = {"likeness": score_image(engine, img, ident, req.method)}
+        recipe = {"likeness": engine.scorer().score(img, ident, req.method)}
         return GenerateResult([GeneratedImage(path, req.seed, img, recipe)], ident, seconds=0.5)
 
     monkeypatch.setattr(engine, "generate", fake_generate)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pipelines.scoring import describe, keep_best, score_image, scorer_pack, sort_key
+from pipelines.scoring import LikenessScorer, describe, keep_best, scorer_pack, sort_key
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_independent_recogniser_per_method():
 @pytest.mark.parametrize("method", ["faceid", "instantid"])
 def test_image_against_its_own_face_scores_about_one(engine, people, photos_dir, method):
     image = Image.open(photos_dir / "astronaut.png")
-    s = score_image(engine, image, people["astronaut"], method)
+    s = engine.scorer().score(image, people["astronaut"], method)
     assert s["recognizer"] == scorer_pack(method)
     assert s["face_found"] is True and s["references"] == 1
     assert -1.0 <= s["mean"] <= s["max"] <= 1.0
@@ -67,23 +67,23 @@ def test_image_against_its_own_face_scores_about_one(engine, people, photos_dir,
 def test_different_identities_score_lower(engine, people, photos_dir):
     astro = Image.open(photos_dir / "astronaut.png")
     for method in ("faceid", "instantid"):
-        same = score_image(engine, astro, people["astronaut"], method)["mean"]
-        other = score_image(engine, astro, people["t1face"], method)["mean"]
-        back = score_image(engine, people["t1_image"], people["t1face"], method)["mean"]
-        cross = score_image(engine, people["t1_image"], people["astronaut"], method)["mean"]
+        same = engine.scorer().score(astro, people["astronaut"], method)["mean"]
+        other = engine.scorer().score(astro, people["t1face"], method)["mean"]
+        back = engine.scorer().score(people["t1_image"], people["t1face"], method)["mean"]
+        cross = engine.scorer().score(people["t1_image"], people["astronaut"], method)["mean"]
         assert all(-1.0 <= v <= 1.0 for v in (same, other, back, cross))
         assert other < same - 0.01 and cross < back - 0.01
 
 
 def test_mirrored_photo_is_found_and_scored_in_range(engine, people, photos_dir):
     flipped = ImageOps.mirror(Image.open(photos_dir / "astronaut.png"))
-    s = score_image(engine, flipped, people["astronaut"], "faceid")
+    s = engine.scorer().score(flipped, people["astronaut"], "faceid")
     assert s["face_found"] and -1.0 <= s["mean"] == s["max"] <= 1.0  # one reference photo
 
 
 def test_output_without_a_face_is_reported_not_raised(engine, people, photos_dir):
     cat = Image.open(photos_dir / "chelsea.png")
-    s = score_image(engine, cat, people["astronaut"], "faceid")
+    s = engine.scorer().score(cat, people["astronaut"], "faceid")
     assert s == {"recognizer": "antelopev2", "face_found": False, "mean": None, "max": None, "independent": True}
     assert sort_key({"likeness": s}) == float("-inf")
     assert "no face found" in describe(s)
@@ -93,7 +93,7 @@ def test_several_reference_photos_give_mean_and_max(engine, photos_dir, tmp_path
     flipped = tmp_path / "flipped.png"
     ImageOps.mirror(Image.open(photos_dir / "astronaut.png")).save(flipped)
     ident = engine.identity([str(photos_dir / "astronaut.png"), str(flipped)], packs=("buffalo_l",))
-    s = score_image(engine, Image.open(photos_dir / "astronaut.png"), ident, "faceid")
+    s = engine.scorer().score(Image.open(photos_dir / "astronaut.png"), ident, "faceid")
     assert s["references"] == 2
     assert -1.0 <= s["mean"] < s["max"] <= 1.0  # the unflipped reference matches best
     assert s["max"] > 0.97
@@ -201,33 +201,27 @@ def test_missing_independent_recogniser_falls_back_and_never_fails(photos_dir, t
 
     from pipelines import scoring
 
-    class Store:
-        def __init__(self, present):
-            self.present = present
-
-        def status(self, name):
-            return SimpleNamespace(present=name in self.present)
-
     calls = []
 
-    def fake_refs(engine, identity, pack):
+    def fake_refs(self, identity, pack):
         calls.append(pack)
         return np.ones((1, 4), np.float32) / 2
 
-    def fake_score(engine, rgb, refs, pack):
+    def fake_score(analyzer, rgb, refs, pack):
         return {"recognizer": pack, "face_found": True, "mean": 0.5, "max": 0.5}
 
     img = Image.open(photos_dir / "astronaut.png")
-    engine = SimpleNamespace(settings=SimpleNamespace(demo=False), store=Store({"buffalo_l"}))
-    orig = scoring.reference_embeddings, scoring.score_array
-    scoring.reference_embeddings, scoring.score_array = fake_refs, fake_score
+    present = {"buffalo_l"}
+    scorer = LikenessScorer(analyzer=lambda pack: SimpleNamespace(pack=pack), available=lambda p: p in present)
+    orig = LikenessScorer.reference_embeddings, scoring.score_array
+    LikenessScorer.reference_embeddings, scoring.score_array = fake_refs, fake_score
     try:
-        r = scoring.score_image(engine, img, None, "faceid")  # independent would be antelopev2
+        r = scorer.score(img, None, "faceid")  # independent would be antelopev2
         assert r["recognizer"] == "buffalo_l" and r["independent"] is False
-        engine.store = Store({"antelopev2", "buffalo_l"})
-        assert scoring.score_image(engine, img, None, "faceid")["independent"] is True
-        engine.store = Store(set())
-        r = scoring.score_image(engine, img, None, "faceid")
+        present.add("antelopev2")
+        assert scorer.score(img, None, "faceid")["independent"] is True
+        present.clear()
+        r = scorer.score(img, None, "faceid")
         assert r["face_found"] is None and "no face recogniser" in r["note"]
     finally:
-        scoring.reference_embeddings, scoring.score_array = orig
+        LikenessScorer.reference_embeddings, scoring.score_array = orig
