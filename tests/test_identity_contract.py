@@ -72,6 +72,7 @@ class Seen:
     """What the models received during one generation."""
 
     pipe: object = None  # the pipeline the method conditioned
+    method: object = None  # the method object that conditioned it
     unet: list[dict] = field(default_factory=list)  # per UNet call
     projection_in: list[torch.Tensor] = field(default_factory=list)  # image projection inputs
     projection_out: list[torch.Tensor] = field(default_factory=list)
@@ -97,7 +98,7 @@ def observe(engine, method_name: str):
     from pipelines.engine import Engine
 
     method = engine.use_method(method_name, engine.pipeline(Engine.default_base(method_name)))
-    seen = Seen()
+    seen = Seen(method=method)
     handles: list = []
     original = method.conditioning
 
@@ -271,9 +272,9 @@ def _pulid_uncond(engine, pipe, seen: Seen) -> None:
     """PuLID (ToTheBeginning/PuLID pipeline_v1_1.py get_id_embedding): the uncond ID
     tokens are the ID encoder applied to a zero ID vector and zero EVA-CLIP hidden
     states, not zero tokens; the cond tokens differ from them."""
-    method = engine.use_method("pulid", pipe)
-    enc, eva = method.id_encoder, method.eva
-    id_dim = enc.id_embedding_mapping[0].in_features
+    enc, eva = seen.method.id_encoder, seen.method.eva
+    first = enc.id_embedding_mapping[0] if hasattr(enc, "id_embedding_mapping") else enc.body[0]  # IDFormer / v1
+    id_dim = first.in_features
     zeros = [torch.zeros(1, eva.pos_embed.shape[1], eva.embed_dim) for _ in range(5)]
     with torch.no_grad():
         ref = enc(torch.zeros(1, id_dim), zeros)
@@ -287,9 +288,9 @@ def _pulid_uncond(engine, pipe, seen: Seen) -> None:
 
 
 UNCOND_REFERENCES = {"faceid": _faceid_uncond, "instantid": _instantid_uncond, "wplus": _wplus_uncond,
-                     "arc2face": _arc2face_uncond, "pulid": _pulid_uncond}
+                     "arc2face": _arc2face_uncond, "pulid": _pulid_uncond, "pulid-v1": _pulid_uncond}
 # methods whose identity input reaches the UNet without an image projection
-NO_PROJECTION = {"arc2face", "pulid"}
+NO_PROJECTION = {"arc2face", "pulid", "pulid-v1"}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -343,10 +344,11 @@ def test_tiny_packs_have_at_least_two_attention_heads(engine, method):
         if method == "instantid":
             net = _attention_heads(m.identitynet)
             assert net and min(h for _, h, _ in net) >= 2
-        if method == "pulid":  # its ID attention runs with the UNet's heads, its encoders have >= 2
+        if method.startswith("pulid"):  # its ID attention runs with the UNet's heads, its encoders have >= 2
             procs = [p for p in pipe.unet.attn_processors.values() if type(p).__name__ == "IDAttnProcessor"]
             assert procs
-            assert min(layer[0].heads for layer in m.id_encoder.layers) >= 2
+            if hasattr(m.id_encoder, "layers"):  # v1.1's IDFormer (v1's IDEncoder is an MLP)
+                assert min(layer[0].heads for layer in m.id_encoder.layers) >= 2
             assert m.eva.blocks[0].attn.num_heads >= 2 and len(m.eva.blocks) >= 21
         if method == "wplus":  # its processors attend with the UNet's heads
             procs = [p for p in pipe.unet.attn_processors.values() if type(p).__name__ == "WPlusAttnProcessor"]

@@ -296,3 +296,50 @@ def test_cli_flags_reach_the_request(demo_settings):
     assert (req.pulid_num_zero, req.pulid_ortho) == (16, "v1")
     with pytest.raises(ValueError):
         GenerateRequest(**request_from_args(parser.parse_args([*base, "--pulid-num-zero", "81"]), demo_settings))
+
+
+# ------------------------------------------------------------------ v1
+def test_idencoder_has_the_published_layout():
+    from pipelines.pulid.encoders import IDEncoder
+
+    with torch.device("meta"):
+        sd = IDEncoder().state_dict()
+    assert len(sd) == 110 and sum(v.numel() for v in sd.values()) == pytest.approx(54.9e6, rel=2e-3)
+    assert sd["body.6.weight"].shape == (10240, 1024) and sd["mapping_patch_4.6.weight"].shape == (2048, 1024)
+
+
+def test_v1_runs_on_the_lightning_unet_with_its_demo_recipe(engine, photos_dir):
+    from pipelines.engine import apply_method_defaults
+    from pipelines.identity import get_method_class
+    from pipelines.requests import GenerateRequest
+    from pipelines.samplers import make_scheduler
+
+    req = apply_method_defaults(GenerateRequest(method="pulid-v1", photos=["x.png"], prompt="p"),
+                                get_method_class("pulid-v1"))
+    assert (req.sampler, req.steps, req.cfg, req.pulid_num_zero, req.pulid_ortho) == (
+        "dpmpp_2m_trailing", 4, 1.2, 8, "v2")  # app.py: 4 steps, cfg 1.2, "fidelity"
+    pipe = engine.pipeline("sdxl-base")
+    engine.use_method("none", pipe)
+    base_unet = pipe.unet
+    sched = make_scheduler("dpmpp_2m_trailing", dict(pipe.scheduler.config))
+    sched.set_timesteps(4)
+    assert sched.timesteps.tolist() == [999, 749, 499, 249] and float(sched.sigmas[-1]) == pytest.approx(0.0292, abs=1e-4)
+
+    seen = []
+    method = engine.use_method("pulid-v1", pipe)
+    assert pipe.unet is not base_unet  # the Lightning UNet
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["cross_attention_kwargs"]["id_embedding"].shape), with_kwargs=True)
+    try:
+        res = engine.generate(GenerateRequest(method="pulid-v1", photos=[str(photos_dir / "astronaut.png")],
+                                              prompt="p", width=64, height=64, seed=3))
+    finally:
+        hook.remove()
+    assert set(seen) == {torch.Size([2, 10, 128])}  # [uncond, cond] x (5 body + 5 ViT tokens)
+    assert res.images[0].recipe["method_details"]["version"] == "v1"
+    assert type(method.id_encoder).__name__ == "IDEncoder"
+    engine.generate(GenerateRequest(method="pulid-v1", photos=[str(photos_dir / "astronaut.png")], prompt="p",
+                                    width=64, height=64, seed=3, scale=0.0))
+    assert pipe.unet is base_unet  # scale 0: the plain base
+    engine.use_method("none", pipe)
+    assert pipe.unet is base_unet

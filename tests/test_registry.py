@@ -44,13 +44,13 @@ def registered(monkeypatch):
 
 
 def test_registry_reports_the_class_facts(registered):
-    assert identity.method_names() == ["faceid", "instantid", "wplus", "arc2face", "pulid", "fakeid", "fakexl"]
+    assert identity.method_names() == ["faceid", "instantid", "wplus", "arc2face", "pulid", "pulid-v1", "fakeid", "fakexl"]
     assert identity.method_names(include_none=True)[-1] == "none"
     info = identity.method_info("fakeid")
     assert (info.label, info.title, info.base, info.recognizer, info.default_scale) == (
         "Fake ID (SD1.5)", "Fake identity method", "sd15", "antelopev2", 0.5)
     assert identity.method_family("none") == "sdxl" and identity.method_recognizer("none") is None
-    assert identity.methods_for_family("sdxl") == ["faceid", "instantid", "pulid", "fakexl"]
+    assert identity.methods_for_family("sdxl") == ["faceid", "instantid", "pulid", "pulid-v1", "fakexl"]
 
 
 def test_fake_method_is_in_the_ui_choices_and_maps_to_its_base(registered):

@@ -29,6 +29,7 @@ _METHODS = {
     "wplus": "pipelines.identity.wplus:WPlusAdapter",
     "arc2face": "pipelines.identity.arc2face:Arc2Face",
     "pulid": "pipelines.identity.pulid:PuLID",
+    "pulid-v1": "pipelines.identity.pulid:PuLIDV1",
 }
 
 

@@ -28,7 +28,8 @@ Deviations, and how to get the reference behaviour:
   timesteps differently (max 0.15 on a fake model over 25 steps). Not bit-exact.
 - several photos: only the first photo's face features are used (v1.1 stacks
   all photos' tokens).
-- the v1 checkpoint (IDEncoder, SDXL-Lightning base) is not supported yet.
+- PuLID v1 (IDEncoder on the SDXL-Lightning 4-step UNet) is `PuLIDV1` below
+  (method "pulid-v1"); its supplementary-photo "ID mix" is not offered.
 
 Licence: Apache-2.0 code and weights; insightface antelopev2 makes it research-only.
 """
@@ -61,6 +62,8 @@ class PuLID(IdentityMethod):
     default_scale = 0.8
     # app_v1_1.py, its full-step base (Juggernaut-XL-v9): DPM++ 2M Karras, 25 steps, cfg 7, its negative
     recipe_defaults = {"sampler": "dpmpp_2m_karras", "steps": 25, "cfg": 7.0, "negative": REFERENCE_NEGATIVE}
+    version = "v1.1"
+    weights = (WEIGHTS, WEIGHTS_FILE)
 
     def __init__(self, store, device, dtype):
         super().__init__(store, device, dtype)
@@ -76,39 +79,42 @@ class PuLID(IdentityMethod):
         from ..pulid.attention import install
 
         state = self._weights()
+        unet = self._id_unet(pipe)
         try:
-            self._saved = install(pipe.unet, state, source=str(self.store.file_path(WEIGHTS, WEIGHTS_FILE)))
+            self._saved = install(unet, state, source=str(self.store.file_path(*self.weights)))
         except (KeyError, ValueError) as exc:
             raise ModelError(f"PuLID weights do not fit this UNet: {exc}") from exc
         self._ensure_encoders(state)
         self.loaded = True
+
+    def _id_unet(self, pipe):
+        """The UNet the ID attention goes into (v1.1: the base's own)."""
+        return pipe.unet
 
     def unload(self, pipe) -> None:
         if not self.loaded:
             return
         from ..pulid.attention import remove
 
-        remove(pipe.unet, self._saved)
+        remove(self._id_unet(pipe), self._saved)
         self._saved = None
         self.loaded = False
 
     def _weights(self) -> dict:
         from safetensors.torch import load_file
 
-        self.store.ensure(WEIGHTS)
-        return load_file(str(self.store.file_path(WEIGHTS, WEIGHTS_FILE)))
+        self.store.ensure(self.weights[0])
+        return load_file(str(self.store.file_path(*self.weights)))
 
     def _ensure_encoders(self, state: dict | None = None) -> None:
         from safetensors.torch import load_file
 
         if self.id_encoder is None:
-            from ..pulid.encoders import IDFormer, idformer_config_from_state
+            from ..pulid.encoders import id_encoder_from_state
 
             state = state if state is not None else self._weights()
-            enc = {k.removeprefix("id_adapter."): v for k, v in state.items() if k.startswith("id_adapter.")}
             try:
-                net = IDFormer(**idformer_config_from_state(state))
-                net.load_state_dict(enc, strict=True)
+                net = id_encoder_from_state(state)
             except (KeyError, RuntimeError, ValueError) as exc:
                 raise ModelError(f"the PuLID ID encoder (id_adapter.*) could not be loaded: {exc}") from exc
             self.id_encoder = net.eval().to(self.device)  # float32, as the reference
@@ -146,11 +152,11 @@ class PuLID(IdentityMethod):
         if cached is not None:
             return cached
         if not identity.used:
-            raise BadInput("method 'pulid' needs the person's photos (this identity card holds no photo).")
+            raise BadInput(f"method {self.name!r} needs the person's photos (this identity card holds no photo).")
         try:
             rgb = load_photo_array(identity.used[0])
         except BadInput as exc:
-            raise BadInput(f"method 'pulid' re-reads the reference photo: {exc}") from None
+            raise BadInput(f"method {self.name!r} re-reads the reference photo: {exc}") from None
         w, h = (int(v) for v in identity.image_size)
         kps = np.asarray(identity.kps, np.float32).reshape(5, 2)
         scale = min(1.0, MAX_SIDE / max(w, h))
@@ -185,10 +191,10 @@ class PuLID(IdentityMethod):
         import torch
 
         if identity is None:
-            raise BadInput("method 'pulid' needs photos of the person.")
+            raise BadInput(f"method {self.name!r} needs photos of the person.")
         scale = self.scale_for(request)
         num_zero, ortho = request.pulid_num_zero, request.pulid_ortho
-        recipe = {"scale": scale, "version": "v1.1", "num_zero": num_zero, "ortho": ortho}
+        recipe = {"scale": scale, "version": self.version, "num_zero": num_zero, "ortho": ortho}
         if scale == 0:
             return Conditioning(recipe=recipe)
         cond, uncond = self.id_tokens(identity)
@@ -197,3 +203,75 @@ class PuLID(IdentityMethod):
             cross_attention_kwargs={"id_embedding": emb, "id_scale": scale, "num_zero": num_zero, "ortho": ortho},
             recipe=recipe,
         )
+
+
+LIGHTNING, LIGHTNING_FILE = "sdxl-lightning-4step-unet", "sdxl_lightning_4step_unet.safetensors"
+
+
+class PuLIDV1(PuLID):
+    """PuLID v1 (`pulid/pipeline.py`, `app.py`): the IDEncoder (10 tokens) on
+    ByteDance's SDXL-Lightning 4-step UNet, which replaces the base's UNet while the
+    method is loaded (the reference builds its pipeline on it). Its demo's
+    defaults: DPM-Solver++ 2M with trailing timesteps ending at sigma_min (what
+    diffusers 0.25, the reference's pin, did), 4 steps, cfg 1.2, "fidelity" mode
+    (8 zero tokens, ortho v2; "extremely style" = `--pulid-num-zero 16
+    --pulid-ortho v1`), the same negative prompt as v1.1. At scale 0 the base's own
+    UNet runs, as for every method (scale 0 is the plain base)."""
+
+    name = "pulid-v1"
+    label, title = "PuLID v1 (Lightning)", "PuLID v1 (SDXL-Lightning 4-step)"
+    help = "PuLID's first release on the SDXL-Lightning 4-step UNet: 4 steps, cfg 1.2 (SDXL)"
+    required_models = ("pulid-v1", LIGHTNING, EVA, PARSER)
+    recipe_defaults = {"sampler": "dpmpp_2m_trailing", "steps": 4, "cfg": 1.2, "negative": REFERENCE_NEGATIVE,
+                       "pulid_num_zero": 8, "pulid_ortho": "v2"}
+    version = "v1"
+    weights = ("pulid-v1", "pulid_v1.bin")
+
+    def __init__(self, store, device, dtype):
+        super().__init__(store, device, dtype)
+        self._base_unet = None
+        self._lightning = None
+
+    def _id_unet(self, pipe):
+        if self._lightning is None:
+            from diffusers import UNet2DConditionModel
+            from safetensors.torch import load_file
+
+            self.store.ensure(LIGHTNING)
+            path = self.store.file_path(LIGHTNING, LIGHTNING_FILE)
+            unet = UNet2DConditionModel.from_config(pipe.unet.config)
+            try:
+                unet.load_state_dict(load_file(str(path)), strict=True)
+            except RuntimeError as exc:
+                raise ModelError(f"{path} is not an SDXL UNet of this base's shape: {exc}") from exc
+            self._lightning = unet.eval().requires_grad_(False).to(pipe.unet.device, pipe.unet.dtype)
+        return self._lightning
+
+    def load(self, pipe) -> None:
+        if self.loaded:
+            return
+        self._base_unet = pipe.unet
+        super().load(pipe)
+        _use_unet(pipe, self._lightning)
+
+    def unload(self, pipe) -> None:
+        if not self.loaded:
+            return
+        super().unload(pipe)
+        _use_unet(pipe, self._base_unet)
+        self._base_unet = None
+
+    def conditioning(self, pipe, identity, request, width, height) -> Conditioning:
+        cond = super().conditioning(pipe, identity, request, width, height)
+        _use_unet(pipe, self._base_unet if self.scale_for(request) == 0 else self._lightning)
+        cond.recipe["unet"] = LIGHTNING if self.scale_for(request) else "base"
+        return cond
+
+
+def _use_unet(pipe, unet) -> None:
+    """Make `unet` the pipeline's; with model CPU offload the hooks are rebuilt."""
+    if pipe.unet is unet:
+        return
+    pipe.register_modules(unet=unet)
+    if getattr(pipe, "_all_hooks", None):
+        pipe.enable_model_cpu_offload(device=getattr(pipe, "_offload_device", None))

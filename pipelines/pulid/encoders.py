@@ -111,3 +111,48 @@ def idformer_config_from_state(state: dict[str, torch.Tensor], prefix: str = "id
     return dict(dim=dim, depth=depth, num_queries=num_queries, output_dim=output_dim, map_dim=map_dim,
                 vit_dim=vit_dim, id_dim=id_dim, num_id_token=num_id_token, ff_mult=ff_mult,
                 dim_head=64, heads=inner // 64)  # heads of 64, as published (16 x 64)
+
+
+class IDEncoder(nn.Module):
+    """PuLID v1's ID encoder (ToTheBeginning/PuLID `pulid/encoders.py`), keys
+    `body.*`, `mapping_{i}.*`, `mapping_patch_{i}.*`: `body` makes `num_token`
+    tokens from the ID embedding; per ViT scale, the CLS token through `mapping_i`
+    plus the mean of the patch tokens through `mapping_patch_i` makes one more.
+    Output [B, num_token + 5, context_dim]."""
+
+    def __init__(self, id_dim: int = 1280, context_dim: int = 2048, num_token: int = 5, vit_dim: int = 1024,
+                 map_dim: int = 1024):
+        super().__init__()
+        self.num_token, self.context_dim = num_token, context_dim
+        h1 = min(context_dim * num_token // 4, 1024)
+        h2 = min(context_dim * num_token // 2, 1024)
+        self.body = nn.Sequential(nn.Linear(id_dim, h1), nn.LayerNorm(h1), nn.LeakyReLU(),
+                                  nn.Linear(h1, h2), nn.LayerNorm(h2), nn.LeakyReLU(),
+                                  nn.Linear(h2, context_dim * num_token))
+        for i in range(N_VIT_SCALES):
+            setattr(self, f"mapping_{i}", _mlp(vit_dim, map_dim, context_dim))
+            setattr(self, f"mapping_patch_{i}", _mlp(vit_dim, map_dim, context_dim))
+
+    def forward(self, id_cond: torch.Tensor, vit_hidden: list[torch.Tensor]) -> torch.Tensor:
+        x = self.body(id_cond).reshape(-1, self.num_token, self.context_dim)
+        scales = [getattr(self, f"mapping_{i}")(h[:, :1]) + getattr(self, f"mapping_patch_{i}")(h[:, 1:]).mean(
+            dim=1, keepdim=True) for i, h in enumerate(vit_hidden)]
+        return torch.cat([x, *scales], dim=1)
+
+
+def id_encoder_from_state(state: dict[str, torch.Tensor], prefix: str = "id_adapter.") -> nn.Module:
+    """The checkpoint's ID encoder (IDFormer for v1.1, IDEncoder for v1), sized from
+    its shapes and loaded strictly."""
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if "latents" in own:
+        cfg = idformer_config_from_state(state, prefix)
+        net = IDFormer(**cfg)
+    elif "body.0.weight" in own:
+        context_dim = own["mapping_0.6.weight"].shape[0]
+        map_dim, vit_dim = own["mapping_0.0.weight"].shape
+        net = IDEncoder(id_dim=own["body.0.weight"].shape[1], context_dim=context_dim,
+                        num_token=own["body.6.weight"].shape[0] // context_dim, vit_dim=vit_dim, map_dim=map_dim)
+    else:
+        raise KeyError(f"no {prefix}latents (IDFormer) or {prefix}body.0.weight (IDEncoder)")
+    net.load_state_dict(own, strict=True)
+    return net.eval()

@@ -119,3 +119,53 @@ def build_facexlib_bisenet(dest: Path) -> None:
     Path(dest).mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone().contiguous() for k, v in build_bisenet().state_dict().items()}
     torch.save(state, Path(dest) / "parsing_bisenet.pth")
+
+
+SEED_IDENCODER = 164
+SEED_LIGHTNING = 165
+
+
+def build_idencoder(context_dim: int):
+    import torch
+
+    from ..pulid.encoders import IDEncoder
+
+    torch.manual_seed(SEED_IDENCODER)
+    return IDEncoder(id_dim=ARCFACE_DIM + EVA_EMBED, context_dim=context_dim, num_token=5, vit_dim=EVA_WIDTH,
+                     map_dim=IDF_MAP).eval()
+
+
+def build_lightning_unet():
+    """A tiny SDXL UNet of the base's config with weights of its own, as
+    SDXL-Lightning's 4-step UNet is a distilled copy of the base's."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from .sdxl import tiny_unet_config
+
+    torch.manual_seed(SEED_LIGHTNING)
+    return UNet2DConditionModel(**tiny_unet_config()).eval()
+
+
+@pack("pulid-v1", version=1)
+def build_pulid_v1(dest: Path) -> None:
+    """`pulid_v1.bin`: a torch pickle of {id_adapter.* (IDEncoder),
+    id_adapter_attn_layers.<i>.id_to_{k,v}.weight} (the store converts it)."""
+    import torch
+
+    unet = build_lightning_unet()
+    state = {"id_adapter." + k: v.detach().clone().contiguous()
+             for k, v in build_idencoder(unet.config.cross_attention_dim).state_dict().items()}
+    state.update(id_attention_state(unet, seed=SEED_ATTN + 10))
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    torch.save(state, Path(dest) / "pulid_v1.bin")
+
+
+@pack("sdxl-lightning-4step-unet", version=1)
+def build_lightning(dest: Path) -> None:
+    """`sdxl_lightning_4step_unet.safetensors`: a diffusers-format UNet state dict."""
+    from safetensors.torch import save_file
+
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in build_lightning_unet().state_dict().items()}
+    save_file(state, str(Path(dest) / "sdxl_lightning_4step_unet.safetensors"))
