@@ -62,13 +62,26 @@ UI_DEFAULTS: dict[str, Any] = {
     "codeformer_fidelity": _default("codeformer_fidelity"),
     "loras": None,
     "edits": None,
+    # finishing steps, template portraits, a second person (pipelines/finishing.py, templates.py,
+    # multi_person.py)
+    "face_detail": _default("face_detail"),
+    "face_detail_strength": _default("face_detail_strength"),
+    "face_detail_keep_better": _default("face_detail_keep_better"),
+    "upscale": _default("upscale"),
+    "upscaler": _default("upscaler"),
+    "hires": _default("hires"),
+    "hires_strength": _default("hires_strength"),
+    "template": NONE,
+    "template_strength": _default("template_strength"),
+    "photos_2": None,
 }
 # widgets that hold a method's reference recipe (W+: Euler, cfg 7.5, its negative prompt)
 RECIPE_KEYS = ("sampler", "cfg", "negative")
 # request fields copied as they are
 _PLAIN = ("negative", "method", "sampler", "speed", "steps", "cfg", "count", "scale", "s_scale",
           "identitynet_scale", "enhance_face_region", "pose_scale", "restore", "restore_strength",
-          "codeformer_fidelity")
+          "codeformer_fidelity", "face_detail", "face_detail_strength", "face_detail_keep_better", "upscale",
+          "upscaler", "hires", "hires_strength", "template_strength")
 _INTS = {"steps", "count"}
 _SIZE_RE = re.compile(r"^\s*(\d{2,4})\s*[x×]\s*(\d{2,4})\s*$")
 
@@ -279,6 +292,12 @@ def request_data(values: dict[str, Any], demo: bool) -> dict:
     pose = v.get("pose") or NONE
     if pose != NONE:
         data["pose"] = pose
+    template = v.get("template") or NONE
+    if template != NONE:
+        data["template"] = template
+    photos_2 = photo_paths(values.get("photos_2"))
+    if photos_2:  # a second person: two people in one picture
+        data["photos_2"] = photos_2
     data["width"], data["height"] = parse_size(v.get("size"), demo)
     data["loras"] = loras_from_rows(v.get("loras"))
     if method_family(data["method"]) == "sd15":  # an SD1.5 method runs on the SD1.5 base
@@ -314,6 +333,8 @@ def ui_from_fields(fields: dict[str, Any], demo: bool, lora_on_disk: Iterable[st
         out["keep"] = fields["keep"] or 0
     if "pose" in fields:
         out["pose"] = fields["pose"] or NONE
+    if "template" in fields:
+        out["template"] = fields["template"] or NONE
     if "width" in fields or "height" in fields:
         out["size"] = size_value(fields.get("width"), fields.get("height"), demo)
     if "loras" in fields:

@@ -14,6 +14,8 @@ import gradio as gr
 from pipelines.samplers import SAMPLER_TITLES
 from pipelines.speed import SPEED_MODES
 from pipelines.settings import Settings
+from pipelines.templates import list_templates
+from pipelines.upscale import UPSCALERS
 
 from .requests_map import MAX_PHOTOS, NONE, UI_DEFAULTS, edit_rows, lora_names, lora_rows, size_choices
 
@@ -169,6 +171,32 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
                                                    label="Restore strength")
             by_key["codeformer_fidelity"] = gr.Slider(0, 1, value=d["codeformer_fidelity"], step=0.05,
                                                       label="CodeFormer fidelity")
+        with gr.Row():
+            by_key["face_detail"] = gr.Checkbox(value=d["face_detail"], label="Face detail pass",
+                                                info="re-generate each face at a higher resolution (ADetailer-like)",
+                                                elem_id="face-detail")
+            by_key["face_detail_strength"] = gr.Slider(0.05, 1, value=d["face_detail_strength"], step=0.05,
+                                                       label="Face detail denoise")
+            by_key["face_detail_keep_better"] = gr.Checkbox(value=d["face_detail_keep_better"],
+                                                            label="Keep the more alike (before/after)")
+        with gr.Row():
+            by_key["upscale"] = gr.Radio([1.0, 1.5, 2.0, 4.0], value=d["upscale"], label="Upscale", elem_id="upscale")
+            by_key["upscaler"] = gr.Dropdown(list(UPSCALERS), value=d["upscaler"], label="Upscaler",
+                                             info="4x-ultrasharp is non-commercial (licence acceptance)")
+            by_key["hires"] = gr.Checkbox(value=d["hires"], label="Hires pass",
+                                          info="img2img over the upscaled image, same identity and seed")
+            by_key["hires_strength"] = gr.Slider(0.05, 0.8, value=d["hires_strength"], step=0.05,
+                                                 label="Hires denoise")
+        with gr.Row():
+            by_key["template"] = gr.Dropdown([(NONE, NONE)] + [(n, n) for n in sorted(list_templates(settings))],
+                                             value=d["template"], label="Put me in this photo (template)",
+                                             elem_id="template")
+            by_key["template_strength"] = gr.Slider(0.05, 1, value=d["template_strength"], step=0.05,
+                                                    label="Template face denoise")
+            by_key["photos_2"] = gr.File(
+                label="Second person's photos (two people in one picture, FaceID)", file_count="multiple",
+                type="filepath", file_types=PHOTO_TYPES, elem_id="photos-2",
+            )
         with gr.Row():
             by_key["loras"] = gr.Dataframe(
                 value=lora_rows(lora_names(settings.loras_dir)), headers=["LoRA", "weight"],
