@@ -343,3 +343,18 @@ def test_v1_runs_on_the_lightning_unet_with_its_demo_recipe(engine, photos_dir):
     assert pipe.unet is base_unet  # scale 0: the plain base
     engine.use_method("none", pipe)
     assert pipe.unet is base_unet
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("loras", [{"name": "me", "weight": 0.8}], "loras cannot be used with method 'pulid-v1'"),
+    ("speed", "fast", "already a 4-step Lightning model"),
+])
+def test_v1_refuses_what_cannot_work(engine, photos_dir, field, value, match):
+    from pipelines.errors import BadInput
+    from pipelines.requests import GenerateRequest
+
+    data = dict(method="pulid-v1", photos=[str(photos_dir / "astronaut.png")], prompt="p", width=64, height=64,
+                seed=3)
+    data[field] = value
+    with pytest.raises(BadInput, match=match):
+        engine.generate(GenerateRequest(**data))
