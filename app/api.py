@@ -6,7 +6,14 @@
 
 `prompt` describes the person when a preset is given (it fills {subject}),
 else it is the whole prompt; `method` "" keeps the preset's (or the default);
-`seed` -1 is random. Returns the images (a gallery: paths and captions).
+`seed` -1 is random. Every other field of the typed request (steps, size,
+sampler, negative, scale, pose, restore, loras, keep, ...) is a parameter with
+the request's default; a value left at its default lets the preset or the
+method's recipe fill it. Returns the images (a gallery: paths and captions) and
+a results list (seed, likeness, face found, file name per image).
+`submit()` reports progress: step, total and ETA (`job.status().progress_data`).
+
+`presets`, `poses`, `models` and `loras` list what the other parameters accept.
 
 `job.cancel()` in gradio_client, or a dropped connection, stops the engine
 within a step: the endpoint is a generator that yields an empty update per step,
@@ -22,10 +29,11 @@ from pipelines.settings import Settings
 
 from .jobs import CancelRegistry, EngineHolder, run_job
 from .portrait import GPU, session_of, user_error
-from .requests_map import caption, photo_paths
+from .requests_map import api_field_specs, api_overrides, caption, photo_paths
 
 
-def api_request(settings: Settings, photos, prompt, preset, method, seed, count) -> GenerateRequest:
+def api_request(settings: Settings, photos, prompt, preset, method, seed, count,
+                fields: dict | None = None) -> GenerateRequest:
     from pipelines.presets import load_preset
 
     data: dict = {}
@@ -45,27 +53,64 @@ def api_request(settings: Settings, photos, prompt, preset, method, seed, count)
     if seed is not None and int(seed) >= 0:
         data["seed"] = int(seed)
     data["count"] = int(count if count is not None else 1)
+    data.update(api_overrides(fields or {}))
     return validate_request(GenerateRequest, data, "generate")
+
+
+def api_results(images) -> list[dict]:
+    """The result fields of each image: seed, likeness (mean ArcFace similarity;
+    None when not scored or no face), whether a face was found, the file name."""
+    out = []
+    for g in images:
+        s = g.recipe.get("likeness") if isinstance(g.recipe, dict) else None
+        found = bool(s.get("face_found")) if isinstance(s, dict) else None
+        out.append({"seed": g.seed, "likeness": float(s["mean"]) if found else None,
+                    "face_found": found, "file": g.path.name})
+    return out
+
+
+def _field_component(name: str, kind: str, default):
+    if kind == "bool":
+        return gr.Checkbox(value=default, label=name)
+    if kind in ("int", "float"):
+        return gr.Number(value=default, precision=0 if kind == "int" else None, label=name)
+    if kind == "json":
+        return gr.JSON(value=default, label=name)
+    return gr.Textbox(value=default, label=name)
 
 
 def build_api(settings: Settings, holder: EngineHolder, cancels: CancelRegistry) -> None:
     """Hidden components + the `generate` endpoint (call inside the Blocks)."""
 
-    def generate(photos, prompt, preset, method, seed, count, request: gr.Request):
+    specs = api_field_specs()
+
+    def generate(*values):
+        from .progress import StepClock, describe_step
+
+        photos, prompt, preset, method, seed, count, *extra, request, progress = values
+
         try:
-            req = api_request(settings, photos, prompt, preset, method, seed, count)
+            req = api_request(settings, photos, prompt, preset, method, seed, count,
+                              {name: v for (name, _, _), v in zip(specs, extra)})
         except LikenessError as exc:
             raise user_error(exc) from None
         session = session_of(request)
         cancel = cancels.begin(session)
+        clock = None
         try:
             for ev in run_job(lambda on_step, c: holder.get().generate(req, on_step=on_step, cancel=c), cancel):
                 if ev.kind == "error":
                     raise user_error(ev.data)
                 if ev.kind == "done":
-                    yield [(str(g.path), caption(g.recipe)) for g in ev.data.images]
+                    yield [(str(g.path), caption(g.recipe)) for g in ev.data.images], api_results(ev.data.images)
                     return
-                yield gr.skip()  # a step: nothing to show, but here gradio can close a cancelled call
+                info = ev.data
+                if clock is None or clock.steps != info["steps"]:
+                    clock = StepClock(req.count, info["steps"])
+                clock.tick(info["image_index"], info["step"])
+                progress((clock.done, clock.total), unit="steps",
+                         desc=describe_step(info["image_index"], req.count, info["step"], info["steps"], clock.eta()))
+                yield gr.skip(), gr.skip()  # here gradio can close a cancelled call
         finally:
             cancels.end(session, cancel)
         raise gr.Error("the job ended without a result.")
@@ -77,7 +122,48 @@ def build_api(settings: Settings, holder: EngineHolder, cancels: CancelRegistry)
         method = gr.Textbox(label="method")
         seed = gr.Number(value=-1, precision=0, label="seed")
         count = gr.Number(value=1, precision=0, label="count")
+        extra = [_field_component(name, kind, default) for name, kind, default in specs]
         images = gr.Gallery(label="images", format="png")
+        results = gr.JSON(label="results")
         trigger = gr.Button("generate (API)")
-    trigger.click(generate, [photos, prompt, preset, method, seed, count], images, api_name="generate",
-                  concurrency_id=GPU, concurrency_limit=1)
+    _api_signature(generate, specs)
+    trigger.click(generate, [photos, prompt, preset, method, seed, count, *extra], [images, results],
+                  api_name="generate", concurrency_id=GPU, concurrency_limit=1)
+    build_list_endpoints(settings)
+
+
+def _api_signature(fn, specs) -> None:
+    """Give `fn(*values)` the signature gradio reads for `view_api`: one named
+    parameter per input with its default (so optional fields show as optional),
+    then the request and the progress tracker, which gradio passes last."""
+    import inspect
+
+    P = inspect.Parameter
+    basic = [("photos", None), ("prompt", ""), ("preset", ""), ("method", ""), ("seed", -1), ("count", 1)]
+    params = [P(n, P.POSITIONAL_OR_KEYWORD, default=d) for n, d in basic]
+    params += [P(n, P.POSITIONAL_OR_KEYWORD, default=d) for n, _, d in specs]
+    params += [P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
+               P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress())]
+    fn.__signature__ = inspect.Signature(params)
+    fn.__annotations__ = {"request": gr.Request}
+
+
+def build_list_endpoints(settings: Settings) -> None:
+    """`presets`, `poses`, `models` (with their state here) and `loras`: JSON lists."""
+    from .http_api import list_loras_data, list_models_data, list_poses_data, list_presets_data
+
+    lists = {"presets": list_presets_data, "poses": lambda: list_poses_data(settings),
+             "models": lambda: list_models_data(settings), "loras": lambda: list_loras_data(settings)}
+    with gr.Group(visible=False):
+        for name, fn in lists.items():
+            out = gr.JSON(label=name)
+            gr.Button(f"{name} (API)").click(_listing(fn), None, out, api_name=name, queue=False)
+
+
+def _listing(fn):
+    def listing():
+        try:
+            return fn()
+        except LikenessError as exc:
+            raise user_error(exc) from None
+    return listing

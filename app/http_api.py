@@ -145,9 +145,19 @@ class JobStore:
         try:
             if job.cancel.is_set():
                 raise Cancelled("cancelled before it started.")
-            engine = self.holder.get()
-            job.state = "running"
-            result = engine.generate(job.req, on_step=job.on_step, cancel=job.cancel)
+            from pipelines.memory import free_memory
+
+            from .jobs import ENGINE_LOCK
+
+            with ENGINE_LOCK:  # in turn with the UI's jobs
+                if job.cancel.is_set():
+                    raise Cancelled("cancelled before it started.")
+                engine = self.holder.get()
+                job.state = "running"
+                try:
+                    result = engine.generate(job.req, on_step=job.on_step, cancel=job.cancel)
+                finally:
+                    free_memory()
             if job.cancel.is_set() and not result.images:
                 raise Cancelled("cancelled.")
             for g in result.images:
@@ -196,9 +206,10 @@ def _decode_photos(uploads: list[PhotoUpload], tmp: Path) -> tuple[list[str], di
 
 def to_engine_request(body: BaseModel, tmp: Path) -> GenerateRequest:
     data = body.model_dump(exclude={"photos"}, exclude_unset=True)
-    pose = data.get("pose")
-    if isinstance(pose, str) and ("/" in pose or "\\" in pose or "." in pose):
-        raise BadInput(f"pose {pose!r}: give a pose template name (GET /api/v1/poses), not a file.")
+    for name in ("pose", "template"):  # names only: a client never names a server file
+        value = data.get(name)
+        if isinstance(value, str) and ("/" in value or "\\" in value or "." in value):
+            raise BadInput(f"{name} {value!r}: give a name (GET /api/v1/poses for poses), not a file.")
     paths, faces = _decode_photos(body.photos, tmp)
     if paths:
         data["photos"] = paths

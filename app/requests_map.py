@@ -357,3 +357,65 @@ def likeness_text(recipe: dict) -> str:
 
 def caption(recipe: dict) -> str:
     return f"seed {recipe.get('seed')} · {likeness_text(recipe)}"
+
+
+# ------------------------------------------------------------------ API fields
+# Request fields an API client never sets: they name files on the server (photos
+# come as uploads) or where output goes.
+API_SERVER_ONLY = ("photos", "face_index", "identity_card", "out_dir",
+                   # the second person's files, and a template or layout (which may name a file on the server)
+                   "photos_2", "face_index_2", "identity_card_2", "template", "layout")
+# fields the `generate` endpoint has always had, with meanings of their own there
+API_BASIC = ("prompt", "method", "seed", "count")
+
+
+def api_field_specs() -> list[tuple[str, str, Any]]:
+    """(field, kind, default) for every other `GenerateRequest` field, in model
+    order; kind is bool | int | float | text | json (the component to build)."""
+    import typing
+
+    out = []
+    for name, f in GenerateRequest.model_fields.items():
+        if name in API_SERVER_ONLY or name in API_BASIC:
+            continue
+        default = f.get_default(call_default_factory=True)
+        base = f.annotation
+        if typing.get_origin(base) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            base = next(a for a in typing.get_args(base) if a is not type(None))
+        if typing.get_origin(base) in (list, dict):
+            kind = "json"
+        elif base is bool:
+            kind = "bool"
+        elif base is int:
+            kind = "int"
+        elif base is float:
+            kind = "float"
+        elif base is str or typing.get_origin(base) is typing.Literal:
+            kind = "text"
+        else:
+            kind = "json"
+        out.append((name, kind, "" if kind == "text" and default is None else default))
+    return out
+
+
+def api_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """The fields a client changed from their defaults (unchanged ones stay unset,
+    so a preset's or a method's recipe still fills them). An empty text of an
+    optional field is None; a pose or template is a name, never a path."""
+    out: dict[str, Any] = {}
+    for name, kind, default in api_field_specs():
+        if name not in values:
+            continue
+        v = values[name]
+        if kind == "text" and isinstance(v, str):
+            v = v.strip()
+        if v == default or (v is None and default in ("", None)):
+            continue
+        if kind == "int" and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if kind == "text" and v == "":
+            v = None
+        if name in ("pose", "template") and isinstance(v, str) and ("/" in v or "\\" in v):
+            raise BadInput(f"{name} {v!r}: give a name (see the list endpoints), not a file path.")
+        out[name] = v
+    return out

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -60,3 +62,90 @@ def test_cli_generate_prints_step_progress(tiny_models_dir, tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "image 1/1: step 3/3" in r.stderr
+
+
+# ------------------------------------------------------------------ gradio API
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_models_dir):
+    import socket
+
+    from app.jobs import EngineHolder
+    from app.security import resolve_launch
+    from app.server import serve
+    from pipelines.settings import load_settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = tmp_path_factory.mktemp("daily")
+    settings = load_settings(models_dir=tiny_models_dir, loras_dir=d / "loras", outputs_dir=d / "outputs",
+                             device="cpu", dtype="float32", demo=True, accept_research_licenses=True)
+    (d / "loras" / "people").mkdir(parents=True)
+    (d / "loras" / "people" / "me.safetensors").write_bytes(b"x")
+    cfg = resolve_launch(listen=False, port=port, auth=None, insecure_no_auth=False, share=False, environ={})
+    demo, url, _ = serve(settings, cfg, block=False, holder=EngineHolder(settings))
+    try:
+        yield settings, url
+    finally:
+        demo.close()
+
+
+def test_gradio_generate_exposes_every_request_field_with_its_default(served):
+    from gradio_client import Client
+
+    from app.requests_map import API_BASIC, API_SERVER_ONLY
+    from pipelines.requests import GenerateRequest
+
+    _, url = served
+    client = Client(url, verbose=False, download_files=False)
+    params = {p["parameter_name"]: p for p in
+              client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]["parameters"]}
+    for name, f in GenerateRequest.model_fields.items():
+        if name in API_SERVER_ONLY or name in API_BASIC:
+            continue
+        assert name in params, name
+        p = params[name]
+        default = f.get_default(call_default_factory=True)
+        assert p["parameter_has_default"], name  # optional in view_api
+        assert p["parameter_default"] == ("" if default is None and p["python_type"]["type"] == "str" else default), name
+    assert params["steps"]["parameter_default"] == 30 and params["cfg"]["parameter_default"] == 5.0
+
+
+def test_gradio_submit_reports_progress_and_likeness_is_a_result_field(served):
+    from gradio_client import Client
+
+    settings, url = served
+    client = Client(url, verbose=False, download_files=False)
+    job = client.submit(photos=[], prompt="a portrait", preset="", method="none", seed=4, count=1,
+                        steps=12, width=64, height=64, negative="blurry", api_name="/generate")
+    seen = []
+    while not job.done():
+        st = job.status()
+        if st.progress_data:
+            seen.append(st.progress_data[0])
+    gallery, results = job.result(timeout=120)
+    assert len(gallery) == 1 and results[0]["seed"] == 4 and results[0]["likeness"] is None
+    assert "likeness" in results[0] and "face_found" in results[0]
+    from pipelines.metadata import read_recipe
+
+    recipe = read_recipe(next(settings.outputs_dir.rglob(results[0]["file"])))
+    assert recipe["steps"] == 12 and recipe["negative"] == "blurry" and recipe["width"] == 64
+    assert seen, "no progress reported"
+    last = seen[-1]
+    assert last.length == 12 and last.unit == "steps" and "step" in last.desc and "ETA" in last.desc
+
+
+def test_gradio_list_endpoints(served):
+    from gradio_client import Client
+
+    from pipelines.presets import list_presets
+
+    _, url = served
+    client = Client(url, verbose=False, download_files=False)
+    assert [p["name"] for p in client.predict(api_name="/presets")] == [p.name for p in list_presets()]
+    assert client.predict(api_name="/loras") == [{"name": "people/me"}]
+    assert any(p["name"] for p in client.predict(api_name="/poses"))
+    models = client.predict(api_name="/models")
+    assert {"name", "kind", "state"} <= set(models[0])

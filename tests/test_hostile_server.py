@@ -269,7 +269,7 @@ def test_client_cancel_stops_the_engine_within_a_step(slow_server):
     assert engine.calls[0]["steps_done"] - at_cancel <= 3  # the step it was in, plus the ones in flight
     assert engine.calls[0]["images"] == 0 and not list(slow_server.settings.outputs_dir.glob("*.png"))
     t0 = time.monotonic()
-    result = client.predict(count=1, **CALL)  # the next caller does not wait for the cancelled job
+    result, _ = client.predict(count=1, **CALL)  # the next caller does not wait for the cancelled job
     assert time.monotonic() - t0 < 10 and len(result) == 1
 
 
@@ -289,7 +289,7 @@ def test_every_call_not_cancelled_gets_its_result(slow_server):
     for i, job in enumerate(jobs):
         if i in cancelled:
             continue
-        result = job.result(timeout=60)
+        result, _ = job.result(timeout=60)  # (gallery, results)
         assert len(result) == 1 and result[0]["image"]["path"].endswith(".png"), i
     finished = [c for c in engine.calls if c["end"] == "done"]
     assert len(finished) >= len(jobs) - len(cancelled)
@@ -299,13 +299,17 @@ def test_dropped_connection_stops_the_engine(slow_server):
     """A closed tab: the event stream's connection goes away mid-job."""
     import uuid
 
+    from app.requests_map import api_field_specs
+
     engine = slow_server.engine
     demo = slow_server.demo
     fn_index = next(i for i, fn in demo.fns.items() if fn.api_name == "generate")
     session = uuid.uuid4().hex[:11]
     with httpx.Client(base_url=slow_server.url, timeout=30) as http:
         joined = http.post("/gradio_api/queue/join", json={
-            "data": [[], "a portrait", "", "none", 1, 40], "fn_index": fn_index, "session_hash": session,
+            # the endpoint's other request fields at their defaults (gradio_client fills them itself)
+            "data": [[], "a portrait", "", "none", 1, 40, *(d for _, _, d in api_field_specs())],
+            "fn_index": fn_index, "session_hash": session,
             "event_data": None, "trigger_id": None})
         assert joined.status_code == 200, joined.text
         with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:

@@ -134,7 +134,7 @@ def test_generate_job_progress_image_by_id_and_bad_input(server):
         bad = http.post("/api/v1/generate", json={"prompt": "p", "method": "none", "out_dir": "/tmp"})
         assert bad.status_code == 422  # not a field of the HTTP request
         bad = http.post("/api/v1/generate", json={"prompt": "p", "method": "none", "pose": "../../x.json"})
-        assert bad.status_code == 400 and "pose template name" in bad.json()["detail"]
+        assert bad.status_code == 400 and "not a file" in bad.json()["detail"]
         bad = http.post("/api/v1/generate", json={"prompt": "p", "method": "faceid",
                                                   "photos": [{"name": "me.gif", "data": base64.b64encode(
                                                       b"GIF89a" + bytes(40)).decode()}]})

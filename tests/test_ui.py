@@ -369,10 +369,10 @@ def generated(server):
     from gradio_client import Client, handle_file
 
     client = Client(server.url, verbose=False, download_files=False)
-    result = client.predict(photos=[handle_file(str(server.photo))], prompt="a man", preset="polaroid",
-                            method="", seed=7, count=1, api_name="/generate")
+    result, results = client.predict(photos=[handle_file(str(server.photo))], prompt="a man", preset="polaroid",
+                                     method="", seed=7, count=1, api_name="/generate")
     outputs = sorted(server.settings.outputs_dir.rglob("likeness-*.png"))
-    return SimpleNamespace(client=client, result=result, outputs=outputs)
+    return SimpleNamespace(client=client, result=result, results=results, outputs=outputs)
 
 
 def test_gradio_client_generate(server, generated):
@@ -384,7 +384,7 @@ def test_gradio_client_generate(server, generated):
 
     client, result = generated.client, generated.result
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == \
+    assert [p["parameter_name"] for p in api["/generate"]["parameters"]][:6] == \
         ["photos", "prompt", "preset", "method", "seed", "count"]
     assert [p["parameter_name"] for p in api["/train"]["parameters"]] == ["photos", "name", "steps", "overwrite"]
     assert server.holder.loaded
@@ -398,6 +398,9 @@ def test_gradio_client_generate(server, generated):
     assert recipe["prompt"] == preset.format_prompt("a man") and recipe["seed"] == 7
     assert recipe["steps"] == min(preset.steps, DEMO_MAX_STEPS) and recipe["sampler"] == preset.sampler
     assert "likeness" in recipe and "mean" in recipe["likeness"]
+    assert generated.results == [{"seed": 7, "likeness": recipe["likeness"]["mean"] if recipe["likeness"]["face_found"]
+                                  else None, "face_found": recipe["likeness"]["face_found"],
+                                  "file": generated.outputs[0].name}]
     with pytest.raises(AppError, match="preset 'nope' does not exist"):
         client.predict(photos=[handle_file(str(server.photo))], prompt="a man", preset="nope", method="",
                        seed=1, count=1, api_name="/generate")
