@@ -122,3 +122,25 @@ def test_request_checks_and_cli_flags(demo_settings):
                                       "--photo-2", "c.png", "--layout", "two-side-by-side"])
     req = GenerateRequest(**request_from_args(args, demo_settings))
     assert req.photos_2 == ["b.png", "c.png"] and req.layout == "two-side-by-side"
+
+
+def test_a_batch_item_names_two_identities(tmp_path, photos_dir):
+    import shutil
+
+    from pipelines.batch.jobfile import load_job
+
+    for name in ("astronaut.png", "t1.jpg"):
+        shutil.copy(photos_dir / name, tmp_path / name)
+    job = tmp_path / "job.yaml"
+    job.write_text("identities:\n  ann: {photos: [astronaut.png]}\n  bob: {photos: [{photo: t1.jpg, face: 2}]}\n"
+                   "items:\n  - {identity: ann, second: bob, method: faceid, prompt: two friends, seed: 1}\n"
+                   "  - {identity: ann, method: faceid, prompt: two friends, seed: 1}\n")
+    items = load_job(job, demo=True).items
+    two, one = items
+    assert two.request.photos_2 == [str(tmp_path / "t1.jpg")]
+    assert two.request.face_index_2 == {str(tmp_path / "t1.jpg"): 2}
+    assert not one.request.photos_2 and two.id != one.id
+    job.write_text("identities:\n  ann: {photos: [astronaut.png]}\n"
+                   "items:\n  - {identity: ann, second: zed, method: faceid, prompt: p}\n")
+    with pytest.raises(BadInput, match=r"line 4: items\[0\].second: identity 'zed' is not defined"):
+        load_job(job, demo=True)

@@ -10,6 +10,7 @@ line numbers):
       bob: {photos: [{photo: group.jpg, face: 2}]}   # face N of a group photo (1 = largest)
     items:
       - identity: alice           # or identities: [alice, bob]; omitted = all
+        second: bob               # optional: two people in one picture (bob in box 2 of the layout)
         preset: studio-headshot   # or presets: [...], prompt: / prompts: [...]
         methods: [faceid, instantid]        # or method: faceid
         seeds: [1, 2, 3]                    # or seed: 1; omitted = derived
@@ -67,10 +68,14 @@ _RESERVED = {
     "method": "use method: or methods: on the item",
     "seed": "use seed: or seeds: on the item",
     "face_index": "name the face with the photo: identities: {NAME: {photos: [{photo: FILE, face: N}]}}",
+    "photos_2": "name the second person with second: NAME on the item",
+    "identity_card_2": "name the second person with second: NAME on the item",
+    "face_index_2": "name the second person with second: NAME on the item",
 }
 # request fields left out of the id: where things go, not what is made
 # (the chosen faces are part of the identity's content hash instead)
-_ID_EXCLUDE = {"photos", "identity_card", "out_dir", "name_prefix", "face_index"}
+_ID_EXCLUDE = {"photos", "identity_card", "out_dir", "name_prefix", "face_index",
+               "photos_2", "identity_card_2", "face_index_2"}
 
 
 # --------------------------------------------------------------------- schema
@@ -104,6 +109,7 @@ class ItemSpec(BaseModel):
 
     identity: str | None = None
     identities: list[str] | None = Field(default=None, min_length=1)
+    second: str | None = None  # a second identity in the same picture (two people)
     preset: str | None = None
     presets: list[str] | None = Field(default=None, min_length=1)
     prompt: str | None = None
@@ -694,6 +700,19 @@ def expand(spec: JobSpec, job: Job, errors: _Errors, demo: bool = False) -> tupl
                     if source.face_index():
                         data["face_index"] = source.face_index()
             ident_hash = source.content_hash if source else None
+            if it.second is not None:  # two people: the second identity's files and content hash
+                other = job.identities.get(it.second)
+                if other is None:
+                    known = ", ".join(job.identities) or "none defined"
+                    raise errors.at(loc + ("second",), f"identity {it.second!r} is not defined under identities: "
+                                    f"({known})")
+                if other.card is not None:
+                    data["identity_card_2"] = str(other.card)
+                else:
+                    data["photos_2"] = [str(p) for p in other.photos]
+                    if other.face_index():
+                        data["face_index_2"] = other.face_index()
+                ident_hash = f"{ident_hash}+{other.content_hash}"
             for seed in seeds:
                 req = _validate(model, data, seed, ident_hash, loc, it, preset, spec.defaults, errors)
                 iid = item_id(req, ident_hash)
