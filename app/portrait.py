@@ -259,14 +259,16 @@ class PortraitTab:
         gen = dict(fn=self.generate, inputs=inputs, outputs=outputs, concurrency_id=GPU,
                    concurrency_limit=1, api_visibility="private", show_progress="full",
                    show_progress_on=[w.status, w.results])
-        w.preset_gallery.select(self.pick_preset, None, fill, queue=False, api_visibility="private").then(**gen)
+        # every generation event, for the History tab to refresh after each one
+        self.generation_events = [
+            w.preset_gallery.select(self.pick_preset, None, fill, queue=False, api_visibility="private").then(**gen)]
         w.by_key["preset"].input(self.choose_preset, w.by_key["preset"], fill, queue=False,
                                  api_visibility="private")
         if w.pose_gallery is not None:
             w.pose_gallery.select(self.pick_pose, None, w.by_key["pose"], queue=False, api_visibility="private")
         w.lora_refresh.click(self.rescan_loras, w.by_key["loras"], w.by_key["loras"], queue=False,
                              api_visibility="private")
-        w.generate.click(**gen)
+        self.generation_events.append(w.generate.click(**gen))
         w.cancel.click(self.cancel, None, w.status, queue=False, api_visibility="private")
         w.results.select(self.select_result, None, w.selected, queue=False, api_visibility="private")
         w.reuse.click(self.reuse, [w.selected, w.results_state], fill, queue=False, api_visibility="private")

@@ -17,6 +17,12 @@ same compute as the real models:
   MLP 512 -> 1024 -> 4 x 2048 tokens, perceiver resampler 2048 wide (32 heads of 64,
   depth 4) over 1280-d CLIP features, to_k_ip / to_v_ip for the 70 cross-attention
   processors, rank-128 attention LoRA on all 140 processors.
+- `speed-lora-lightning-4step-full`, `speed-lora-lcm-sdxl-full`: the speed modes'
+  LoRAs (`sdxl_lightning_4step_lora.safetensors`, `pytorch_lora_weights.safetensors`)
+  at the published rank 64 in the kohya layout, over every linear of the UNet's
+  transformer blocks: 170 M parameters, 340 MB in float16 (the published files,
+  394 MB, also cover convolutions; the per-step LoRA cost measured here is that
+  of the attention/feed-forward part).
 - `instantid-full`: `ip-adapter.bin` (float32 pickle; Resampler 1280 wide, 20 heads,
   16 queries, output 2048) and `ControlNetModel/` (IdentityNet: `from_unet` of the
   SDXL UNet, float16).
@@ -63,6 +69,8 @@ PACKS: dict[str, str] = {
     "clip-vit-h-image-encoder": "clip-vision-full",
     "ip-adapter-faceid-plusv2-sdxl": "faceid-plusv2-sdxl-full",
     "instantid": "instantid-full",
+    "sdxl-lightning-4step-lora": "speed-lora-lightning-4step-full",
+    "lcm-lora-sdxl": "speed-lora-lcm-sdxl-full",
 }
 
 SEED_UNET = 100
@@ -74,6 +82,9 @@ SEED_CLIP_VISION = 105
 SEED_FACEID = 106
 SEED_INSTANTID = 107
 SEED_IDENTITYNET = 108
+SEED_LIGHTNING = 109
+SEED_LCM = 110
+SPEED_LORA_RANK = 64  # the published SDXL-Lightning and LCM-LoRA rank
 
 CROSS_ATTENTION_DIM = 2048  # CLIP-L 768 + bigG 1280
 CLIP_L_WIDTH = 768
@@ -356,6 +367,26 @@ def build_instantid_full(dest: Path) -> None:
     torch.save(instantid_state_dict(dev), dest / INSTANTID_FILE)
     _save_half(build_identitynet(dev), dest / IDENTITYNET_DIR)
     free_memory()
+
+
+def _speed_lora(dest: Path, filename: str, seed: int) -> None:
+    from safetensors.torch import save_file
+
+    from pipelines.tiny.speed_loras import speed_lora_state
+
+    dest.mkdir(parents=True, exist_ok=True)
+    state = speed_lora_state(build_unet("meta"), seed, SPEED_LORA_RANK, gain=0.02)
+    save_file(state, str(dest / filename))
+
+
+@pack("speed-lora-lightning-4step-full", version=1)
+def build_lightning_full(dest: Path) -> None:
+    _speed_lora(Path(dest), "sdxl_lightning_4step_lora.safetensors", SEED_LIGHTNING)
+
+
+@pack("speed-lora-lcm-sdxl-full", version=1)
+def build_lcm_full(dest: Path) -> None:
+    _speed_lora(Path(dest), "pytorch_lora_weights.safetensors", SEED_LCM)
 
 
 # ----------------------------------------------------------------- catalog

@@ -23,6 +23,20 @@ engine calls interleaved so clock drift hits both alike):
 - `cold_start_seconds`: `Engine(settings, store)` + its first image (models already
   built on disk); `plain_cold_start_seconds`: from_pretrained + first image.
 
+Speed modes (`--speeds`, default all three): each mode is timed against plain
+diffusers running the same mode by hand: `load_lora_weights` of the same distilled
+LoRA (beside FaceID's own adapter), the mode's scheduler class and config, steps and
+cfg (`speeds[s]`). Quality uses --steps/--cfg and Euler on both sides.
+
+Also measured: `score_seconds_per_image` (the likeness score alone; in the engine
+it runs on a worker thread, overlapping the next image's denoising),
+`batch` (-n N as one batched call vs one call per image, seconds per image; on a
+CPU batching is off by default and shown for reference), `--compile` (torch.compile
+of the UNet: the first call, then calls that switch method and speed, and how many
+times dynamo compiled a new graph during them), and `--device-report`: GPU name,
+dtype, peak VRAM and seconds per 1024² image per mode and method (a table on
+stderr, the same numbers under `device_report`).
+
 Models: tiny demo packs (random weights, CPU-friendly), or with `--full-size`
 full-size SDXL + IdentityNet + FaceID Plus v2 / InstantID adapters + CLIP ViT-H with
 random weights in the published layouts (`bench/fullsize.py`): the compute of the
@@ -30,6 +44,7 @@ real models, for a GPU. `--full-size --dry-run` only counts parameters (meta dev
 
     python bench/generate.py --steps 4 --width 128 --height 128
     python bench/generate.py --full-size --steps 30 --width 1024 --height 1024
+    python bench/generate.py --full-size --device-report     # unattended on a GPU, < 10 min
 """
 
 from __future__ import annotations
@@ -55,6 +70,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 METHODS = ("none", "faceid", "instantid")
+SPEEDS = ("quality", "fast", "turbo")
 TINY_LABEL = "tiny demo models: random weights"
 PROMPT = "a portrait photo of a person, studio lighting, sharp focus"
 SEED = 1234
@@ -88,7 +104,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "full-size packs go to <dir>/bench-fullsize")
     p.add_argument("--photo", type=Path, help="a photo with one face (default: skimage's astronaut)")
     p.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
+    p.add_argument("--speeds", default=",".join(SPEEDS), help="comma-separated speed modes (quality, fast, turbo)")
+    p.add_argument("--batch", type=int, default=4, help="images for the -n batching measurement (0: skip)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the UNet across switches")
+    p.add_argument("--device-report", action="store_true",
+                   help="print GPU name, dtype, peak VRAM and s per 1024² image per mode and method (stderr)")
     args = p.parse_args(argv)
+    speeds = [s.strip() for s in args.speeds.split(",") if s.strip()]
+    if not speeds or any(s not in SPEEDS for s in speeds):
+        p.error(f"--speeds: choose from {', '.join(SPEEDS)}")
+    args.speeds = list(dict.fromkeys(speeds))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -334,11 +359,13 @@ def _ratio(a: float, b: float) -> float:
     return round(a / b, 4)
 
 
-def prepare(store, methods: list[str], use_fix_vae: bool) -> list[str]:
+def prepare(store, methods: list[str], use_fix_vae: bool, speeds=()) -> list[str]:
     """Build (demo mode) every model both sides load, before anything is timed."""
     from pipelines.identity import get_method_class
+    from pipelines.speed import SPEED_MODES
 
     names = ["sdxl-base"] + (["sdxl-vae-fp16-fix"] if use_fix_vae else [])
+    names += [SPEED_MODES[s].lora for s in speeds if SPEED_MODES[s].lora]
     for m in methods:
         if m == "none":
             continue
@@ -360,6 +387,7 @@ def run(args) -> dict:
     from pipelines.models.store import ModelStore
     from pipelines.requests import GenerateRequest
     from pipelines.settings import load_settings
+    from pipelines.speed import SPEED_MODES
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -389,7 +417,7 @@ def run(args) -> dict:
         store = ModelStore(settings, catalog=catalog)
         use_fix = dtype == torch.float16  # the engine's vae="auto" rule for SDXL
         t0 = time.perf_counter()
-        prepare(store, args.methods, use_fix)
+        prepare(store, args.methods, use_fix, args.speeds)
         build_seconds = time.perf_counter() - t0
 
         files = {}
@@ -407,11 +435,11 @@ def run(args) -> dict:
                   vae_folder=store.ensure("sdxl-vae-fp16-fix") if use_fix else None,
                   photo=_photo(args, work), folders=files)
 
-        def request(method: str) -> GenerateRequest:
+        def request(method: str, speed: str = "quality", count: int = 1) -> GenerateRequest:
+            tuned = dict(steps=args.steps, cfg=args.cfg, sampler=SAMPLER) if speed == "quality" else {}
             return GenerateRequest(photos=[str(ctx.photo)] if method != "none" else [], prompt=PROMPT, method=method,
-                                   steps=args.steps, cfg=args.cfg, width=args.width, height=args.height,
-                                   sampler=SAMPLER, seed=SEED, count=1, scale=SCALE,
-                                   identitynet_scale=IDENTITYNET_SCALE)
+                                   width=args.width, height=args.height, speed=speed, seed=SEED, count=count,
+                                   scale=SCALE, identitynet_scale=IDENTITYNET_SCALE, **tuned)
 
         _preload_imports()
         if device == "cuda":  # CUDA context and kernels outside every timed region
@@ -423,51 +451,96 @@ def run(args) -> dict:
         plain_cold = timed(lambda: holder.setdefault("plain", PlainSDXL(ctx))(), device)
         plain = holder["plain"]
         first = args.methods[0]
-        first_call: dict[str, float] = {}
+        first_call: dict[tuple, float] = {}
 
         def cold_engine():
             holder["engine"] = Engine(settings, store=store)
             t = time.perf_counter()
-            holder["engine"].generate(request(first))
-            first_call[first] = time.perf_counter() - t
+            holder["engine"].generate(request(first, args.speeds[0]))
+            first_call[(args.speeds[0], first)] = time.perf_counter() - t
 
         engine_cold = timed(cold_engine, device)
         engine = holder["engine"]
 
-        samples_plain: list[float] = []
-        samples_engine: dict[str, list[float]] = {}
-        samples_base: dict[str, list[float]] = {}
-        base_load: dict[str, float] = {}
+        results: dict[str, dict] = {}
         labels: dict[str, str] = {}
-        for m in args.methods:
-            if m == "none":
-                base = plain
+        base_load: dict[tuple, float] = {}
+        peaks: dict[str, float | None] = {}
+        for s in args.speeds:
+            mode = SPEED_MODES[s]
+            sctx = speed_ctx(ctx, mode)
+            lora = store.file_path(mode.lora, mode.lora_file) if mode.lora else None
+            if mode.lora is None:
+                plain_here = plain
             else:
-                holder.pop("base", None)
+                holder.pop("speed_plain", None)
                 _free(device)
-                base_load[m] = timed(lambda: holder.__setitem__("base", BASELINES[m](ctx)), device)
-                base = holder["base"]
-                timed(base, device)  # warm-up
-            labels[m] = BASELINES[m].label
-            if m not in first_call:
-                first_call[m] = timed(lambda: engine.generate(request(m)), device)  # warm-up (loads the method)
-            req = request(m)
-            eng, bas = [], []
-            for _ in range(args.repeats):
-                bas.append(timed(base, device))
-                eng.append(timed(lambda: engine.generate(req), device))
-            samples_engine[m], samples_base[m] = eng, bas
-            if m == "none":
-                samples_plain = list(bas)
-        holder.pop("base", None)
-        if not samples_plain:
-            samples_plain = [timed(plain, device) for _ in range(args.repeats)]
+                holder["speed_plain"] = PlainSDXL(sctx)
+                apply_speed(holder["speed_plain"].pipe, mode, lora)
+                plain_here = holder["speed_plain"]
+                timed(plain_here, device)  # warm-up
+            samples_engine: dict[str, list[float]] = {}
+            samples_base: dict[str, list[float]] = {}
+            for m in args.methods:
+                key = f"{s}/{m}"
+                if m == "none":
+                    base = plain_here
+                else:
+                    holder.pop("base", None)
+                    _free(device)
+
+                    def build(m=m):
+                        b = BASELINES[m](sctx)
+                        apply_speed(b.pipe, mode, lora)
+                        holder["base"] = b
+
+                    base_load[(s, m)] = timed(build, device)
+                    base = holder["base"]
+                    timed(base, device)  # warm-up
+                labels[m] = BASELINES[m].label
+                req = request(m, s)
+                if (s, m) not in first_call:
+                    first_call[(s, m)] = timed(lambda: engine.generate(req), device)  # warm-up (loads what it needs)
+                eng, bas = [], []
+                for _ in range(args.repeats):
+                    bas.append(timed(base, device))
+                    eng.append(timed(lambda: engine.generate(req), device))
+                samples_engine[m], samples_base[m] = eng, bas
+                _reset_peak(device)
+                engine.generate(req)
+                peaks[key] = _peak_gb(device)
+            holder.pop("base", None)
+            samples_plain = samples_base.get("none") or [timed(plain_here, device) for _ in range(args.repeats)]
+            holder.pop("speed_plain", None)
+            plain_s = statistics.median(samples_plain)
+            engine_s = {m: statistics.median(v) for m, v in samples_engine.items()}
+            base_s = {m: statistics.median(v) for m, v in samples_base.items()}
+            results[s] = {
+                "lora": mode.lora,
+                "sampler": mode.sampler or SAMPLER,
+                "steps": sctx.steps,
+                "cfg": sctx.cfg,
+                "plain_seconds": _round(plain_s),
+                "engine_seconds": {m: _round(v) for m, v in engine_s.items()},
+                "ratio": {m: _ratio(v, plain_s) for m, v in engine_s.items()},
+                "baseline_seconds": {m: _round(v) for m, v in base_s.items()},
+                "ratio_vs_baseline": {m: _ratio(engine_s[m], base_s[m]) for m in engine_s},
+                "meets_target": {m: engine_s[m] <= TARGET * base_s[m] for m in engine_s},
+                "peak_vram_gb": {m: peaks.get(f"{s}/{m}") for m in engine_s},
+                "engine_first_call_seconds": {m: _round(v) for (s2, m), v in first_call.items() if s2 == s},
+                "baseline_load_seconds": {m: _round(v) for (s2, m), v in base_load.items() if s2 == s},
+                "samples": {"plain": [_round(x) for x in samples_plain],
+                            "engine": {m: [_round(x) for x in v] for m, v in samples_engine.items()},
+                            "baseline": {m: [_round(x) for x in v] for m, v in samples_base.items()}},
+            }
         holder.pop("plain", None)
         _free(device)
-
-        plain_s = statistics.median(samples_plain)
-        engine_s = {m: statistics.median(v) for m, v in samples_engine.items()}
-        base_s = {m: statistics.median(v) for m, v in samples_base.items()}
+        extra = {
+            "score_seconds_per_image": score_cost(engine, ctx, args, request),
+            "batch": batch_gain(engine, args, request) if args.batch > 1 else None,
+            "compile": compile_run(settings, store, args, request, device) if args.compile else None,
+        }
+        q = results.get("quality") or results[args.speeds[0]]
         report = {
             "models": label,
             "device": device,
@@ -484,28 +557,30 @@ def run(args) -> dict:
             "threads": torch.get_num_threads(),
             "vae": "sdxl-vae-fp16-fix" if use_fix else "sdxl-base vae",
             "methods": list(args.methods),
-            "plain_seconds": _round(plain_s),
-            "engine_seconds": {m: _round(v) for m, v in engine_s.items()},
-            "ratio": {m: _ratio(v, plain_s) for m, v in engine_s.items()},
-            "baseline_seconds": {m: _round(v) for m, v in base_s.items()},
-            "ratio_vs_baseline": {m: _ratio(engine_s[m], base_s[m]) for m in engine_s},
+            "speeds_timed": list(args.speeds),
+            # the first speed's numbers (quality when timed) at the top level, as before
+            "plain_seconds": q["plain_seconds"],
+            "engine_seconds": q["engine_seconds"],
+            "ratio": q["ratio"],
+            "baseline_seconds": q["baseline_seconds"],
+            "ratio_vs_baseline": q["ratio_vs_baseline"],
             "target": TARGET,
-            "meets_target": {m: engine_s[m] <= TARGET * base_s[m] for m in engine_s},
+            "meets_target": q["meets_target"],
+            "samples": q["samples"],
+            "speeds": results,
+            **extra,
             "baselines": labels,
             "cold_start_seconds": _round(engine_cold),
             "cold_start_method": first,
             "plain_cold_start_seconds": _round(plain_cold),
-            "engine_first_call_seconds": {m: _round(v) for m, v in first_call.items()},
-            "baseline_load_seconds": {m: _round(v) for m, v in base_load.items()},
+            "engine_first_call_seconds": q["engine_first_call_seconds"],
+            "baseline_load_seconds": q["baseline_load_seconds"],
             "build_seconds": _round(build_seconds),
-            "samples": {
-                "plain": [_round(x) for x in samples_plain],
-                "engine": {m: [_round(x) for x in v] for m, v in samples_engine.items()},
-                "baseline": {m: [_round(x) for x in v] for m, v in samples_base.items()},
-            },
             "notes": [
                 "engine seconds are whole Engine.generate calls (one image): conditioning, the diffusers call, "
                 "the PNG with its recipe and the likeness score",
+                "speed modes: the baseline loads the same LoRA with load_lora_weights (unfused, as the engine) "
+                "and sets the mode's scheduler; resident speed LoRAs of other modes are inactive in the engine",
                 "face analysis and likeness scoring use the tiny demo insightface packs in both modes",
                 "cold starts read models already built on disk (warm file cache); build_seconds is the pack build",
                 "ratios are computed from unrounded medians",
@@ -514,9 +589,151 @@ def run(args) -> dict:
         if not args.full_size:
             report["notes"].append("tiny models: fixed per-image costs (PNG, scoring) weigh far more than at full "
                                    "size; the 1.05 target is meant for --full-size on a GPU")
+        if args.device_report:
+            report["device_report"] = device_report(report)
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def speed_ctx(ctx: Ctx, mode) -> Ctx:
+    """The call settings of a speed mode (quality: the command line's)."""
+    import dataclasses
+
+    return ctx if mode.lora is None else dataclasses.replace(ctx, steps=mode.steps, cfg=mode.cfg)
+
+
+def apply_speed(pipe, mode, lora_path) -> None:
+    """Plain diffusers running a speed mode as the LoRA's model card shows:
+    `load_lora_weights` (beside an adapter already there, e.g. FaceID's
+    `faceid_0`), and the mode's scheduler class and config."""
+    import diffusers
+
+    from pipelines.samplers import SAMPLERS
+
+    if mode.lora is None:
+        return
+    pipe.load_lora_weights(str(lora_path), adapter_name="speed")
+    names = list(dict.fromkeys([*pipe.get_active_adapters(), "speed"]))
+    pipe.set_adapters(names, adapter_weights=[1.0] * len(names))
+    cls_name, extra = SAMPLERS[mode.sampler]
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+
+
+def _reset_peak(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gb(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    import torch
+
+    torch.cuda.synchronize()
+    return round(torch.cuda.max_memory_allocated() / 1024**3, 3)
+
+
+def score_cost(engine, ctx: Ctx, args, request) -> dict | None:
+    """Seconds of the likeness score alone per image (median), per identity method."""
+    from pipelines.scoring import prepare_scorer
+
+    out = {}
+    for m in args.methods:
+        if m == "none":
+            continue
+        res = engine.generate(request(m, args.speeds[-1]))
+        scorer = prepare_scorer(engine, res.identity, m)
+        image = res.images[0].image
+        scorer(image)  # warm-up
+        out[m] = _round(statistics.median(time_calls(lambda: scorer(image), args.repeats)))
+    return out or None
+
+
+def time_calls(fn, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def batch_gain(engine, args, request) -> dict:
+    """-n N as one batched call against one call per image (seconds per image)."""
+    from pipelines.imageloop import should_batch
+
+    speed = "turbo" if "turbo" in args.speeds else args.speeds[0]
+    out: dict = {"images": args.batch, "speed": speed}
+    device = engine.device
+    for m in [m for m in ("none", "faceid") if m in args.methods]:
+        req = request(m, speed, count=args.batch)
+        row: dict = {}
+        for mode in ("off", "on"):
+            engine.batch_images = mode
+            try:
+                engine.generate(req)  # warm-up (batched kernels differ)
+                row[f"{'loop' if mode == 'off' else 'batched'}_seconds_per_image"] = _round(
+                    timed(lambda: engine.generate(req), device) / args.batch)
+            except Exception as exc:  # noqa: BLE001 - an out-of-memory batch is a result here
+                row[f"{'loop' if mode == 'off' else 'batched'}_error"] = " ".join(str(exc).split())[:200]
+            finally:
+                engine.batch_images = "auto"
+        if "loop_seconds_per_image" in row and "batched_seconds_per_image" in row:
+            row["gain"] = _ratio(row["loop_seconds_per_image"], row["batched_seconds_per_image"])
+        engine.generate(req.model_copy(update={"count": 1}))  # sets the size the decision sees
+        row["auto_batches"] = should_batch(engine, req, engine._method, args.width, args.height)
+        out[m] = row
+    return out
+
+
+def compile_run(settings, store, args, request, device: str) -> dict:
+    """torch.compile of the UNet (settings.compile): the first call, then calls that
+    switch method and speed; `new_graphs` counts graphs dynamo compiled during each."""
+    from torch._dynamo.utils import counters
+
+    from pipelines.engine import Engine
+
+    engine = Engine(settings.model_copy(update={"compile": True}), store=store)
+    first = [("quality", "none"), *(("quality", m) for m in args.methods if m != "none")][:2]
+    other = next((s for s in args.speeds if s != "quality"), None)
+    # the first calls, a switch to another speed, then the first calls again: a repeat
+    # that compiles new graphs means a recompile per request
+    plan = [*first, *([(other, "none")] if other else []), *first]
+    calls = []
+    for s, m in plan:
+        before = counters["stats"]["unique_graphs"]
+        seconds = timed(lambda: engine.generate(request(m, s)), device)
+        calls.append({"speed": s, "method": m, "seconds": _round(seconds),
+                      "new_graphs": counters["stats"]["unique_graphs"] - before})
+    again = calls[-len(first):]
+    return {"calls": calls, "recompiled_on_repeat": any(c["new_graphs"] for c in again)}
+
+
+def device_report(report: dict) -> dict:
+    """GPU name, dtype, peak VRAM and seconds per 1024² image per mode and method;
+    also printed as a table on stderr."""
+    scale = 1024 * 1024 / (report["width"] * report["height"])
+    rows = []
+    for s, r in report["speeds"].items():
+        for m, sec in r["engine_seconds"].items():
+            rows.append({"speed": s, "method": m, "steps": r["steps"], "seconds_per_image": sec,
+                         # linear in pixels from the measured size: exact only when it is 1024x1024
+                         "seconds_per_1024_image": round(sec * scale, 4),
+                         "plain_seconds_per_1024_image": round(r["baseline_seconds"][m] * scale, 4),
+                         "peak_vram_gb": r["peak_vram_gb"].get(m)})
+    out = {"device_name": report["device_name"], "dtype": report["dtype"], "models": report["models"],
+           "size": f"{report['width']}x{report['height']}", "scaled_to_1024": scale != 1.0, "rows": rows}
+    print(f"\n{out['device_name']} · {out['dtype']} · {out['models']} · measured at {out['size']}", file=sys.stderr)
+    print(f"{'speed':8} {'method':10} {'steps':>5} {'s/1024² img':>12} {'plain s':>9} {'peak GB':>8}", file=sys.stderr)
+    for r in rows:
+        peak = "-" if r["peak_vram_gb"] is None else f"{r['peak_vram_gb']:.2f}"
+        print(f"{r['speed']:8} {r['method']:10} {r['steps']:>5} {r['seconds_per_1024_image']:>12.4f} "
+              f"{r['plain_seconds_per_1024_image']:>9.4f} {peak:>8}", file=sys.stderr)
+    return out
 
 
 def _preload_imports() -> None:

@@ -32,6 +32,7 @@ def report(tiny_models_dir, tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "generate.py"), "--steps", "2", "--width", "64", "--height", "64",
          "--repeats", "1", "--threads", "1", "--device", "cpu", "--dtype", "float32",
+         "--speeds", "quality", "--batch", "0",  # the speed modes and batching: tests/test_speed.py
          "--models-dir", str(tiny_models_dir)],
         capture_output=True, text=True, timeout=600, env=env, cwd=cwd,
     )

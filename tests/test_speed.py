@@ -158,6 +158,13 @@ def test_turbo_runs_lightning_with_euler_trailing_and_records_it(engine):
     # back in quality mode the adapter stays resident at weight 0: exactly the base
     base, _ = generate(engine, sampler="euler_trailing", steps=4, cfg=1.0)
     assert (base == no_lora).all()
+    # ... and inactive: no LoRA layer computes anything in quality mode
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in engine.pipeline().unet.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and all(list(m.active_adapters) == [] for m in layers)
+    turbo_again, _ = generate(engine, speed="turbo")
+    assert (turbo_again == img).all()  # and active again when asked
 
 
 def test_faceid_attention_lora_stays_active_with_the_speed_lora(engine, photos_dir):
@@ -419,3 +426,48 @@ def test_live_preview_is_the_taesd_decode(engine):
     assert step_preview(infos[-1], "sdxl", side=128).size == (128, 128)
     fallback = step_preview({"latents": infos[-1]["latents"], "decode_preview": lambda: None}, "sdxl", side=128)
     assert fallback.size == (128, 128)
+
+
+# -------------------------------------------------------------------- bench
+@pytest.mark.slow
+def test_bench_reports_every_speed_against_plain_diffusers(tiny_models_dir, tmp_path):
+    """bench/generate.py: each speed mode vs plain diffusers running that mode,
+    the score cost, -n batching and the device report. Numbers are checked for
+    consistency, never against a time."""
+    import os
+    import statistics
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("LIKENESS_MODELS_DIR", None)
+    proc = subprocess.run(
+        [sys.executable, str(repo / "bench" / "generate.py"), "--steps", "2", "--width", "64", "--height", "64",
+         "--repeats", "1", "--threads", "1", "--device", "cpu", "--dtype", "float32", "--methods", "none,faceid",
+         "--speeds", "quality,fast,turbo", "--batch", "2", "--device-report", "--models-dir", str(tiny_models_dir)],
+        capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(proc.stdout)
+    assert r["speeds_timed"] == ["quality", "fast", "turbo"]
+    expect = {"quality": (2, "euler"), "fast": (8, "lcm"), "turbo": (4, "euler_trailing")}
+    for s, (steps, sampler) in expect.items():
+        row = r["speeds"][s]
+        assert (row["steps"], row["sampler"]) == (steps, sampler)
+        for m in ("none", "faceid"):
+            e, b = row["engine_seconds"][m], row["baseline_seconds"][m]
+            assert e > 0 and b > 0
+            assert abs(row["ratio_vs_baseline"][m] - e / b) <= 1e-3 * e / b + 1e-4
+            assert abs(statistics.median(row["samples"]["engine"][m]) - e) < 1e-5
+        assert row["baseline_seconds"]["none"] == row["plain_seconds"]
+    assert r["speeds"]["turbo"]["lora"] == "sdxl-lightning-4step-lora"
+    assert r["engine_seconds"] == r["speeds"]["quality"]["engine_seconds"]
+    assert r["score_seconds_per_image"]["faceid"] > 0
+    for m in ("none", "faceid"):
+        b = r["batch"][m]
+        assert b["loop_seconds_per_image"] > 0 and b["batched_seconds_per_image"] > 0
+        assert b["auto_batches"] is False  # a CPU never batches on its own
+    rows = r["device_report"]["rows"]
+    assert {(x["speed"], x["method"]) for x in rows} == {(s, m) for s in expect for m in ("none", "faceid")}
+    assert "s/1024² img" in proc.stderr

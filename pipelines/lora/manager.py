@@ -358,6 +358,19 @@ def _drop_adapter(pipe, adapter: str) -> None:
     delete_adapter(_components(pipe).values(), adapter)
 
 
+def _deactivate_all(pipe) -> None:
+    """Leave every resident adapter loaded but inactive (peft layers with no active
+    adapter compute the base layer only); the next `set_adapters` activates again.
+    Unlike `disable_lora()`, this sets no "disabled" flag that `set_adapters` would
+    not clear."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for model in _components(pipe).values():
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.set_adapter([])
+
+
 class LoraManager:
     """Loads user LoRAs into a pipeline and activates the requested ones."""
 
@@ -495,6 +508,8 @@ class LoraManager:
             names = [*active, *others]
             if names:
                 set_adapter_weights(pipe, {**active, **other_w})
+            else:  # none wanted: no LoRA layer runs (at weight 0 each would still cost two matmuls)
+                _deactivate_all(pipe)
         self._active[id(pipe.unet)] = dict(active)
 
     def active_weights(self, pipe) -> dict[str, float]:

@@ -29,25 +29,29 @@ SEED_LIGHTNING = 40
 SEED_LCM = 41
 
 
-def tiny_speed_lora(seed: int, rank: int = RANK) -> dict:
-    """A kohya state dict over the tiny SDXL UNet's transformer-block linears."""
+def speed_lora_state(unet, seed: int, rank: int, gain: float = 0.3) -> dict:
+    """A float16 kohya state dict over `unet`'s transformer-block linears (the
+    UNet may live on the meta device: only its shapes are read)."""
     import torch
 
     from ..lora.kohya import peft_to_kohya
-    from .sdxl import build_unet, tiny_unet_config
 
-    unet = build_unet()
     gen = torch.Generator().manual_seed(seed)
     peft: dict = {}
     for name, module in unet.named_modules():
         if ".attentions." not in f".{name}" or not isinstance(module, torch.nn.Linear):
             continue
-        down = torch.randn(rank, module.in_features, generator=gen) * 0.3
-        up = torch.randn(module.out_features, rank, generator=gen) * 0.3
-        peft[f"{name}.lora_A.weight"] = down
-        peft[f"{name}.lora_B.weight"] = up
-    state = peft_to_kohya(peft, layers_per_block=tiny_unet_config()["layers_per_block"], alpha=float(rank))
+        peft[f"{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=gen) * gain
+        peft[f"{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=gen) * gain
+    state = peft_to_kohya(peft, layers_per_block=unet.config.layers_per_block, alpha=float(rank))
     return {k: v.to(torch.float16) if v.ndim else v for k, v in state.items()}
+
+
+def tiny_speed_lora(seed: int, rank: int = RANK) -> dict:
+    """A kohya state dict over the tiny SDXL UNet's transformer-block linears."""
+    from .sdxl import build_unet
+
+    return speed_lora_state(build_unet(), seed, rank)
 
 
 def _write(dest: Path, filename: str, seed: int) -> None:
