@@ -162,8 +162,8 @@ def test_methods_are_checked_up_front(monkeypatch):
     from pipelines.eval import parse_methods
 
     assert parse_methods("faceid, instantid,faceid") == ["faceid", "instantid"]
-    with pytest.raises(BadInput, match="'pulid' is not an identity method"):
-        parse_methods("faceid,pulid")
+    with pytest.raises(BadInput, match="'photomaker' is not an identity method"):
+        parse_methods("faceid,photomaker")
     with pytest.raises(BadInput, match="empty"):
         parse_methods(" , ")
     # a registered method's module that fails to import is a real error, never hidden
