@@ -471,3 +471,15 @@ def test_bench_reports_every_speed_against_plain_diffusers(tiny_models_dir, tmp_
     rows = r["device_report"]["rows"]
     assert {(x["speed"], x["method"]) for x in rows} == {(s, m) for s in expect for m in ("none", "faceid")}
     assert "s/1024² img" in proc.stderr
+
+
+def test_a_missing_speed_lora_is_named_before_anything_loads(tmp_path):
+    from pipelines.errors import LikenessError
+    from pipelines.models.bundles import require_for_request
+    from pipelines.models.store import ModelStore
+    from pipelines.requests import GenerateRequest
+    from pipelines.settings import load_settings
+
+    s = load_settings(models_dir=tmp_path / "m", loras_dir=tmp_path / "l", outputs_dir=tmp_path / "o", device="cpu")
+    with pytest.raises(LikenessError, match="sdxl-lightning-4step-lora"):
+        require_for_request(GenerateRequest(prompt="x", method="none", speed="turbo"), s, ModelStore(s))

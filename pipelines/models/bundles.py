@@ -199,6 +199,10 @@ def request_models(req, settings, store) -> list[str]:
         names.append(POSE_CONTROLNET)
         if Path(req.pose).suffix.lower() in PHOTO_SUFFIXES:  # a pose taken from a photo needs the annotator
             names.append(POSE_ANNOTATOR)
+    if getattr(req, "speed", "quality") != "quality":  # fast/turbo: their distilled LoRA
+        from ..speed import get_mode
+
+        names.append(get_mode(req.speed).lora)
     if req.restore != "none":
         from ..restore.base import RESTORERS
 
