@@ -1,5 +1,7 @@
-"""History tab: past outputs in the outputs folder with their recipes; reuse a
-recipe in the Portrait tab."""
+"""History tab: the portraits Likeness made (PNGs in the outputs folder that
+carry its recipe), newest first, captioned with prompt and likeness, refreshed
+after every generation; reuse a recipe in the Portrait tab, or drop any PNG with
+a Likeness recipe or A1111 parameters to fill in its settings."""
 
 from __future__ import annotations
 
@@ -9,24 +11,64 @@ from pathlib import Path
 import gradio as gr
 
 from pipelines.errors import LikenessError
-from pipelines.metadata import read_recipe
+from pipelines.metadata import RECIPE_KEY, png_settings, png_text_chunks, read_recipe
 from pipelines.settings import Settings
 
 from .portrait import PortraitTab, user_error
-from .requests_map import likeness_text
+from .requests_map import likeness_text, lora_names, ui_from_fields
 
 MAX_ITEMS = 200
+SKIPPED_FOLDERS = {"rejects", "identities"}  # best-of-N rejects, identity cards
 
 
-def list_outputs(outputs_dir: Path | str, limit: int = MAX_ITEMS) -> list[Path]:
-    """PNG outputs under `outputs_dir`, newest first (temp and hidden files skipped)."""
+def _recipe_of(path: Path) -> dict | None:
+    """The Likeness recipe in a PNG's header chunks, or None (not ours, damaged)."""
+    raw = png_text_chunks(path).get(RECIPE_KEY) if path.stat().st_size else None
+    if not raw:
+        return None
+    try:
+        recipe = json.loads(raw)
+    except ValueError:
+        return None
+    return recipe if isinstance(recipe, dict) else None
+
+
+def list_outputs(outputs_dir: Path | str, limit: int = MAX_ITEMS) -> list[tuple[Path, dict]]:
+    """(PNG, recipe) of Likeness outputs under `outputs_dir`, newest first: other
+    PNGs, temp and hidden files, rejects and identity folders are skipped."""
     root = Path(outputs_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.rglob("*.png")
-             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
-    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    return found[:limit]
+    found = []
+    for p in root.rglob("*.png"):
+        parts = p.relative_to(root).parts
+        if any(x.startswith(".") for x in parts) or any(x.lower() in SKIPPED_FOLDERS for x in parts[:-1]):
+            continue
+        try:
+            if p.is_file():
+                found.append((p.stat().st_mtime, p))
+        except OSError:
+            continue
+    found.sort(key=lambda t: t[0], reverse=True)
+    out = []
+    for _, p in found:
+        try:
+            recipe = _recipe_of(p)
+        except (OSError, LikenessError):
+            continue
+        if recipe is not None:
+            out.append((p, recipe))
+            if len(out) >= limit:
+                break
+    return out
+
+
+def history_caption(recipe: dict, width: int = 48) -> str:
+    """What it was and how alike: the prompt, shortened, then the likeness."""
+    prompt = " ".join(str(recipe.get("prompt") or "").split())
+    if len(prompt) > width:
+        prompt = prompt[: width - 1].rstrip() + "…"
+    return f"{prompt or recipe.get('method', '')} · {likeness_text(recipe)}"
 
 
 def describe_recipe(path: Path, recipe: dict) -> str:
@@ -57,13 +99,37 @@ class HistoryTab:
         with gr.Accordion("Recipe (JSON)", open=False):
             self.recipe = gr.Code(language="json", interactive=False)
         self.reuse = gr.Button("Reuse this recipe in the Portrait tab", elem_id="history-reuse")
+        self.drop = gr.File(label="Drop a PNG (Likeness or AUTOMATIC1111) to reuse its settings",
+                            file_types=[".png"], type="filepath", elem_id="history-drop", height=90)
+        self.drop_info = gr.Markdown(elem_id="history-drop-info")
         self.paths = gr.State([])
         self.selected = gr.State(None)
 
     def load(self):
-        paths = list_outputs(self.settings.outputs_dir)
-        return ([(str(p), p.parent.name) for p in paths], [str(p) for p in paths],
-                f"{len(paths)} image(s) in `{self.settings.outputs_dir}`")
+        items = list_outputs(self.settings.outputs_dir)
+        return ([(str(p), history_caption(r)) for p, r in items], [str(p) for p, _ in items],
+                f"{len(items)} portrait(s) in `{self.settings.outputs_dir}`")
+
+    def dropped(self, path: str | None):
+        """Settings of a dropped PNG into the Portrait tab. Messages name the file
+        by its own name (gradio keeps it as the last part of its upload path)."""
+        if not path:
+            return {self.drop_info: ""}
+        name = Path(path).name
+        try:
+            kind, data = png_settings(path)
+        except LikenessError as exc:
+            raise gr.Error(str(exc).replace(str(path), name)) from None
+        if kind == "likeness":
+            updates = self.portrait.recipe_updates(data, identity_card=self.identity_card(data))
+            what = "its Likeness recipe"
+        else:
+            fields = ui_from_fields(data, self.settings.demo, lora_names(self.settings.loras_dir))
+            updates = self.portrait.updates(fields)
+            what = "its A1111 parameters (" + ", ".join(k for k in data if k != "prompt") + ")"
+        updates[self.drop_info] = f"Filled in the settings of **{name}** from {what}."
+        updates[self.tabs] = gr.Tabs(selected=self.portrait_tab_id)
+        return updates
 
     def select(self, paths: list[str], evt: gr.SelectData):
         # index into our own listing: the client never names the file we read
@@ -108,3 +174,7 @@ class HistoryTab:
                             api_visibility="private")
         self.reuse.click(self.reuse_recipe, self.selected, list(self.portrait.w.fields) + [self.tabs],
                          queue=False, api_visibility="private")
+        self.drop.upload(self.dropped, self.drop, list(self.portrait.w.fields) + [self.tabs, self.drop_info],
+                         queue=False, api_visibility="private")
+        for event in getattr(self.portrait, "generation_events", []):  # the newest portrait shows at once
+            event.then(self.load, None, outs, queue=False, api_visibility="private")

@@ -269,6 +269,12 @@ class PortraitTab:
         w.lora_refresh.click(self.rescan_loras, w.by_key["loras"], w.by_key["loras"], queue=False,
                              api_visibility="private")
         self.generation_events.append(w.generate.click(**gen))
+        for starts in (w.generate.click, w.preset_gallery.select):  # Cancel is live only while a job runs
+            starts(lambda: gr.update(interactive=True, variant="stop"), None, w.cancel, queue=False,
+                   api_visibility="private")
+        for event in self.generation_events:
+            event.then(lambda: gr.update(interactive=False, variant="secondary"), None, w.cancel, queue=False,
+                       api_visibility="private")
         w.cancel.click(self.cancel, None, w.status, queue=False, api_visibility="private")
         w.results.select(self.select_result, None, w.selected, queue=False, api_visibility="private")
         w.reuse.click(self.reuse, [w.selected, w.results_state], fill, queue=False, api_visibility="private")

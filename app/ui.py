@@ -23,11 +23,6 @@ CSS = """
 """
 
 
-def banner(settings: Settings) -> None:
-    if settings.demo:
-        gr.Markdown(f"**{DEMO_BANNER}** — images show the wiring, not quality.", elem_classes=["demo-note"])
-
-
 def build_app(settings: Settings, holder: EngineHolder | None = None) -> gr.Blocks:
     """The whole UI. `holder` lets a caller share (or fake) the engine; by default
     one is made here and the `Engine` inside it on first use."""
@@ -35,32 +30,27 @@ def build_app(settings: Settings, holder: EngineHolder | None = None) -> gr.Bloc
     cancels = CancelRegistry()
     title = "Likeness" + (f" — {DEMO_BANNER}" if settings.demo else "")
     with gr.Blocks(title=title) as demo:
-        gr.Markdown(f"# {title}")
-        if settings.demo:
+        gr.Markdown("# Likeness")
+        if settings.demo:  # once, above the tabs: seen from every tab
             gr.Markdown(f"**{DEMO_BANNER}.** Images show the wiring, not quality.", elem_id="demo-banner")
         with gr.Tabs() as tabs:
             with gr.Tab("Portrait", id=PORTRAIT_TAB):
-                banner(settings)
                 first_run = FirstRunCard(settings)  # what the chosen method/preset still needs
                 first_run.build()
                 portrait = PortraitTab(settings, holder, cancels, build_portrait(settings))
             with gr.Tab("History", id="history"):
-                banner(settings)
                 history = HistoryTab(settings, portrait, tabs, PORTRAIT_TAB)
                 history.build()
             with gr.Tab("Train", id="train"):
-                banner(settings)
                 from .train_tab import TrainTab
 
                 train = TrainTab(settings, holder, cancels)
                 train.build()
             with gr.Tab("Batch", id="batch"):
-                banner(settings)
                 from .batch_tab import build_batch
 
                 build_batch(settings, holder, cancels)
             with gr.Tab("Models", id="models"):
-                banner(settings)
                 build_models(settings, demo.load)
         # the named API endpoints first, so no UI event can claim their names
         build_api(settings, holder, cancels)

@@ -214,7 +214,8 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
             )
     with gr.Row():
         generate = gr.Button("Generate", variant="primary", elem_id="generate")
-        cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+        # enabled (and red) only while a generation runs (app.portrait wires it)
+        cancel = gr.Button("Cancel", variant="secondary", interactive=False, elem_id="cancel")
     status = gr.Markdown(elem_id="status")
     with gr.Row():
         preview = gr.Image(label="Live preview", interactive=False, height=256, width=256, format="jpeg",

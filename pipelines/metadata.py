@@ -244,3 +244,74 @@ def read_recipe(path: Path | str) -> dict:
     if not isinstance(recipe, dict):
         raise BadInput(f"{label} has a damaged Likeness recipe (not a JSON object); use another image.")
     return recipe
+
+
+# --------------------------------------------------------------------------- reading other apps' PNGs
+
+# one `Key: value` of the infotext's last line; a value is a JSON string or runs to
+# the next comma (A1111 modules/infotext_utils.py `re_param`)
+_PARAM_RE = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_A1111_FIELDS = {"Steps": ("steps", int), "Sampler": ("sampler", str), "CFG scale": ("cfg", float),
+                 "Seed": ("seed", int)}
+
+
+def png_text_chunks(path: Path | str) -> dict[str, str]:
+    """The text chunks of a PNG that come before its pixel data (where Likeness,
+    A1111 and ComfyUI write them), read without decoding the image; {} when the
+    file is not a readable PNG. The file is a regular, size-capped user file."""
+    data = read_user_file(path, os.fspath(path), max_bytes=MAX_RECIPE_PNG_BYTES)
+    try:
+        with pil_decoding_limits(DEFAULT_MAX_PIXELS), Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+            return {k: v for k, v in img.info.items() if isinstance(k, str) and isinstance(v, str)}
+    except Exception:  # not a PNG, damaged or over the pixel cap: it simply holds no settings
+        return {}
+
+
+def parse_a1111(text: str) -> dict[str, Any]:
+    """`GenerateRequest` fields from an A1111 infotext: prompt, negative, steps,
+    sampler (A1111 titles are accepted by the request), cfg, seed, width, height.
+    Keys it does not know are left out; `<lora:...>` tags stay in the prompt."""
+    lines = text.strip().split("\n")
+    params = ""
+    if lines and re.match(r"\s*Steps:", lines[-1]):
+        params = lines.pop()
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].lstrip()
+        (negative if in_negative else prompt).append(line)
+    out: dict[str, Any] = {"prompt": "\n".join(prompt).strip()}
+    if negative:
+        out["negative"] = "\n".join(negative).strip()
+    for key, value in _PARAM_RE.findall(params):
+        key, value = key.strip(), value.strip()
+        if value.startswith('"'):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                continue
+        try:
+            if key in _A1111_FIELDS:
+                field, cast = _A1111_FIELDS[key]
+                out[field] = cast(value)
+            elif key == "Size":
+                w, h = value.lower().split("x")
+                out["width"], out["height"] = int(w), int(h)
+        except ValueError:
+            continue  # an odd value is left out, the rest is still useful
+    return out
+
+
+def png_settings(path: Path | str) -> tuple[str, dict[str, Any]]:
+    """("likeness", recipe) or ("a1111", request fields) for a PNG that carries
+    settings; `BadInput` naming the file when it carries neither."""
+    chunks = png_text_chunks(path)
+    if RECIPE_KEY in chunks:
+        return "likeness", read_recipe(path)
+    if chunks.get(PARAMETERS_KEY, "").strip():
+        fields = parse_a1111(chunks[PARAMETERS_KEY])
+        if fields.get("prompt"):
+            return "a1111", fields
+    raise BadInput(f"{Path(path).name} holds no Likeness recipe and no A1111 parameters; "
+                   "give a PNG written by Likeness or AUTOMATIC1111.")

@@ -149,3 +149,80 @@ def test_gradio_list_endpoints(served):
     assert any(p["name"] for p in client.predict(api_name="/poses"))
     models = client.predict(api_name="/models")
     assert {"name", "kind", "state"} <= set(models[0])
+
+
+# ------------------------------------------------------------------ history
+
+
+def _history(settings):
+    import gradio as gr
+
+    from app.history import HistoryTab
+    from app.jobs import CancelRegistry, EngineHolder
+    from app.portrait import PortraitTab
+    from app.widgets import build_portrait
+
+    with gr.Blocks():
+        w = build_portrait(settings)
+        tab = PortraitTab(settings, EngineHolder(settings, factory=lambda s: None), CancelRegistry(), w)
+        with gr.Tabs() as tabs, gr.Tab("History"):
+            history = HistoryTab(settings, tab, tabs, "portrait")
+            history.build()
+    return tab, history
+
+
+def test_history_lists_only_likeness_portraits_with_captions(demo_settings):
+    from PIL import Image
+
+    from app.history import history_caption, list_outputs
+    from pipelines.metadata import save_png
+
+    out = demo_settings.outputs_dir / "2026-11-30"
+    (out / "rejects").mkdir(parents=True)
+    recipe = {"app": "likeness", "prompt": "a knight in shining armour on a white horse at dawn, oil painting",
+              "seed": 3, "method": "faceid", "likeness": {"face_found": True, "mean": 0.61},
+              "request": {"prompt": "a knight", "seed": 3}}
+    ours = save_png(Image.new("RGB", (8, 8)), out / "likeness-1.png", parameters="p", recipe=recipe, demo=True)
+    save_png(Image.new("RGB", (8, 8)), out / "rejects" / "likeness-2.png", parameters="p", recipe=recipe, demo=True)
+    Image.new("RGB", (8, 8)).save(out / "screenshot.png")  # not ours
+    (out / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    items = list_outputs(demo_settings.outputs_dir)
+    assert [p for p, _ in items] == [ours]
+    caption = history_caption(items[0][1])
+    assert caption.startswith("a knight in shining armour on a white horse at…") and caption.endswith("likeness 0.61")
+
+
+def test_dropped_png_fills_settings_from_likeness_or_a1111_and_names_the_upload(demo_settings, tmp_path):
+    import gradio as gr
+    from PIL import Image, PngImagePlugin
+
+    from pipelines.metadata import a1111_parameters, save_png
+
+    tab, history = _history(demo_settings)
+    upload = tmp_path / "gradio" / "0f3c9a" / "from-a1111.png"  # gradio's upload folder layout
+    upload.parent.mkdir(parents=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", a1111_parameters("a portrait, (red hat:1.2)", "blurry", 24, "Euler a", 6.5, 42,
+                                                 832, 1216, "sdxl", "abc"))
+    Image.new("RGB", (8, 8)).save(upload, pnginfo=info)
+    updates = history.dropped(str(upload))
+    by_key = {tab.w.fields[c]: v for c, v in updates.items() if c in tab.w.fields}
+    assert by_key["prompt"] == "a portrait, (red hat:1.2)" and by_key["negative"] == "blurry"
+    assert by_key["steps"] == 24 and by_key["cfg"] == 6.5 and by_key["seed"] == 42
+    assert by_key["sampler"] == "Euler a" or by_key["sampler"] == "euler_a"
+    assert updates[history.tabs].selected == "portrait"
+    assert "**from-a1111.png**" in updates[history.drop_info] and str(upload.parent) not in updates[history.drop_info]
+
+    ours = tmp_path / "gradio" / "77aa" / "mine.png"
+    ours.parent.mkdir(parents=True)
+    save_png(Image.new("RGB", (8, 8)), ours, parameters="p", demo=True,
+             recipe={"prompt": "a knight", "request": {"prompt": "a knight", "seed": 9, "steps": 7}})
+    by_key = {tab.w.fields[c]: v for c, v in history.dropped(str(ours)).items() if c in tab.w.fields}
+    assert by_key["prompt"] == "a knight" and by_key["seed"] == 9 and by_key["steps"] == 7
+
+    plain = tmp_path / "gradio" / "99bb" / "holiday.png"
+    plain.parent.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(gr.Error) as exc:
+        history.dropped(str(plain))
+    assert "holiday.png holds no Likeness recipe" in str(exc.value) and "gradio" not in str(exc.value)
