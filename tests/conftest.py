@@ -98,3 +98,32 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def make_settings(tiny_models_dir, tmp_path_factory):
+    """Settings factory: demo mode on the session's tiny models, CPU, float32, a
+    fresh outputs folder named `name` (LoRAs in its loras/); `overrides` go to
+    `load_settings`."""
+    from pipelines.settings import load_settings
+
+    def make(name: str = "out", **overrides):
+        out = tmp_path_factory.mktemp(name)
+        kw = dict(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras", device="cpu",
+                  dtype="float32", demo=True)
+        return load_settings(**{**kw, **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_engine(make_settings):
+    """Engine factory: an `Engine` on `make_settings(name, **overrides)`; a test
+    module keeps one in a module-scoped `engine` fixture."""
+
+    def make(name: str = "engine-out", **overrides):
+        from pipelines.engine import Engine
+
+        return Engine(make_settings(name, **overrides))
+
+    return make

@@ -20,14 +20,8 @@ FAST = dict(method="arc2face", steps=2, width=64, height=64, cfg=3.0, sampler="e
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models_dir, tmp_path_factory):
-    from pipelines.engine import Engine
-    from pipelines.settings import load_settings
-
-    out = tmp_path_factory.mktemp("arc2face-out")
-    settings = load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
-                             device="cpu", dtype="float32", demo=True)
-    return Engine(settings)
+def engine(make_engine):
+    return make_engine("arc2face-out")
 
 
 @pytest.fixture(scope="module")

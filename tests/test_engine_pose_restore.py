@@ -13,13 +13,8 @@ FAST = dict(steps=2, width=64, height=64, cfg=5.0, sampler="euler", prompt="a po
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models_dir, tmp_path_factory):
-    from pipelines.engine import Engine
-    from pipelines.settings import load_settings
-
-    out = tmp_path_factory.mktemp("pose-out")
-    return Engine(load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
-                                device="cpu", dtype="float32", demo=True))
+def engine(make_engine):
+    return make_engine("pose-out")
 
 
 def run(engine, photos_dir, **kw):

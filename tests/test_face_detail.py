@@ -16,13 +16,8 @@ FAST = dict(steps=3, width=128, height=128, cfg=5.0, sampler="euler", prompt="a 
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models_dir, tmp_path_factory):
-    from pipelines.engine import Engine
-    from pipelines.settings import load_settings
-
-    out = tmp_path_factory.mktemp("detail-out")
-    return Engine(load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
-                                device="cpu", dtype="float32", demo=True))
+def engine(make_engine):
+    return make_engine("detail-out")
 
 
 def steps_for(engine, photos_dir, method, photo="astronaut.png", **kw):

@@ -538,12 +538,8 @@ def test_request_face_index_names_a_photo_and_a_valid_number():
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models_dir, tmp_path_factory):
-    from pipelines.engine import Engine
-
-    out = tmp_path_factory.mktemp("faces-engine")
-    return Engine(load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
-                                device="cpu", dtype="float32", demo=True))
+def engine(make_engine):
+    return make_engine("faces-engine")
 
 
 def test_generate_with_a_chosen_face_reports_it_everywhere(engine, photos_dir, capsys):

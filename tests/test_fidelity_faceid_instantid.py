@@ -22,13 +22,8 @@ COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255)]
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models_dir, tmp_path_factory):
-    from pipelines.engine import Engine
-    from pipelines.settings import load_settings
-
-    out = tmp_path_factory.mktemp("fidelity-out")
-    return Engine(load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
-                                device="cpu", dtype="float32", demo=True))
+def engine(make_engine):
+    return make_engine("fidelity-out")
 
 
 @pytest.fixture(scope="module")

@@ -37,14 +37,8 @@ OFF = {"instantid": {"identitynet_scale": 0.0}}
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models_dir, tmp_path_factory):
-    from pipelines.engine import Engine
-    from pipelines.settings import load_settings
-
-    out = tmp_path_factory.mktemp("contract-out")
-    settings = load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
-                             device="cpu", dtype="float32", demo=True)
-    return Engine(settings)
+def engine(make_engine):
+    return make_engine("contract-out")
 
 
 def gen(engine, photos_dir, method: str, **kw):

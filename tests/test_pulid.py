@@ -200,14 +200,8 @@ def test_eva_input_resizes_without_antialias():
 
 # ---------------------------------------------------------------- engine
 @pytest.fixture(scope="module")
-def engine(tiny_models_dir, tmp_path_factory):
-    from pipelines.engine import Engine
-    from pipelines.settings import load_settings
-
-    out = tmp_path_factory.mktemp("pulid-out")
-    settings = load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
-                             device="cpu", dtype="float32", demo=True)
-    return Engine(settings)
+def engine(make_engine):
+    return make_engine("pulid-out")
 
 
 def test_method_conditions_with_the_reference_settings(engine, photos_dir):

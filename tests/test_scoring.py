@@ -15,13 +15,8 @@ from pipelines.scoring import LikenessScorer, describe, keep_best, scorer_pack, 
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models_dir, tmp_path_factory):
-    from pipelines.engine import Engine
-    from pipelines.settings import load_settings
-
-    out = tmp_path_factory.mktemp("scoring-out")
-    return Engine(load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
-                                device="cpu", dtype="float32", demo=True))
+def engine(make_engine):
+    return make_engine("scoring-out")
 
 
 def t1_face(photos_dir: Path) -> Image.Image:
