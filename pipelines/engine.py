@@ -304,7 +304,7 @@ class Engine:
                 req = req.model_copy(update={"base_model": self.default_base(req.method)})
             family = self.base_family(req.base_model)
             check_family_options(req, family)
-            check_speed(req, family)
+            check_speed(req, family, method_cls)
             if method_cls is not None and method_cls.base != family:
                 raise BadInput(
                     f"method {req.method!r} runs on {method_cls.base.upper()} bases; "

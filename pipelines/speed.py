@@ -111,12 +111,17 @@ def apply_speed_defaults(req):
     return req.model_copy(update=unset) if unset else req
 
 
-def check_speed(req, family: str) -> None:
+def check_speed(req, family: str, method_cls=None) -> None:
     """The request fits its speed mode (after `apply_speed_defaults`); one line naming
-    the field and the allowed values otherwise."""
+    the field and the allowed values otherwise. A method whose own UNet is already
+    few-step distilled (`few_step`, e.g. PuLID v1 on SDXL-Lightning) takes no
+    speed LoRA on top."""
     mode = get_mode(req.speed)
     if mode.lora is None:
         return
+    if getattr(method_cls, "few_step", False):
+        raise BadInput(f"speed {mode.name!r}: method {req.method!r} already runs a few-step distilled UNet "
+                       f"({req.steps} steps by default); use speed 'quality'.")
     if family != "sdxl":
         raise BadInput(f"speed {mode.name!r} uses an SDXL LoRA ({mode.lora}); method {req.method!r} on "
                        f"base_model {req.base_model!r} is {family.upper()}: use speed 'quality'.")

@@ -483,3 +483,15 @@ def test_a_missing_speed_lora_is_named_before_anything_loads(tmp_path):
     s = load_settings(models_dir=tmp_path / "m", loras_dir=tmp_path / "l", outputs_dir=tmp_path / "o", device="cpu")
     with pytest.raises(LikenessError, match="sdxl-lightning-4step-lora"):
         require_for_request(GenerateRequest(prompt="x", method="none", speed="turbo"), s, ModelStore(s))
+
+
+def test_a_method_on_a_distilled_unet_refuses_a_speed_lora():
+    from pipelines.errors import BadInput
+    from pipelines.identity import get_method_class
+    from pipelines.speed import apply_speed_defaults, check_speed
+
+    cls = get_method_class("pulid-v1")
+    req = apply_speed_defaults(_req(speed="turbo", method="pulid-v1", photos=["me.jpg"]))
+    with pytest.raises(BadInput, match="speed 'turbo': method 'pulid-v1' already runs a few-step distilled UNet"):
+        check_speed(req, "sdxl", cls)
+    check_speed(req, "sdxl", get_method_class("faceid"))  # an adapter on the base UNet takes it

@@ -226,6 +226,7 @@ class PuLIDV1(PuLID):
                        "pulid_num_zero": 8, "pulid_ortho": "v2"}
     version = "v1"
     weights = ("pulid-v1", "pulid_v1.bin")
+    few_step = True  # its UNet is SDXL-Lightning 4-step already: no speed LoRA on top (pipelines/speed.py)
 
     def __init__(self, store, device, dtype):
         super().__init__(store, device, dtype)
