@@ -49,7 +49,7 @@ class GenerateRequest(BaseModel):
     photos: list[str] = Field(default_factory=list, max_length=MAX_PHOTOS)
     # which face to use in a photo that shows several: photo (as in `photos`) -> face
     # number, 1 = the largest, then by decreasing box area (pipelines/faces/analysis.py)
-    face_index: dict[str, int] = Field(default_factory=dict, max_length=50)
+    face_index: dict[str, int] = Field(default_factory=dict, max_length=MAX_PHOTOS)
     identity_card: str | None = None
     prompt: str = Field(min_length=1, max_length=4000)
     negative: str = Field(default="", max_length=4000)
@@ -103,7 +103,7 @@ class GenerateRequest(BaseModel):
     # a second person (pipelines/multi_person.py): their photos or card, placed in box 2 of
     # `layout` (assets/poses/layouts; default two-side-by-side), person 1 in box 1
     photos_2: list[str] = Field(default_factory=list, max_length=MAX_PHOTOS)
-    face_index_2: dict[str, int] = Field(default_factory=dict, max_length=50)
+    face_index_2: dict[str, int] = Field(default_factory=dict, max_length=MAX_PHOTOS)
     identity_card_2: str | None = None
     layout: str | None = Field(default=None, max_length=1000)
     keep: int | None = Field(default=None, ge=1, le=64)  # best-of-N: keep the most alike

@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..errors import BadInput, LikenessError
 from ..imageio import MAX_PHOTO_BYTES, hash_user_file, read_user_file
 from ..paths import check_name, sanitize_name
+from ..requests import MAX_PHOTOS
 
 MAX_ITEMS = 100_000  # a typo like seeds: range(10**9) must not eat memory
 MAX_JOB_BYTES = 5_000_000
@@ -94,7 +95,7 @@ class PhotoSpec(BaseModel):
 class IdentitySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    photos: list[str | PhotoSpec] | None = Field(default=None, min_length=1, max_length=50)
+    photos: list[str | PhotoSpec] | None = Field(default=None, min_length=1, max_length=MAX_PHOTOS)
     card: str | None = None
 
     @model_validator(mode="after")
