@@ -341,7 +341,7 @@ def test_v1_runs_on_the_lightning_unet_with_its_demo_recipe(engine, photos_dir):
 
 @pytest.mark.parametrize("field, value, match", [
     ("loras", [{"name": "me", "weight": 0.8}], "loras cannot be used with method 'pulid-v1'"),
-    ("speed", "fast", "already a 4-step Lightning model"),
+    ("speed", "fast", "already runs a few-step distilled UNet"),  # speed.check_speed, via few_step
 ])
 def test_v1_refuses_what_cannot_work(engine, photos_dir, field, value, match):
     from pipelines.errors import BadInput

@@ -266,9 +266,6 @@ class PuLIDV1(PuLID):
         if request.loras:  # they would go into the swapped-in UNet and stay behind it
             raise BadInput("loras cannot be used with method 'pulid-v1': it runs on the SDXL-Lightning UNet, "
                            "not the base's the LoRAs were trained for; use method 'pulid' (v1.1).")
-        if getattr(request, "speed", "quality") != "quality":
-            raise BadInput(f"speed {request.speed!r}: method 'pulid-v1' is already a 4-step Lightning model; "
-                           "use speed 'quality'.")
         cond = super().conditioning(pipe, identity, request, width, height)
         _use_unet(pipe, self._base_unet if self.scale_for(request) == 0 else self._lightning)
         cond.recipe["unet"] = LIGHTNING if self.scale_for(request) else "base"
