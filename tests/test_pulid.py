@@ -149,6 +149,11 @@ def test_bisenet_keeps_facexlib_key_names():
     assert set(tiny) == set(published)
     net = bisenet_from_state(tiny)
     assert net(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
+    # a 2019 checkpoint without num_batches_tracked loads too; any other missing key is an error
+    old = {k: v for k, v in tiny.items() if not k.endswith("num_batches_tracked")}
+    assert torch.equal(bisenet_from_state(old)(torch.ones(1, 3, 64, 64)), net(torch.ones(1, 3, 64, 64)))
+    with pytest.raises(RuntimeError, match="ffm.conv1.weight"):
+        bisenet_from_state({k: v for k, v in tiny.items() if k != "ffm.conv1.weight"})
 
 
 # --------------------------------------------------------- preparation

@@ -138,5 +138,12 @@ def bisenet_from_state(state: dict[str, torch.Tensor]) -> BiSeNet:
     mid16 = state["conv_out16.conv.conv.weight"].shape[0]
     n = state["conv_out.conv_out.weight"].shape[0]
     net = BiSeNet(n, w, ctx, fuse, mid16)
+    # a checkpoint saved before BatchNorm counted its batches has no num_batches_tracked; torch
+    # fills them in only from a pickle's version metadata, which a safetensors copy does not keep
+    # (they play no part in eval mode)
+    state = dict(state)
+    for key, value in net.state_dict().items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(value)
     net.load_state_dict(state, strict=True)
     return net.eval()
