@@ -15,6 +15,7 @@ from packaging.requirements import Requirement
 
 from pipelines.lora.adapters import (
     adapter_weight,
+    deactivate_all,
     delete_adapter,
     drop_empty_peft_config,
     peft_adapters,
@@ -76,6 +77,12 @@ def test_unet_adapters_switch_weigh_and_leave_no_trace(pipe):
     assert not torch.allclose(_unet_out(pipe), before)
     set_adapter_weights(pipe, {"a": 0.0, "b": 0.0})
     assert torch.allclose(_unet_out(pipe), before, atol=1e-6)  # weight 0 adds exactly nothing
+    set_adapter_weights(pipe, {"a": 1.0})
+    deactivate_all([unet])  # loaded, none active: the base output
+    assert peft_adapters(unet) == {"a", "b"}
+    assert torch.allclose(_unet_out(pipe), before, atol=1e-6)
+    set_adapter_weights(pipe, {"a": 1.0})  # and active again
+    assert not torch.allclose(_unet_out(pipe), before)
     assert adapter_weight(unet, "missing") == 1.0
 
     delete_adapter([unet], "a")

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..lora.adapters import drop_empty_peft_config, peft_adapters, set_adapter_weights
+from ..lora.adapters import delete_adapter, peft_adapters, set_adapter_weights
 from .base import Conditioning, IdentityMethod
 
 MODEL = "ip-adapter-faceid-plusv2-sdxl"
@@ -70,9 +70,7 @@ class FaceIDPlusV2(IdentityMethod):
         if not self.loaded:
             return
         pipe.unload_ip_adapter()
-        if LORA_NAME in getattr(pipe.unet, "peft_config", {}):
-            pipe.delete_adapters([LORA_NAME])
-        drop_empty_peft_config(pipe.unet)
+        delete_adapter([pipe.unet], LORA_NAME)  # unload_ip_adapter leaves the LoRA in place
         self._user_lora_weights = {}
         self.loaded = False
 

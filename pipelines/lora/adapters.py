@@ -13,7 +13,8 @@ What is relied on:
   encoders injected with peft directly do not have it, so their peft layers
   (`BaseTunerLayer`) are asked one by one;
 - a LoRA layer's `scaling[name]` is `weight * lora_alpha[name] / r[name]`;
-- `pipe.set_adapters(names, adapter_weights)` activates exactly `names`.
+- `pipe.set_adapters(names, adapter_weights)` activates exactly `names`, and a
+  peft layer's `set_adapter([])` leaves it with none active.
 """
 
 from __future__ import annotations
@@ -65,6 +66,19 @@ def adapter_weight(model, adapter: str) -> float:
             base = module.lora_alpha[adapter] / module.r[adapter]
             return float(module.scaling[adapter] / base) if base else 1.0
     return 1.0
+
+
+def deactivate_all(models: Iterable) -> None:
+    """Leave every adapter loaded but inactive (peft layers with no active adapter
+    compute the base layer only); the next `set_adapter_weights` activates again.
+    Unlike diffusers' `disable_lora()`, this sets no "disabled" flag that
+    `set_adapters` would not clear."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.set_adapter([])
 
 
 def set_adapter_weights(pipe, weights: dict[str, float]) -> None:

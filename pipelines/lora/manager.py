@@ -32,7 +32,7 @@ from ..errors import BadInput, ModelError
 from ..models.hashing import file_problem, sha256_file
 from ..paths import check_name, confine
 from . import kohya
-from .adapters import adapter_weight, delete_adapter, peft_adapters, set_adapter_weights
+from .adapters import adapter_weight, deactivate_all, delete_adapter, peft_adapters, set_adapter_weights
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ADAPTER_PREFIX = "user_"
@@ -358,19 +358,6 @@ def _drop_adapter(pipe, adapter: str) -> None:
     delete_adapter(_components(pipe).values(), adapter)
 
 
-def _deactivate_all(pipe) -> None:
-    """Leave every resident adapter loaded but inactive (peft layers with no active
-    adapter compute the base layer only); the next `set_adapters` activates again.
-    Unlike `disable_lora()`, this sets no "disabled" flag that `set_adapters` would
-    not clear."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for model in _components(pipe).values():
-        for module in model.modules():
-            if isinstance(module, BaseTunerLayer):
-                module.set_adapter([])
-
-
 class LoraManager:
     """Loads user LoRAs into a pipeline and activates the requested ones."""
 
@@ -509,7 +496,7 @@ class LoraManager:
             if names:
                 set_adapter_weights(pipe, {**active, **other_w})
             else:  # none wanted: no LoRA layer runs (at weight 0 each would still cost two matmuls)
-                _deactivate_all(pipe)
+                deactivate_all(_components(pipe).values())
         self._active[id(pipe.unet)] = dict(active)
 
     def active_weights(self, pipe) -> dict[str, float]:
