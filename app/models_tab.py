@@ -165,6 +165,8 @@ def card_text(settings: Settings, choice: tuple[str, ...]) -> tuple[str, bool, s
     """(markdown, visible, button label) of the first-run card for `choice`."""
     from pipelines.models.bundles import plan
 
+    if settings.demo:  # demo mode builds its tiny packs locally on first use: nothing to download
+        return "", False, "Download"
     store = _store(settings)
     todo = plan(store, needed_models(settings, choice))
     if not todo.items:

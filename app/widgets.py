@@ -94,8 +94,32 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
     by_key: dict[str, Any] = {}
     cards = preset_cards()
     poses = pose_cards()
-    with gr.Row():
-        with gr.Column(scale=2, min_width=300):
+    # Fooocus-like: the image area is at the top left, where the eye is, so a preset
+    # click shows its progress and result without scrolling; inputs on the right
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=420, elem_id="image-area"):
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                # enabled (and red) only while a generation runs (app.portrait wires it)
+                cancel = gr.Button("Cancel", variant="secondary", interactive=False, elem_id="cancel")
+            status = gr.Markdown(elem_id="status")
+            with gr.Row():
+                preview = gr.Image(label="Live preview", interactive=False, height=200, width=200, format="jpeg",
+                                   elem_id="live-preview", scale=1)
+                results = gr.Gallery(label="Results", columns=4, height=380, format="png", interactive=False,
+                                     buttons=["download", "fullscreen"], object_fit="contain", elem_id="results", scale=3)
+            result_info = gr.Markdown(elem_id="result-info")
+            reuse = gr.Button("Reuse these settings (selected image)", elem_id="reuse")
+            by_key["prompt"] = gr.Textbox(
+                label="Prompt (with a preset: describe the person, e.g. 'a woman with red hair')",
+                lines=2, elem_id="prompt",
+            )
+            by_key["negative"] = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
+            by_key["speed"] = gr.Radio(
+                [(m.title, m.name) for m in SPEED_MODES.values()], value=d["speed"], label="Performance",
+                info="; ".join(f"{m.title}: {m.help}" for m in SPEED_MODES.values()), elem_id="speed",
+            )
+        with gr.Column(scale=2, min_width=340):
             by_key["photos"] = gr.File(
                 label=f"Photos of the person (1–{MAX_PHOTOS})", file_count="multiple", type="filepath",
                 file_types=PHOTO_TYPES, elem_id="photos",
@@ -108,24 +132,14 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
             photo_report = gr.Markdown(elem_id="photo-report")
             by_key["identity_card"] = gr.State(None)
             by_key["face_index"] = gr.State({})  # {photo: face number} chosen by a click on a face
-        with gr.Column(scale=3, min_width=400):
             preset_gallery = gr.Gallery(
                 value=[(img, title) for _, title, img in cards], label="Presets — one click generates",
-                columns=4, height=360, allow_preview=False, format="png", interactive=False,
+                columns=4, height=300, allow_preview=False, format="png", interactive=False,
                 object_fit="contain", elem_id="preset-gallery",
             )
             by_key["preset"] = gr.Dropdown(
                 [(NONE, NONE)] + [(title, name) for name, title, _ in cards], value=d["preset"],
                 label="Preset", elem_id="preset",
-            )
-            by_key["prompt"] = gr.Textbox(
-                label="Prompt (with a preset: describe the person, e.g. 'a woman with red hair')",
-                lines=2, elem_id="prompt",
-            )
-            by_key["negative"] = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
-            by_key["speed"] = gr.Radio(
-                [(m.title, m.name) for m in SPEED_MODES.values()], value=d["speed"], label="Performance",
-                info="; ".join(f"{m.title}: {m.help}" for m in SPEED_MODES.values()), elem_id="speed",
             )
     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
         with gr.Row():
@@ -212,18 +226,6 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
                 label=f"W+ attribute edits, all {len(edit_names)} from the direction files (method W+; "
                       "strength -4 to 4, 0 = off; GANSpace edits set a position, see `launch.py wplus edits`)",
             )
-    with gr.Row():
-        generate = gr.Button("Generate", variant="primary", elem_id="generate")
-        # enabled (and red) only while a generation runs (app.portrait wires it)
-        cancel = gr.Button("Cancel", variant="secondary", interactive=False, elem_id="cancel")
-    status = gr.Markdown(elem_id="status")
-    with gr.Row():
-        preview = gr.Image(label="Live preview", interactive=False, height=256, width=256, format="jpeg",
-                           elem_id="live-preview", scale=1)
-        results = gr.Gallery(label="Results", columns=4, height=360, format="png", interactive=False,
-                             buttons=["download", "fullscreen"], object_fit="contain", elem_id="results", scale=3)
-    result_info = gr.Markdown(elem_id="result-info")
-    reuse = gr.Button("Reuse these settings (selected image)", elem_id="reuse")
     fields = {comp: key for key, comp in by_key.items()}
     return PortraitWidgets(
         fields=fields, by_key=by_key, preset_gallery=preset_gallery, preset_names=[n for n, _, _ in cards],

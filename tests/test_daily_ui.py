@@ -226,3 +226,83 @@ def test_dropped_png_fills_settings_from_likeness_or_a1111_and_names_the_upload(
     with pytest.raises(gr.Error) as exc:
         history.dropped(str(plain))
     assert "holiday.png holds no Likeness recipe" in str(exc.value) and "gradio" not in str(exc.value)
+
+
+# ------------------------------------------------------------------ in chromium
+
+
+@pytest.fixture()
+def ui_url(tiny_models_dir, tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LIKENESS_DEMO": "1", "LIKENESS_MODELS_DIR": str(tiny_models_dir),
+           "LIKENESS_OUTPUTS_DIR": str(tmp_path / "outputs"), "LIKENESS_LORAS_DIR": str(tmp_path / "loras"),
+           "LIKENESS_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "ui", "--port", str(port), "--no-browser"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # the UI prints its URL once it listens
+        assert line.startswith(f"Likeness web UI: http://127.0.0.1:{port}/"), (line, proc.stderr.read()[-2000:]
+                                                                               if proc.poll() is not None else "")
+        time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.browser
+def test_daily_loop_in_chromium(ui_url, photos_dir, tmp_path):
+    """At 1400x900: a preset click shows its result without scrolling; Cancel is
+    live only while it runs; History has the new portrait with its likeness
+    without a refresh; dropping that PNG on History restores its settings."""
+    import urllib.request
+
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(ui_url)
+            expect(page.locator("#demo-banner")).to_have_count(1)
+            expect(page.locator("#cancel")).to_be_disabled()
+            page.set_input_files("#photos input[type=file]", str(photos_dir / "astronaut.png"))
+            expect(page.locator("#face-crops img")).to_have_count(1, timeout=90_000)
+            page.locator("#preset-gallery button.thumbnail-item", has_text="Charcoal sketch").first.click()
+            expect(page.locator("#cancel")).to_be_enabled(timeout=10_000)
+            result = page.locator("#results img").first
+            expect(result).to_be_visible(timeout=150_000)
+            expect(page.locator("#status")).to_contain_text("Done")
+            box = result.bounding_box()  # where it is in the viewport now, with no scroll after the click
+            assert box is not None and 0 <= box["y"] and box["y"] + box["height"] / 2 <= 900, box
+            expect(page.locator("#cancel")).to_be_disabled()
+            src = result.get_attribute("src")
+            dropped = tmp_path / "dropped.png"
+            with urllib.request.urlopen(src, timeout=30) as r:
+                dropped.write_bytes(r.read())
+
+            page.get_by_role("tab", name="History").click()
+            expect(page.locator("#history img")).to_have_count(1, timeout=20_000)  # no Refresh click
+            # captioned with the prompt and the likeness (random weights rarely make a face)
+            expect(page.locator("#history")).to_contain_text(
+                __import__("re").compile(r"expressive charcoal sketch portrait.*· (likeness \d\.\d\d|no face found)"))
+
+            page.get_by_role("tab", name="Portrait").click()
+            page.locator("#prompt textarea").fill("something else")
+            page.get_by_role("tab", name="History").click()
+            page.set_input_files("#history-drop input[type=file]", str(dropped))
+            expect(page.locator("#prompt textarea")).to_have_value(
+                __import__("re").compile(r"^expressive charcoal sketch portrait"), timeout=20_000)
+            expect(page.locator("#prompt textarea")).to_be_visible()  # the Portrait tab is shown again
+        finally:
+            browser.close()
