@@ -495,3 +495,27 @@ def test_a_method_on_a_distilled_unet_refuses_a_speed_lora():
     with pytest.raises(BadInput, match="speed 'turbo': method 'pulid-v1' already runs a few-step distilled UNet"):
         check_speed(req, "sdxl", cls)
     check_speed(req, "sdxl", get_method_class("faceid"))  # an adapter on the base UNet takes it
+
+
+def test_face_analysis_and_scoring_pick_the_cuda_provider_when_onnxruntime_has_it(monkeypatch):
+    """With onnxruntime-gpu (installed by make on a CUDA machine) the insightface
+    sessions run on CUDA; without it, or on --device cpu, on the CPU."""
+    import onnxruntime
+
+    from pipelines.faces.analysis import _onnx_providers
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert _onnx_providers("auto") == (["CUDAExecutionProvider", "CPUExecutionProvider"], 0)
+    assert _onnx_providers("cuda")[0][0] == "CUDAExecutionProvider"
+    assert _onnx_providers("cpu") == (["CPUExecutionProvider"], -1)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert _onnx_providers("cuda") == (["CPUExecutionProvider"], -1)
+
+
+def test_make_installs_onnxruntime_gpu_only_where_nvidia_smi_works():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "nvidia-smi -L" in text and '"onnxruntime-gpu>=1.18"' in text
+    assert "pip uninstall -q -y onnxruntime" in text  # the CPU wheel would shadow the GPU one
