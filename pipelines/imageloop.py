@@ -47,7 +47,8 @@ def should_batch(engine, req, method, width: int, height: int) -> bool:
     if req.count < 2 or mode == "off":
         return False
     supported = method is None or getattr(method, "supports_batch", False)
-    if not supported:
+    two_people = bool(getattr(req, "photos_2", None) or getattr(req, "identity_card_2", None))
+    if not supported or two_people:  # a second person's conditioning is not repeated per image
         return False
     if mode == "on":
         return True
