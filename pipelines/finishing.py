@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import BadInput
+
 
 @dataclass
 class FinishingSteps:
@@ -38,6 +40,10 @@ class FinishingSteps:
                     cancel=None, people=None) -> "FinishingSteps | None":
         """The steps of `req`, or None when it asks for none. Sizes are checked here,
         before any denoising (an upscale over the pixel cap is a BadInput)."""
+        if req.face_detail:
+            check_denoise_steps(req.steps, req.face_detail_strength, "face_detail_strength")
+        if req.hires:
+            check_denoise_steps(req.steps, req.hires_strength, "hires_strength")
         if not (req.face_detail or req.upscale != 1 or people is not None):
             return None
         if req.upscale != 1:
@@ -76,6 +82,14 @@ class FinishingSteps:
                               "steps_run": int(req.steps * req.hires_strength)}
         recipe["upscale"] = entry
         return image
+
+
+def check_denoise_steps(steps: int, strength: float, field: str) -> None:
+    """An img2img/inpaint pass runs int(steps x strength) steps (diffusers `get_timesteps`);
+    zero would be diffusers' ValueError mid-run, so it is refused up front."""
+    if int(steps * strength) < 1:
+        raise BadInput(f"{field} {strength:g} with steps {steps} runs no denoising step "
+                       f"(int(steps x strength) = 0); raise steps or {field}.")
 
 
 def _model_sha(engine, name: str) -> str | None:

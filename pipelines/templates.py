@@ -102,6 +102,9 @@ def load_template(engine, req) -> Template:
     from .detail import detect_faces
     from .imageio import load_photo_array
 
+    from .finishing import check_denoise_steps
+
+    check_denoise_steps(req.steps, req.template_strength, "template_strength")
     path = resolve_template(engine.settings, req.template)
     rgb = load_photo_array(path, name=f"template {path.name}", max_pixels=engine.settings.max_image_pixels,
                            max_side=engine.settings.max_photo_side)

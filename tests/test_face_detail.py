@@ -115,3 +115,14 @@ def test_engine_records_the_pass_and_cli_flags(engine, photos_dir, demo_settings
                                                  photos=[str(photos_dir / "astronaut.png")])))
     recipe = res.images[0].recipe
     assert recipe["request"]["face_detail"] is True and recipe["face_detail"]["strength"] == 0.4
+
+
+def test_a_pass_that_would_run_no_step_is_refused_up_front(engine, photos_dir):
+    from pipelines.errors import BadInput
+
+    with pytest.raises(BadInput, match=r"face_detail_strength 0.4 with steps 2 runs no denoising step"):
+        engine.generate(GenerateRequest(**dict(FAST, steps=2, method="faceid", face_detail=True,
+                                               photos=[str(photos_dir / "astronaut.png")])))
+    with pytest.raises(BadInput, match=r"template_strength 0.3 with steps 3"):
+        engine.generate(GenerateRequest(**dict(FAST, method="faceid", template="astronaut", template_strength=0.3,
+                                               photos=[str(photos_dir / "astronaut.png")])))

@@ -135,3 +135,12 @@ def _astronaut():
     Image.fromarray(data.astronaut()).save(buf, format="PNG")
     buf.seek(0)
     return buf
+
+
+def test_hires_pass_with_instantid_runs_with_resized_keypoints(engine, photos_dir):
+    out = engine.generate(GenerateRequest(**dict(FAST, steps=4), method="instantid", upscale=2, hires=True,
+                                          photos=[str(photos_dir / "astronaut.png")])).images[0]
+    plain = engine.generate(GenerateRequest(**dict(FAST, steps=4), method="instantid", upscale=2,
+                                            photos=[str(photos_dir / "astronaut.png")])).images[0]
+    assert out.image.size == (128, 128) and out.recipe["upscale"]["hires"]["steps_run"] == 1
+    assert np.abs(np.asarray(out.image).astype(int) - np.asarray(plain.image).astype(int)).mean() > 1.0
