@@ -226,7 +226,9 @@ def test_method_conditions_with_the_reference_settings(engine, photos_dir):
     img = np.asarray(res.images[0].image)
     assert np.isfinite(img).all() and img.std() > 0
     # the face crop the EVA tower saw: white background, grey face (R = G = B)
-    aligned, grey, id_cond, hidden = res.identity.__dict__["_pulid"]
+    aligned, grey, id_cond, hidden, source = res.identity.__dict__["_pulid"]
+    # random demo RetinaFace weights find no face: the identity's landmarks, said in the recipe
+    assert source.startswith("identity") and details["warnings"]
     assert aligned.shape == (512, 512, 3)
     g = grey[0]
     assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
@@ -357,3 +359,83 @@ def test_v1_refuses_what_cannot_work(engine, photos_dir, field, value, match):
     data[field] = value
     with pytest.raises(BadInput, match=match):
         engine.generate(GenerateRequest(**data))
+
+
+# ------------------------------------------------------------- RetinaFace
+def test_retinaface_keeps_facexlibs_layout():
+    import torchvision
+
+    from pipelines.pulid.retinaface import RetinaFace, retinaface_from_state
+    from pipelines.tiny.pulid import build_facexlib_retinaface
+
+    with torch.device("meta"):
+        sd = RetinaFace().state_dict()
+        tv = torchvision.models.resnet50().state_dict()
+    body = {k[len("body."):]: v.shape for k, v in sd.items() if k.startswith("body.")}
+    assert body == {k: v.shape for k, v in tv.items() if not k.startswith("fc.")}  # torchvision's trunk
+    assert sd["fpn.output1.0.weight"].shape == (256, 512, 1, 1) and sd["ssh3.conv7x7_3.0.weight"].shape == (64, 64, 3, 3)
+    assert sd["LandmarkHead.2.conv1x1.weight"].shape == (20, 256, 1, 1)  # 2 anchors x 10
+    params = sum(v.numel() for k, v in sd.items() if not k.endswith("num_batches_tracked"))
+    assert params * 4 == pytest.approx(109497761, rel=1e-3)  # the published file's size, float32
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        build_facexlib_retinaface(Path(d))
+        state = torch.load(Path(d) / "detection_Resnet50_Final.pth", weights_only=True)
+    assert all(k.startswith("module.") for k in state)
+    net = retinaface_from_state(state)
+    loc, conf, landm = net(torch.zeros(1, 3, 64, 96))
+    n = sum(((64 + s - 1) // s) * ((96 + s - 1) // s) * 2 for s in (8, 16, 32))
+    assert loc.shape == (1, n, 4) and conf.shape == (1, n, 2) and landm.shape == (1, n, 10)
+
+
+class _FakeRetinaFace(torch.nn.Module):
+    """Outputs chosen per prior: given scores, zero offsets (boxes = the priors)
+    unless given."""
+
+    def __init__(self, scores: dict[int, float], loc: dict[int, list] | None = None):
+        super().__init__()
+        self.scores, self.loc = scores, loc or {}
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        from pipelines.pulid.retinaface import priors
+
+        n = priors(*x.shape[2:]).shape[0]
+        conf = torch.zeros(1, n, 2)
+        for i, s in self.scores.items():
+            conf[0, i] = torch.tensor([1 - s, s])
+        loc = torch.zeros(1, n, 4)
+        for i, v in self.loc.items():
+            loc[0, i] = torch.tensor(v)
+        return loc, conf, torch.zeros(1, n, 10)
+
+
+def test_retinaface_decoding_threshold_nms_and_centre_face():
+    from pipelines.pulid.retinaface import center_face_landmarks, detect, priors
+
+    h, w = 64, 128
+    pri = priors(h, w)
+    stride8 = (h // 8) * (w // 8) * 2
+    # stride-32 priors (256 px boxes would cover everything): use stride-8 ones, min size 16
+    left = (2 * (w // 8) + 2) * 2  # cell (row 2, col 2), first anchor (16 px)
+    right = (2 * (w // 8) + 12) * 2  # cell (row 2, col 12): centre x 100, nearer the middle (64) than 20
+    dup = left + 2  # the next cell's 16 px anchor, moved 8 px back onto `left` (0.1 x 16 x -5)
+    weak = (6 * (w // 8) + 8) * 2
+    assert max(left, right, dup, weak) < stride8
+    net = _FakeRetinaFace({left: 0.99, right: 0.995, dup: 0.98, weak: 0.9}, loc={dup: [-5.0, 0.0, 0.0, 0.0]})
+    rows = detect(net, np.zeros((h, w, 3), np.uint8))
+    assert len(rows) == 2  # weak is under 0.97, dup is suppressed by NMS
+    np.testing.assert_allclose(rows[0, 4], 0.995, atol=1e-6)
+    cx, cy, bw, bh = (pri[right] * torch.tensor([w, h, w, h])).tolist()
+    np.testing.assert_allclose(rows[0, :4], [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], atol=1e-4)
+    np.testing.assert_allclose(rows[0, 5:15], [cx, cy] * 5, atol=1e-4)  # zero offsets: the prior's centre
+    # the face nearest the image centre (facexlib get_center_face), or nearest a given point
+    kps = center_face_landmarks(net, np.zeros((h, w, 3), np.uint8))
+    lx = (pri[left, 0] * w).item()
+    rx = (pri[right, 0] * w).item()
+    expect = lx if abs(lx - w / 2) < abs(rx - w / 2) else rx
+    assert kps.shape == (5, 2) and kps[0, 0] == pytest.approx(expect, abs=1e-4)
+    other = center_face_landmarks(net, np.zeros((h, w, 3), np.uint8), centre=(lx if expect == rx else rx, 20))
+    assert other[0, 0] != pytest.approx(expect, abs=1e-4)

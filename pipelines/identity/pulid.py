@@ -18,11 +18,12 @@ Conditioning, as the reference computes it:
 - encoders and ID projections in float32, as the reference.
 
 Deviations, and how to get the reference behaviour:
-- landmarks: the reference detects them again with facexlib's RetinaFace-R50,
-  picking the face nearest the image centre; here the identity's own face (the
-  one antelopev2 embedded, its SCRFD landmarks) is aligned, so the crop and the
-  embedding always show the same person. No switch yet: RetinaFace is not
-  implemented in the app.
+- landmarks: facexlib's RetinaFace-R50 on the photo, the face nearest the
+  centre, as the reference (`pipelines/pulid/retinaface.py`); but in a photo
+  with several faces the detection nearest the identity's chosen face is used
+  (the reference may crop another person than the one it embeds), and where
+  RetinaFace finds no face the identity's own landmarks are used with a
+  warning (the reference stops). A one-face photo gives the reference's crop.
 - sampler: the reference samples with its own k-diffusion DPM++ 2M Karras port;
   diffusers' `dpmpp_2m_karras` (the default here) has the same sigmas but maps
   timesteps differently (max 0.15 on a fake model over 25 steps). Not bit-exact.
@@ -42,6 +43,7 @@ from .base import Conditioning, IdentityMethod
 WEIGHTS, WEIGHTS_FILE = "pulid-v1.1", "pulid_v1.1.safetensors"
 EVA, EVA_FILE = "eva02-clip-l-336", "EVA02_CLIP_L_336_psz14_s6B.pt"
 PARSER, PARSER_FILE = "facexlib-bisenet", "parsing_bisenet.pth"
+DETECTOR, DETECTOR_FILE = "facexlib-retinaface", "detection_Resnet50_Final.pth"
 MAX_SIDE = 1024  # app_v1_1.py resize_numpy_image_long(image, 1024)
 # app_v1_1.py DEFAULT_NEGATIVE_PROMPT, character for character (two pieces join without a space)
 REFERENCE_NEGATIVE = (
@@ -57,7 +59,7 @@ class PuLID(IdentityMethod):
     label, title = "PuLID v1.1", "PuLID v1.1 (SDXL)"
     help = "ID encoder from ArcFace + EVA-CLIP face features, ID attention with orthogonal mixing (SDXL)"
     base = "sdxl"
-    required_models = (WEIGHTS, EVA, PARSER)
+    required_models = (WEIGHTS, EVA, PARSER, DETECTOR)
     recognizer = "antelopev2"
     default_scale = 0.8
     # app_v1_1.py, its full-step base (Juggernaut-XL-v9): DPM++ 2M Karras, 25 steps, cfg 7, its negative
@@ -71,6 +73,7 @@ class PuLID(IdentityMethod):
         self.id_encoder = None
         self.eva = None
         self._parser = None
+        self._detector = None
 
     # ------------------------------------------------------------ life
     def load(self, pipe) -> None:
@@ -135,6 +138,15 @@ class PuLID(IdentityMethod):
             except (KeyError, RuntimeError) as exc:
                 raise ModelError(f"the BiSeNet face parser could not be loaded: {exc}") from exc
             self._parser = self._parser.to(self.device)
+        if self._detector is None:
+            from ..pulid.retinaface import retinaface_from_state
+
+            self.store.ensure(DETECTOR)
+            try:
+                self._detector = retinaface_from_state(load_file(str(self.store.file_path(DETECTOR, DETECTOR_FILE))))
+            except (KeyError, RuntimeError) as exc:
+                raise ModelError(f"the RetinaFace detector could not be loaded: {exc}") from exc
+            self._detector = self._detector.to(self.device)
 
     # ---------------------------------------------------------- tokens
     def face_features(self, identity):
@@ -163,7 +175,8 @@ class PuLID(IdentityMethod):
         size = (max(1, int(w * scale)), max(1, int(h * scale)))
         if (rgb.shape[1], rgb.shape[0]) != size:
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LANCZOS4)
-        aligned = align_face(rgb, kps * scale)
+        kps, source = self._landmarks(identity, rgb, kps * scale)
+        aligned = align_face(rgb, kps)
         labels = parse_labels(self._parser, aligned)
         grey = whiten_background(aligned, labels)
         with torch.no_grad():
@@ -171,9 +184,26 @@ class PuLID(IdentityMethod):
             vit_cond, hidden = eva_features(self.eva, x)
         raw = torch.as_tensor(self.embedding_for(identity, raw=True), dtype=torch.float32, device=self.device)
         id_cond = torch.cat([raw.reshape(1, -1), vit_cond], dim=-1)
-        out = (aligned, grey, id_cond, hidden)
+        out = (aligned, grey, id_cond, hidden, source)
         identity.__dict__["_pulid"] = out
         return out
+
+    def _landmarks(self, identity, rgb, fallback):
+        """facexlib's landmarks: RetinaFace on the (resized) photo, the face nearest
+        the image centre, as the reference. When the photo shows several faces, the
+        one nearest the face this identity was built from (so the crop and the
+        embedding show the same person; the reference can mix two people). When
+        RetinaFace finds none (always with random demo weights), the identity's
+        own landmarks, and the recipe says so. Returns (kps, source)."""
+        import numpy as np
+
+        from ..pulid.retinaface import center_face_landmarks
+
+        group = any(c.faces > 1 for c in getattr(identity, "faces", [])[:1])
+        found = center_face_landmarks(self._detector, rgb, centre=fallback.mean(axis=0) if group else None)
+        if found is None:
+            return fallback, "identity (RetinaFace found no face)"
+        return found.astype(np.float32), "retinaface"
 
     def id_tokens(self, identity):
         """(cond, uncond) ID tokens [1, 32, 2048]: the IDFormer on the face, and on
@@ -181,7 +211,7 @@ class PuLID(IdentityMethod):
         import torch
 
         self._ensure_encoders()
-        _, _, id_cond, hidden = self.face_features(identity)
+        _, _, id_cond, hidden, _ = self.face_features(identity)
         with torch.no_grad():
             cond = self.id_encoder(id_cond, hidden)
             uncond = self.id_encoder(torch.zeros_like(id_cond), [torch.zeros_like(t) for t in hidden])
@@ -198,6 +228,11 @@ class PuLID(IdentityMethod):
         if scale == 0:
             return Conditioning(recipe=recipe)
         cond, uncond = self.id_tokens(identity)
+        source = self.face_features(identity)[4]
+        recipe["landmarks"] = source
+        if source != "retinaface":
+            recipe["warnings"] = ["PuLID's RetinaFace found no face (score > 0.97) in the reference photo; the "
+                                  "face crop was aligned on the identity's own landmarks instead"]
         emb = torch.cat([uncond, cond]) if request.cfg > 1.0 else cond
         return Conditioning(
             cross_attention_kwargs={"id_embedding": emb, "id_scale": scale, "num_zero": num_zero, "ortho": ortho},
@@ -221,7 +256,7 @@ class PuLIDV1(PuLID):
     name = "pulid-v1"
     label, title = "PuLID v1 (Lightning)", "PuLID v1 (SDXL-Lightning 4-step)"
     help = "PuLID's first release on the SDXL-Lightning 4-step UNet: 4 steps, cfg 1.2 (SDXL)"
-    required_models = ("pulid-v1", LIGHTNING, EVA, PARSER)
+    required_models = ("pulid-v1", LIGHTNING, EVA, PARSER, DETECTOR)
     recipe_defaults = {"sampler": "dpmpp_2m_trailing", "steps": 4, "cfg": 1.2, "negative": REFERENCE_NEGATIVE,
                        "pulid_num_zero": 8, "pulid_ortho": "v2"}
     version = "v1"

@@ -169,3 +169,21 @@ def build_lightning(dest: Path) -> None:
     Path(dest).mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in build_lightning_unet().state_dict().items()}
     save_file(state, str(Path(dest) / "sdxl_lightning_4step_unet.safetensors"))
+
+
+SEED_RETINAFACE = 166
+
+
+@pack("facexlib-retinaface", version=1)
+def build_facexlib_retinaface(dest: Path) -> None:
+    """`detection_Resnet50_Final.pth`: facexlib's RetinaFace keys with the published
+    `module.` prefix, trunk 8 wide (published 64), FPN/SSH 16 (published 256)."""
+    import torch
+
+    from ..pulid.retinaface import RetinaFace
+
+    torch.manual_seed(SEED_RETINAFACE)
+    net = RetinaFace(w=8, out=16).eval()
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    state = {"module." + k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+    torch.save(state, Path(dest) / "detection_Resnet50_Final.pth")
