@@ -34,13 +34,13 @@ from .requests_map import api_field_specs, api_overrides, caption, photo_paths
 
 def api_request(settings: Settings, photos, prompt, preset, method, seed, count,
                 fields: dict | None = None) -> GenerateRequest:
-    from pipelines.presets import load_preset
+    from pipelines.presets import load_preset, user_presets_dir
 
     data: dict = {}
     preset = (preset or "").strip()
     prompt = (prompt or "").strip()
     if preset:
-        data.update(load_preset(preset, subject=prompt, demo=settings.demo))
+        data.update(load_preset(preset, subject=prompt, demo=settings.demo, user_dir=user_presets_dir(settings)))
     elif prompt:
         data["prompt"] = prompt
     else:
@@ -152,7 +152,7 @@ def build_list_endpoints(settings: Settings) -> None:
     """`presets`, `poses`, `models` (with their state here) and `loras`: JSON lists."""
     from .http_api import list_loras_data, list_models_data, list_poses_data, list_presets_data
 
-    lists = {"presets": list_presets_data, "poses": lambda: list_poses_data(settings),
+    lists = {"presets": lambda: list_presets_data(settings), "poses": lambda: list_poses_data(settings),
              "models": lambda: list_models_data(settings), "loras": lambda: list_loras_data(settings)}
     with gr.Group(visible=False):
         for name, fn in lists.items():

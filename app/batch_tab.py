@@ -37,7 +37,10 @@ def load_uploaded_job(settings: Settings, path: str | None, photos):
     if not path:
         raise gr.Error("Upload a job file (.yaml, .yml or .json) first.")
     try:
-        return load_job(path, demo=settings.demo, uploads=uploads_of(settings, photos))
+        from pipelines.presets import user_presets_dir
+
+        return load_job(path, demo=settings.demo, uploads=uploads_of(settings, photos),
+                        presets_dir=user_presets_dir(settings))
     except LikenessError as exc:
         raise user_error(exc) from None
 

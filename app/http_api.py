@@ -221,11 +221,13 @@ def to_engine_request(body: BaseModel, tmp: Path) -> GenerateRequest:
 # ------------------------------------------------------------------------- lists
 
 
-def list_presets_data() -> list[dict]:
-    from pipelines.presets import list_presets
+def list_presets_data(settings=None) -> list[dict]:
+    """The shipped presets, then the user's own (`user`: true)."""
+    from pipelines.presets import all_presets, user_presets_dir
 
+    user_dir = user_presets_dir(settings) if settings is not None else None
     return [{"name": p.name, "title": p.title, "description": p.description, "method": p.method,
-             "speed": p.speed} for p in list_presets()]
+             "speed": p.speed, "user": mine} for p, mine in all_presets(user_dir)]
 
 
 def list_poses_data(settings) -> list[dict]:
@@ -334,7 +336,7 @@ def build_http_api(settings, holder, auth: tuple[str, str] | None = None, parent
 
     @api.get("/presets")
     def presets() -> list[dict]:
-        return list_presets_data()
+        return list_presets_data(settings)
 
     @api.get("/poses")
     def poses() -> list[dict]:

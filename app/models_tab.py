@@ -215,7 +215,7 @@ def preset_gallery_items(settings: Settings) -> list[tuple]:
 
     store = _store(settings)
     items = []
-    for name, title, img in preset_cards():
+    for name, title, img in preset_cards(settings):
         todo = plan(store, needed_models(settings, ("preset", name)))
         more = f" — downloads {human_size(todo.total, todo.exact)} first" if todo.items else ""
         items.append((img, title + more))

@@ -11,14 +11,14 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.errors import Cancelled, LikenessError, ModelMissing
+from pipelines.errors import BadInput, Cancelled, LikenessError, ModelMissing
 from pipelines.identity import DEFAULT_METHOD, method_family, method_recognizer
 from pipelines.settings import Settings
 
 from .jobs import CancelRegistry, EngineHolder, run_job
 from .progress import StepClock, describe_step, format_seconds, step_preview
 from .requests_map import (
-    NONE, RECIPE_KEYS, caption, likeness_text, lora_names, lora_rows, photo_paths, request_from_ui,
+    NONE, RECIPE_KEYS, caption, likeness_text, lora_names, lora_rows, photo_paths, request_data, request_from_ui,
     speed_widget_values, switch_method, ui_from_fields,
 )
 from .widgets import PortraitWidgets
@@ -118,10 +118,10 @@ class PortraitTab:
 
     # ---------------------------------------------------------------- presets
     def preset_fields(self, name: str) -> dict:
-        from pipelines.presets import load_preset
+        from pipelines.presets import load_preset, user_presets_dir
 
         try:
-            fields = load_preset(name, demo=self.settings.demo)
+            fields = load_preset(name, demo=self.settings.demo, user_dir=user_presets_dir(self.settings))
         except LikenessError as exc:
             raise user_error(exc) from None
         out = ui_from_fields(fields, self.settings.demo, lora_names(self.settings.loras_dir), include_prompt=False)
@@ -130,6 +130,34 @@ class PortraitTab:
 
     def pick_preset(self, evt: gr.SelectData):
         return self.preset_fields(self.w.preset_names[evt.index])
+
+    def save_preset(self, values: dict):
+        """The current settings as the user's own preset (presets/ beside loras/),
+        shown beside the shipped ones and usable from the CLI and batch files."""
+        from pipelines.presets import preset_from_request, save_user_preset, user_presets_dir
+
+        from .models_tab import preset_gallery_items
+        from .widgets import preset_cards
+
+        by_key = self.keyed(values)
+        name = str(values.get(self.w.extra["save_name"]) or "").strip()
+        user_dir = user_presets_dir(self.settings)
+        try:
+            if not name:
+                raise BadInput("preset name is empty: type a name such as my-look.")
+            # the settings only: no photos are needed (or kept) for a preset
+            fields = request_data({**by_key, "photos": None, "identity_card": None, "method": "none"},
+                                  self.settings.demo, user_dir)
+            fields["method"] = by_key.get("method") or DEFAULT_METHOD
+            path = save_user_preset(user_dir, preset_from_request(name, name, fields, self.settings.demo))
+        except LikenessError as exc:
+            raise user_error(exc) from None
+        cards = preset_cards(self.settings)
+        self.w.preset_names[:] = [n for n, _, _ in cards]  # the gallery's index -> name, for every session
+        gr.Info(f"Saved your preset {name!r} ({path.name}); it is listed with the presets.")
+        return {self.w.preset_gallery: gr.update(value=preset_gallery_items(self.settings)),
+                self.w.by_key["preset"]: gr.update(choices=[(NONE, NONE)] + [(t, n) for n, t, _ in cards],
+                                                   value=name)}
 
     def choose_preset(self, name: str):
         if not name or name == NONE:
@@ -157,7 +185,9 @@ class PortraitTab:
     # --------------------------------------------------------------- generate
     def generate(self, values: dict, request: gr.Request, progress=gr.Progress()):
         try:
-            req = request_from_ui(self.keyed(values), self.settings.demo)
+            from pipelines.presets import user_presets_dir
+
+            req = request_from_ui(self.keyed(values), self.settings.demo, user_presets_dir(self.settings))
         except LikenessError as exc:
             raise user_error(exc) from None
         yield from self.run(req, request, progress)
@@ -276,5 +306,9 @@ class PortraitTab:
             event.then(lambda: gr.update(interactive=False, variant="secondary"), None, w.cancel, queue=False,
                        api_visibility="private")
         w.cancel.click(self.cancel, None, w.status, queue=False, api_visibility="private")
+        save_name = w.extra.get("save_name")
+        if save_name is not None:
+            w.extra["save_preset"].click(self.save_preset, inputs | {save_name}, [w.preset_gallery, w.by_key["preset"]],
+                                         queue=False, api_visibility="private")
         w.results.select(self.select_result, None, w.selected, queue=False, api_visibility="private")
         w.reuse.click(self.reuse, [w.selected, w.results_state], fill, queue=False, api_visibility="private")

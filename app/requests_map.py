@@ -263,14 +263,15 @@ def _seed(value) -> int | None:
     return None if seed < 0 else seed
 
 
-def request_data(values: dict[str, Any], demo: bool) -> dict:
-    """Widget values by key -> `GenerateRequest` fields (unvalidated)."""
+def request_data(values: dict[str, Any], demo: bool, presets_dir: Path | str | None = None) -> dict:
+    """Widget values by key -> `GenerateRequest` fields (unvalidated). A preset
+    is looked up among the shipped ones, then the user's in `presets_dir`."""
     v = {**UI_DEFAULTS, **{k: x for k, x in values.items() if x is not None}}
     data: dict[str, Any] = {k: (int(v[k]) if k in _INTS else v[k]) for k in _PLAIN}
     prompt = str(v.get("prompt") or "").strip()
     preset = v.get("preset") or NONE
     if preset != NONE:
-        data["prompt"] = get_preset(preset).format_prompt(prompt)
+        data["prompt"] = get_preset(preset, user_dir=presets_dir).format_prompt(prompt)
     elif prompt:
         data["prompt"] = prompt
     else:
@@ -308,9 +309,9 @@ def request_data(values: dict[str, Any], demo: bool) -> dict:
     return data
 
 
-def request_from_ui(values: dict[str, Any], demo: bool) -> GenerateRequest:
+def request_from_ui(values: dict[str, Any], demo: bool, presets_dir: Path | str | None = None) -> GenerateRequest:
     """Widget values by key -> a validated request (BadInput names the field)."""
-    return validate_request(GenerateRequest, request_data(values, demo), "request")
+    return validate_request(GenerateRequest, request_data(values, demo, presets_dir), "request")
 
 
 # ------------------------------------------------------------------ request -> UI

@@ -61,28 +61,34 @@ def method_choices() -> list[tuple[str, str]]:
     return registered(include_none=True)
 
 
-def preset_cards():
-    """(name, title, PIL card) for every shipped preset."""
+def preset_cards(settings: Settings | None = None):
+    """(name, title, PIL card) for every shipped preset, then (with `settings`)
+    the user's own, whose cards are drawn on the fly."""
     from PIL import Image
 
-    from pipelines.presets import list_presets, preview_path
+    from pipelines.presets import all_presets, draw_card, preview_path, user_presets_dir
 
     cards = []
-    for p in list_presets():
+    for p, mine in all_presets(user_presets_dir(settings) if settings is not None else None):
         path = preview_path(p.name)
-        img = Image.open(path).convert("RGB") if path.is_file() else Image.new("RGB", (240, 300), p.colors[0])
-        cards.append((p.name, p.title if p.speed == "quality" else f"{p.title} · {p.speed}", img))
+        if mine:
+            img = draw_card(p)
+        else:
+            img = Image.open(path).convert("RGB") if path.is_file() else Image.new("RGB", (240, 300), p.colors[0])
+        title = p.title if p.speed == "quality" else f"{p.title} · {p.speed}"
+        cards.append((p.name, title + (" (yours)" if mine else ""), img))
     return cards
 
 
-def pose_cards():
-    """(name, title, PIL preview or None) for every pose template."""
+def pose_cards(settings: Settings | None = None):
+    """(name, title, PIL preview or None) for every pose template: the shipped
+    ones, then (with `settings`) the user's, e.g. made by `poses extract`."""
     from PIL import Image
 
-    from pipelines.pose.templates import list_templates
+    from pipelines.pose.templates import list_templates, user_poses_dir
 
     out = []
-    for t in list_templates():
+    for t in list_templates(user_poses_dir(settings) if settings is not None else None):
         path = POSE_PREVIEWS / f"{t.name}.png"
         out.append((t.name, t.title, Image.open(path).convert("RGB") if path.is_file() else None))
     return out
@@ -92,8 +98,8 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
     demo = settings.demo
     d = UI_DEFAULTS
     by_key: dict[str, Any] = {}
-    cards = preset_cards()
-    poses = pose_cards()
+    cards = preset_cards(settings)
+    poses = pose_cards(settings)
     # Fooocus-like: the image area is at the top left, where the eye is, so a preset
     # click shows its progress and result without scrolling; inputs on the right
     with gr.Row(equal_height=False):
@@ -141,6 +147,10 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
                 [(NONE, NONE)] + [(title, name) for name, title, _ in cards], value=d["preset"],
                 label="Preset", elem_id="preset",
             )
+            with gr.Row(equal_height=True):
+                save_name = gr.Textbox(label="Save these settings as your preset", placeholder="my-look",
+                                       scale=3, elem_id="save-preset-name")
+                save_preset = gr.Button("Save preset", size="sm", scale=1, elem_id="save-preset")
     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
         with gr.Row():
             by_key["size"] = gr.Dropdown(size_choices(demo), value=d["size"], label="Size bucket",
@@ -232,5 +242,6 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
         pose_gallery=pose_gallery, pose_names=[n for n, _, img in poses if img is not None], crops=crops,
         photo_report=photo_report, generate=generate, cancel=cancel, status=status, preview=preview,
         results=results, result_info=result_info, reuse=reuse, results_state=gr.State([]),
-        selected=gr.State(0), lora_refresh=lora_refresh, extra={"edit_names": edit_names},
+        selected=gr.State(0), lora_refresh=lora_refresh,
+        extra={"edit_names": edit_names, "save_name": save_name, "save_preset": save_preset},
     )

@@ -251,24 +251,94 @@ def list_presets(folder: Path | str | None = None) -> list[Preset]:
     return [read_preset_file(p) for p in preset_files(folder)]
 
 
-def get_preset(name: str, folder: Path | str | None = None) -> Preset:
+def get_preset(name: str, folder: Path | str | None = None, user_dir: Path | str | None = None) -> Preset:
+    """Preset `name` from `folder` (default: the shipped ones), else from the
+    user's own presets in `user_dir` (`user_presets_dir`)."""
     try:
         check_name(name, "preset")
     except UnsafePath as exc:
         raise BadInput(str(exc)) from None
-    folder = Path(folder) if folder is not None else ASSETS_PRESETS
-    path = folder / f"{name}{PRESET_SUFFIX}"
-    if not path.is_file():
-        known = ", ".join(p.stem for p in preset_files(folder)) or "none"
-        raise BadInput(f"preset {name!r} does not exist; choose one of: {known}.")
-    return read_preset_file(path)
+    folders = [Path(folder) if folder is not None else ASSETS_PRESETS]
+    if user_dir is not None:
+        folders.append(Path(user_dir))
+    for f in folders:
+        path = f / f"{name}{PRESET_SUFFIX}"
+        if path.is_file():
+            return read_preset_file(path)
+    known = ", ".join(p.stem for f in folders for p in preset_files(f)) or "none"
+    raise BadInput(f"preset {name!r} does not exist; choose one of: {known}.")
 
 
 def load_preset(name: str, subject: str | None = None, demo: bool = False,
-                folder: Path | str | None = None) -> dict:
+                folder: Path | str | None = None, user_dir: Path | str | None = None) -> dict:
     """The `GenerateRequest` fields of preset `name`; `subject` fills the
     prompt's {subject}; `demo` shrinks size and steps for the tiny demo models."""
-    return get_preset(name, folder).request_fields(subject=subject, demo=demo)
+    return get_preset(name, folder, user_dir).request_fields(subject=subject, demo=demo)
+
+
+# --------------------------------------------------------------------- the user's own presets
+def user_presets_dir(settings) -> Path:
+    """Where a user's own presets live: `settings.presets_dir` if the settings
+    have one, else a `presets` folder beside the LoRA folder (as user poses)."""
+    explicit = getattr(settings, "presets_dir", None)
+    return Path(explicit) if explicit else Path(settings.loras_dir).parent / "presets"
+
+
+def all_presets(user_dir: Path | str | None = None) -> list[tuple[Preset, bool]]:
+    """(preset, is_user) for the shipped presets, then the user's (a user file
+    with a shipped name is not listed: the shipped one wins, as in `get_preset`)."""
+    shipped = list_presets()
+    names = {p.name for p in shipped}
+    user = [p for p in list_presets(user_dir)] if user_dir is not None else []
+    return [(p, False) for p in shipped] + [(p, True) for p in user if p.name not in names]
+
+
+def _bucket_name(width: int | None, height: int | None, demo: bool) -> SizeName:
+    """The size bucket nearest to the aspect of width x height (square when unset)."""
+    if not width or not height:
+        return "square"
+    aspect = width / height
+    return min(SIZE_BUCKETS, key=lambda k: abs(SIZE_BUCKETS[k][0] / SIZE_BUCKETS[k][1] - aspect))  # type: ignore
+
+
+def preset_from_request(name: str, title: str, fields: dict, demo: bool = False) -> Preset:
+    """A preset holding the settings of `fields` (a GenerateRequest's, as the UI
+    or a recipe has them). The prompt is kept whole (no {subject}: a subject given
+    later is put in front); the size becomes the nearest bucket by aspect."""
+    from .requests import GenerateRequest
+
+    d = {k: f.get_default(call_default_factory=True) for k, f in GenerateRequest.model_fields.items()
+         if not f.is_required()}
+    d.update({k: v for k, v in fields.items() if v is not None})
+    data = {"name": name, "title": title or name, "description": "saved from the Portrait tab",
+            "prompt": d.get("prompt") or DEFAULT_SUBJECT, "negative": d["negative"], "method": d["method"],
+            "scale": fields.get("scale"), "s_scale": d["s_scale"], "identitynet_scale": d["identitynet_scale"],
+            "pose": d.get("pose"), "pose_scale": d["pose_scale"],
+            "size": _bucket_name(d.get("width"), d.get("height"), demo), "sampler": d["sampler"],
+            "steps": d["steps"], "cfg": d["cfg"], "speed": d["speed"], "restore": d["restore"],
+            "restore_strength": d["restore_strength"], "codeformer_fidelity": d["codeformer_fidelity"],
+            "loras": [lo if isinstance(lo, dict) else lo.model_dump() for lo in d.get("loras") or []]}
+    import json
+
+    return parse_preset(json.dumps(data), f"preset {name!r}")
+
+
+def save_user_preset(user_dir: Path | str, preset: Preset, overwrite: bool = False) -> Path:
+    """Write `preset` to `<user_dir>/<name>.json` (atomically). A shipped name is
+    refused (the shipped preset would win); an existing user preset is replaced
+    only with `overwrite`."""
+    import json
+
+    from .paths import atomic_path, confine
+
+    if (ASSETS_PRESETS / f"{preset.name}{PRESET_SUFFIX}").exists():
+        raise BadInput(f"preset name {preset.name!r} is taken by a shipped preset; choose another name.")
+    path = confine(Path(user_dir), f"{preset.name}{PRESET_SUFFIX}", "preset name")
+    if path.exists() and not overwrite:
+        raise BadInput(f"your preset {preset.name!r} already exists ({path}); choose another name or overwrite it.")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(preset.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def preview_path(name: str) -> Path:

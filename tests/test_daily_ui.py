@@ -306,3 +306,74 @@ def test_daily_loop_in_chromium(ui_url, photos_dir, tmp_path):
             expect(page.locator("#prompt textarea")).to_be_visible()  # the Portrait tab is shown again
         finally:
             browser.close()
+
+
+# ------------------------------------------------------------------ user presets
+
+
+def test_user_preset_saved_listed_and_used_by_cli_and_batch(demo_settings, tmp_path):
+    from pipelines.batch.jobfile import load_job
+    from pipelines.errors import BadInput
+    from pipelines.presets import (all_presets, get_preset, load_preset, preset_from_request, save_user_preset,
+                                   user_presets_dir)
+
+    user_dir = user_presets_dir(demo_settings)
+    mine = preset_from_request("my-look", "My look", {"prompt": "oil portrait, warm light", "method": "faceid",
+                                                      "steps": 21, "cfg": 6.5, "width": 832, "height": 1216,
+                                                      "sampler": "euler_a"})
+    path = save_user_preset(user_dir, mine)
+    assert path == user_dir / "my-look.json"
+    with pytest.raises(BadInput, match="already exists"):
+        save_user_preset(user_dir, mine)
+    with pytest.raises(BadInput, match="taken by a shipped preset"):
+        save_user_preset(user_dir, preset_from_request("polaroid", "x", {"prompt": "p", "method": "faceid"}))
+    assert ("my-look", True) in [(p.name, u) for p, u in all_presets(user_dir)]
+    fields = load_preset("my-look", subject="a man", user_dir=user_dir)
+    assert fields["prompt"].startswith("a man") and "oil portrait" in fields["prompt"]
+    assert fields["steps"] == 21 and (fields["width"], fields["height"]) == (832, 1216)
+    assert get_preset("my-look", user_dir=user_dir).sampler == "euler_a"
+    with pytest.raises(BadInput, match="does not exist"):
+        get_preset("my-look")  # only where the user's folder is named
+
+    job = tmp_path / "job.yaml"
+    job.write_text("items:\n  - preset: my-look\n    method: none\n")
+    loaded = load_job(job, demo=True, presets_dir=user_dir)
+    req = loaded.items[0].request
+    assert req.steps == 8 and req.sampler == "euler_a" and "oil portrait" in req.prompt  # demo caps steps at 8
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "launch.py", "--demo", "--loras-dir", str(demo_settings.loras_dir),
+                        "--models-dir", str(demo_settings.models_dir), "presets", "list"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "my-look" in r.stdout and "My look (yours)" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "launch.py", "--demo", "--loras-dir", str(demo_settings.loras_dir),
+                        "--models-dir", str(demo_settings.models_dir), "presets", "show", "my-look"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and '"sampler": "euler_a"' in r.stdout, r.stderr
+
+
+def test_save_preset_from_the_portrait_tab(demo_settings):
+    import gradio as gr
+
+    from app.requests_map import request_from_ui
+    from pipelines.presets import user_presets_dir
+
+    tab, _ = _history(demo_settings)
+    w = tab.w
+    values = {w.by_key["prompt"]: "charcoal portrait, soft light", w.by_key["steps"]: 17, w.by_key["cfg"]: 4.5,
+              w.by_key["method"]: "instantid", w.by_key["preset"]: "(none)", w.by_key["size"]: "portrait",
+              w.extra["save_name"]: "sketchy"}
+    out = tab.save_preset(values)
+    saved = user_presets_dir(demo_settings) / "sketchy.json"
+    assert saved.is_file()
+    assert "sketchy" in w.preset_names  # the gallery's click index finds it
+    dropdown = out[w.by_key["preset"]]
+    assert dropdown["value"] == "sketchy" and ("sketchy (yours)", "sketchy") in dropdown["choices"]
+    assert any(caption.startswith("sketchy (yours)") for _, caption in out[w.preset_gallery]["value"])
+    picked = {tab.w.fields[c]: v for c, v in tab.preset_fields("sketchy").items()}
+    assert picked["steps"] == 8 and picked["method"] == "instantid"  # demo caps steps at 8
+    req = request_from_ui({"preset": "sketchy", "prompt": "a woman", "method": "none"}, True,
+                          user_presets_dir(demo_settings))
+    assert req.prompt.startswith("a woman") and "charcoal portrait" in req.prompt
+    with pytest.raises(gr.Error, match="preset name is empty"):
+        tab.save_preset({**values, w.extra["save_name"]: " "})

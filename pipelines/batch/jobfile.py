@@ -362,7 +362,8 @@ def _parse(path: Path) -> tuple[Any, _Lines]:
     return data, _Lines(root)
 
 
-def load_job(path: Path | str, demo: bool = False, uploads: "Uploads | None" = None) -> Job:
+def load_job(path: Path | str, demo: bool = False, uploads: "Uploads | None" = None,
+             presets_dir: Path | str | None = None) -> Job:
     """Read, validate and expand a job file; `BadInput` naming the key and line.
     With `uploads` (a job sent through the web UI or the API) the file may name
     only what came with it, never a path on the server: see `Uploads`."""
@@ -386,7 +387,7 @@ def load_job(path: Path | str, demo: bool = False, uploads: "Uploads | None" = N
         _confine(spec, uploads, errors)
     job = Job(path=path, name=spec.name or path.stem, identities=_resolve_identities(spec, path, errors),
               lines=lines)
-    job.items, job.duplicates = expand(spec, job, errors, demo)
+    job.items, job.duplicates = expand(spec, job, errors, demo, presets_dir)
     return job
 
 
@@ -540,11 +541,11 @@ def _preset_at_speed(fields: dict, defaults: dict, overrides: dict) -> dict:
     return switch_speed(fields, speed, given)
 
 
-def _load_preset(name: str, loc: tuple, errors: _Errors, demo: bool = False) -> dict:
+def _load_preset(name: str, loc: tuple, errors: _Errors, demo: bool = False, presets_dir=None) -> dict:
     from ..presets import load_preset
 
     try:
-        fields = load_preset(name, demo=demo)
+        fields = load_preset(name, demo=demo, user_dir=presets_dir)  # shipped, then the user's own
     except LikenessError as exc:
         raise errors.at(loc, f"preset {name!r}: {exc}") from None
     return dict(fields)
@@ -639,7 +640,8 @@ def _count_combinations(spec: JobSpec, job: Job, errors: _Errors) -> None:
                                           f"(duplicates included); split it")
 
 
-def expand(spec: JobSpec, job: Job, errors: _Errors, demo: bool = False) -> tuple[list[BatchItem], int]:
+def expand(spec: JobSpec, job: Job, errors: _Errors, demo: bool = False,
+           presets_dir=None) -> tuple[list[BatchItem], int]:
     """identities x presets x prompts x methods x seeds x poses x loras, each
     validated as a request. Returns (unique items, number of duplicates)."""
     from ..requests import GenerateRequest
@@ -664,7 +666,7 @@ def expand(spec: JobSpec, job: Job, errors: _Errors, demo: bool = False) -> tupl
                 known = ", ".join(job.identities) or "none defined"
                 raise errors.at(key, f"identity {n!r} is not defined under identities: ({known})")
         presets = it.axis("preset") or [None]
-        preset_fields = {p: _load_preset(p, loc + ("preset" if it.preset else "presets",), errors, demo)
+        preset_fields = {p: _load_preset(p, loc + ("preset" if it.preset else "presets",), errors, demo, presets_dir)
                          for p in presets if p is not None}
         prompts = it.axis("prompt") or [None]
         methods = it.axis("method") or [None]

@@ -29,7 +29,9 @@ def cmd_batch(args, settings) -> int:
 
     if args.out:
         check_output_dir(args.out, "--out")
-    job = load_job(args.jobfile, demo=settings.demo)
+    from ..presets import user_presets_dir
+
+    job = load_job(args.jobfile, demo=settings.demo, presets_dir=user_presets_dir(settings))
     check_resources(job, settings)  # in --dry-run too: it fails where the run would
     if args.dry_run:
         from ..processes import is_main_process

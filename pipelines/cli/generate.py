@@ -199,9 +199,9 @@ def request_from_args(args, settings) -> dict:
         data.update(recipe_request(args.recipe, settings, need_identity=not (args.photo or args.identity)))
     preset = getattr(args, "preset", None)
     if preset:
-        from ..presets import load_preset
+        from ..presets import load_preset, user_presets_dir
 
-        data.update(load_preset(preset, subject=args.prompt, demo=settings.demo))
+        data.update(load_preset(preset, subject=args.prompt, demo=settings.demo, user_dir=user_presets_dir(settings)))
     for arg, field in _FIELDS.items():
         v = getattr(args, arg, None)
         if v is not None and not (preset and field == "prompt"):  # with a preset, --prompt is the subject

@@ -17,13 +17,13 @@ def register(sub) -> None:
 
 
 def cmd_list(args, settings) -> int:
-    from ..presets import list_presets
+    from ..presets import all_presets, user_presets_dir
 
     rows = [("NAME", "METHOD", "SIZE", "STEPS", "CFG", "POSE", "RESTORE", "TITLE")]
-    for p in list_presets():
+    for p, mine in all_presets(user_presets_dir(settings)):
         w, h = p.width_height
         rows.append((p.name, p.method, f"{p.size} {w}x{h}", str(p.steps), f"{p.cfg:g}",
-                     p.pose or "-", p.restore, p.title))
+                     p.pose or "-", p.restore, p.title + (" (yours)" if mine else "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
@@ -31,7 +31,8 @@ def cmd_list(args, settings) -> int:
 
 
 def cmd_show(args, settings) -> int:
-    from ..presets import load_preset
+    from ..presets import load_preset, user_presets_dir
 
-    print(json.dumps(load_preset(args.name, subject=args.subject, demo=settings.demo), indent=2))
+    print(json.dumps(load_preset(args.name, subject=args.subject, demo=settings.demo,
+                                 user_dir=user_presets_dir(settings)), indent=2))
     return 0

@@ -125,9 +125,9 @@ def restore_models(restorers=None) -> list[str]:
 
 
 def preset_models(name: str, settings) -> list[str]:
-    from ..presets import get_preset
+    from ..presets import get_preset, user_presets_dir
 
-    preset = get_preset(name)
+    preset = get_preset(name, user_dir=user_presets_dir(settings))  # shipped, then the user's own
     names = method_models(preset.method, settings)
     if preset.pose:
         names.append(POSE_CONTROLNET)
