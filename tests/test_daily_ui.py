@@ -377,3 +377,24 @@ def test_save_preset_from_the_portrait_tab(demo_settings):
     assert req.prompt.startswith("a woman") and "charcoal portrait" in req.prompt
     with pytest.raises(gr.Error, match="preset name is empty"):
         tab.save_preset({**values, w.extra["save_name"]: " "})
+
+
+def test_extracted_poses_appear_in_the_pose_choices(demo_settings):
+    import json
+    import shutil
+
+    import gradio as gr
+
+    from app.widgets import build_portrait
+    from pipelines.pose.templates import ASSETS_POSES, builtin_names, user_poses_dir
+
+    src = ASSETS_POSES / f"{builtin_names()[0]}.json"
+    dest = user_poses_dir(demo_settings) / "my-pose.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(src.read_text())
+    data["name"] = "my-pose"
+    dest.write_text(json.dumps(data))
+    with gr.Blocks():
+        w = build_portrait(demo_settings)
+    assert "my-pose" in [v for _, v in w.by_key["pose"].choices]
+    shutil.rmtree(dest.parent)
