@@ -19,9 +19,18 @@ shared by both and unmasked; self-attention, convolutions and the text prompt
 still mix the regions, so expect some bleeding (the public reports of
 ComfyUI_InstantID's multi-ID say the same).
 
-InstantID is not wired for two people here (it needs one IdentityNet pass per
-person with that person's face tokens and masked residuals); it is refused with
-a one-line error naming FaceID as the method that does it.
+InstantID: the IP part as FaceID (raw embeddings [CFG, 2, 1, 512] + masks; the
+single-person face-region mask is off, the person masks take its place), and
+one IdentityNet pass per person per step: two views of the loaded IdentityNet
+that share its weights (built on the meta device, then `load_state_dict(...,
+assign=True)`: no copy), each with a forward pre-hook that gives it its
+person's face tokens as `encoder_hidden_states` (diffusers passes the text
+states to every net of a MultiControlNetModel and no cross_attention_kwargs)
+and a forward hook that multiplies its down and mid residuals by its person's
+box mask, resized to each residual (the reference pipeline's `control_mask`
+mechanism); MultiControlNetModel sums them. Each view's keypoint image is its
+person's layout face points drawn on the full canvas. The method's own
+IdentityNet and its hooks are not called in a two-person run.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from .pose.templates import ASSETS_POSES, FaceKeypoints
 ASSETS_LAYOUTS = ASSETS_POSES / "layouts"
 DEFAULT_LAYOUT = "two-side-by-side"
 MAX_LAYOUT_BYTES = 64 * 1024
-TWO_PERSON_METHODS = ("faceid",)
+TWO_PERSON_METHODS = ("faceid", "instantid")
 
 Coord = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
@@ -133,8 +142,12 @@ class People:
 
     def condition(self, engine, pipe, method, cond, identity, req, width: int, height: int) -> None:
         self.identities = [identity, *self.identities[-1:]]
-        two_person_conditioning(engine, pipe, method, cond, identity, self.identities[1], self.layout, req,
-                                width, height)
+        if req.method == "instantid":
+            instantid_two_person(engine, pipe, method, cond, identity, self.identities[1], self.layout, req,
+                                 width, height)
+        else:
+            two_person_conditioning(engine, pipe, method, cond, identity, self.identities[1], self.layout, req,
+                                    width, height)
 
 
 def prepare_people(engine, req, packs) -> People:
@@ -170,6 +183,121 @@ def two_person_conditioning(engine, pipe, method, cond, identity_a, identity_b, 
     mask = mask.reshape(1, 2, height, width).to(engine.device)
     cond.call_kwargs["ip_adapter_image_embeds"] = [embeds]
     cond.cross_attention_kwargs["ip_adapter_masks"] = [mask]
+    cond.recipe["people"] = {
+        "layout": layout.name,
+        "boxes": [[int(round(v * s)) for v, s in zip(p.box, (width, height, width, height))]
+                  for p in layout.people[:2]],
+        "identity_2": _identity_entry(engine, identity_b),
+    }
+    return cond
+
+
+def _ip_masks(layout: Layout, engine, width: int, height: int):
+    """`ip_adapter_masks` for one adapter and two people: [1, 2, H, W], 0/1."""
+    from diffusers.image_processor import IPAdapterMaskProcessor
+    from PIL import Image
+
+    pil = [Image.fromarray((m * 255).astype(np.uint8), "L") for m in layout.masks(width, height)[:2]]
+    mask = IPAdapterMaskProcessor().preprocess(pil, height=height, width=width)  # [2, 1, H, W]
+    return mask.reshape(1, 2, height, width).to(engine.device)
+
+
+class IdentityNetViews:
+    """Two weight-sharing views of the loaded IdentityNet with per-view hooks;
+    `state` holds each view's (uncond, cond) face tokens and region mask for the
+    current request."""
+
+    def __init__(self, identitynet):
+        import torch
+        from diffusers import ControlNetModel
+
+        self.source = identitynet
+        self.views = []
+        self.state: list[dict] = [{}, {}]
+        for k in range(2):
+            with torch.device("meta"):
+                view = ControlNetModel.from_config(identitynet.config)
+            view.load_state_dict(identitynet.state_dict(), assign=True)  # the same tensors: no copy
+            view.eval()
+            view.register_forward_pre_hook(self._tokens_hook(k), with_kwargs=True)
+            view.register_forward_hook(self._mask_hook(k))
+            self.views.append(view)
+
+    def _tokens_hook(self, k: int):
+        def hook(module, args, kwargs):
+            import torch
+
+            uncond, cond = self.state[k]["tokens"]
+            states = kwargs.get("encoder_hidden_states")
+            batch = states.shape[0] if states is not None else args[0].shape[0]
+            if uncond is not None and batch % 2 == 0:  # CFG: [uncond..., cond...]
+                half = batch // 2
+                tokens = torch.cat([uncond.expand(half, -1, -1), cond.expand(half, -1, -1)])
+            else:
+                tokens = cond.expand(batch, -1, -1)
+            kwargs["encoder_hidden_states"] = tokens.to(device=module.device, dtype=module.dtype)
+            return args, kwargs
+
+        return hook
+
+    def _mask_hook(self, k: int):
+        def hook(module, args, output):
+            import torch.nn.functional as F
+
+            mask = self.state[k]["mask"]
+
+            def weigh(r):
+                m = mask[None, None].to(device=r.device, dtype=r.dtype)
+                return r * F.interpolate(m, size=tuple(r.shape[-2:]), mode="bilinear")
+
+            if isinstance(output, tuple):
+                down, mid = output
+                return [weigh(r) for r in down], weigh(mid)
+            output.down_block_res_samples = tuple(weigh(r) for r in output.down_block_res_samples)
+            output.mid_block_res_sample = weigh(output.mid_block_res_sample)
+            return output
+
+        return hook
+
+
+def identitynet_views(engine, method) -> IdentityNetViews:
+    """The engine's two views of `method`'s IdentityNet (made once per loaded net)."""
+    cache = engine.__dict__.setdefault("_identitynet_views", {})
+    key = id(method.identitynet)
+    if key not in cache or cache[key].source is not method.identitynet:
+        cache.clear()
+        cache[key] = IdentityNetViews(method.identitynet)
+    return cache[key]
+
+
+def instantid_two_person(engine, pipe, method, cond, identity_a, identity_b, layout: Layout, req,
+                         width: int, height: int):
+    """Turn person 1's InstantID `cond` into the two-person conditioning."""
+    import torch
+
+    from .identity.base import ControlUnit
+    from .pose.render import render_face_keypoints
+
+    if any(p.face is None for p in layout.people[:2]):
+        raise BadInput(f"layout {layout.name!r}: InstantID needs face points for each person's box.")
+    tokens_a = method._tokens
+    emb_a = cond.call_kwargs["ip_adapter_image_embeds"][0]
+    cond_b = method.conditioning(pipe, identity_b, req, width, height)
+    tokens_b = method._tokens
+    emb_b = cond_b.call_kwargs["ip_adapter_image_embeds"][0]
+    method.region.clear()  # the person masks below take the single face region's place
+    views = identitynet_views(engine, method)
+    masks = layout.masks(width, height)
+    units = []
+    for k, (tokens, region) in enumerate(zip((tokens_a, tokens_b), layout.people[:2])):
+        views.state[k] = {"tokens": tokens, "mask": torch.as_tensor(masks[k], device=engine.device)}
+        kps = np.asarray(region.face.points(), np.float32) * np.array([width, height], np.float32)
+        units.append(ControlUnit(f"identitynet-{k + 1}", views.views[k], render_face_keypoints(kps, width, height),
+                                 scale=req.identitynet_scale))
+    cond.controlnets = units
+    cond.call_kwargs["ip_adapter_image_embeds"] = [torch.cat([emb_a, emb_b], dim=1)]
+    cond.cross_attention_kwargs["ip_adapter_masks"] = [_ip_masks(layout, engine, width, height)]
+    cond.recipe.pop("face_region", None)
     cond.recipe["people"] = {
         "layout": layout.name,
         "boxes": [[int(round(v * s)) for v, s in zip(p.box, (width, height, width, height))]

@@ -175,6 +175,8 @@ class GenerateRequest(BaseModel):
                 raise ValueError(f"face_index_2 names {photo!r}, which is not one of photos_2")
         if second and self.template:
             raise ValueError("template portraits take one person; leave photos_2 out")
+        if second and self.pose:
+            raise ValueError("two people take their places from the layout; leave pose out")
         if self.template and self.pose:
             raise ValueError("template and pose: the template's own face gives the pose; give one of them")
         if self.hires and self.upscale == 1:

@@ -104,8 +104,8 @@ def test_more_people_than_the_layout_has_is_a_clear_error(engine, photos_dir, tm
     with pytest.raises(BadInput, match="no layout named 'nope'"):
         engine.generate(GenerateRequest(**FAST, photos=[str(photos_dir / "astronaut.png")],
                                         photos_2=[str(photos_dir / "t1.jpg")], layout="nope"))
-    with pytest.raises(BadInput, match="two people: method 'instantid' cannot"):
-        engine.generate(GenerateRequest(**{**FAST, "method": "instantid"}, photos=[str(photos_dir / "astronaut.png")],
+    with pytest.raises(BadInput, match="two people: method 'wplus' cannot"):
+        engine.generate(GenerateRequest(**{**FAST, "method": "wplus"}, photos=[str(photos_dir / "astronaut.png")],
                                         photos_2=[str(photos_dir / "t1.jpg")]))
 
 
@@ -144,3 +144,45 @@ def test_a_batch_item_names_two_identities(tmp_path, photos_dir):
                    "items:\n  - {identity: ann, second: zed, method: faceid, prompt: p}\n")
     with pytest.raises(BadInput, match=r"line 4: items\[0\].second: identity 'zed' is not defined"):
         load_job(job, demo=True)
+
+
+def test_instantid_two_identitynet_views_share_weights_and_each_gets_its_person(engine, photos_dir):
+    import torch
+
+    from pipelines.multi_person import identitynet_views
+
+    req = GenerateRequest(**{**FAST, "method": "instantid"}, photos=[str(photos_dir / "astronaut.png")],
+                          photos_2=[str(photos_dir / "t1.jpg")])
+    first = engine.generate(req).images[0]  # loads InstantID and builds the views
+    method = engine._methods["instantid"]
+    views = identitynet_views(engine, method)
+    src = dict(method.identitynet.named_parameters())
+    for view in views.views:
+        assert all(p.data_ptr() == src[n].data_ptr() for n, p in view.named_parameters())
+    seen: dict = {0: [], 1: []}
+    handles = []
+    for k, view in enumerate(views.views):
+        handles.append(view.register_forward_pre_hook(
+            lambda m, a, kw, k=k: seen[k].append(("tokens", kw["encoder_hidden_states"].clone())), with_kwargs=True))
+        handles.append(view.register_forward_hook(
+            lambda m, a, out, k=k: seen[k].append(("res", [r.clone() for r in out[0]]))))
+    try:
+        engine.generate(req)
+    finally:
+        for h in handles:
+            h.remove()
+    expected = [torch.cat([t[0], t[1]]) for t in (method.face_tokens(engine._pipe, e) for e in (
+        method.embedding_for(i, raw=True) for i in (engine.identity([str(photos_dir / "astronaut.png")],
+                                                                    packs=("antelopev2",)),
+                                                    engine.identity([str(photos_dir / "t1.jpg")],
+                                                                    packs=("antelopev2",)))))]
+    for k in (0, 1):
+        tokens = next(v for tag, v in seen[k] if tag == "tokens")
+        assert torch.allclose(tokens, expected[k].to(tokens.dtype))
+        residuals = next(v for tag, v in seen[k] if tag == "res")
+        for r in residuals:  # outside the person's half of the canvas: nothing
+            w = r.shape[-1]
+            outside = r[..., w // 2:] if k == 0 else r[..., : w // 2]
+            assert outside.abs().max() == 0
+    assert first.recipe["method_details"]["people"]["layout"] == "two-side-by-side"
+    assert "face_region" not in first.recipe["method_details"]
