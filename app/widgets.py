@@ -218,7 +218,7 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
             by_key["template_strength"] = gr.Slider(0.05, 1, value=d["template_strength"], step=0.05,
                                                     label="Template face denoise")
             by_key["photos_2"] = gr.File(
-                label="Second person's photos (two people in one picture, FaceID)", file_count="multiple",
+                label="Second person's photos (two people in one picture)", file_count="multiple",
                 type="filepath", file_types=PHOTO_TYPES, elem_id="photos-2",
             )
         with gr.Row():

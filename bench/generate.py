@@ -107,6 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--speeds", default=",".join(SPEEDS), help="comma-separated speed modes (quality, fast, turbo)")
     p.add_argument("--batch", type=int, default=4, help="images for the -n batching measurement (0: skip)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the UNet across switches")
+    p.add_argument("--step-costs", action=argparse.BooleanOptionalAction, default=True,
+                   help="time upscale, face detail, template and two people against plain diffusers (bench/steps.py)")
     p.add_argument("--device-report", action="store_true",
                    help="print GPU name, dtype, peak VRAM and s per 1024² image per mode and method (stderr)")
     args = p.parse_args(argv)
@@ -539,6 +541,7 @@ def run(args) -> dict:
             "score_seconds_per_image": score_cost(engine, ctx, args, request),
             "batch": batch_gain(engine, args, request) if args.batch > 1 else None,
             "compile": compile_run(settings, store, args, request, device) if args.compile else None,
+            "step_costs": _step_costs(engine, ctx, args, request) if args.step_costs else None,
         }
         q = results.get("quality") or results[args.speeds[0]]
         report = {
@@ -651,6 +654,13 @@ def score_cost(engine, ctx: Ctx, args, request) -> dict | None:
         scorer(image)  # warm-up
         out[m] = _round(statistics.median(time_calls(lambda: scorer(image), args.repeats)))
     return out or None
+
+
+def _step_costs(engine, ctx: Ctx, args, request) -> dict:
+    """Upscale, face detail, template and two people: engine vs plain diffusers (bench/steps.py)."""
+    from bench.steps import step_costs
+
+    return step_costs(engine, ctx, args, lambda m: request(m, args.speeds[0]), load_sdxl)
 
 
 def time_calls(fn, n: int) -> list[float]:

@@ -186,3 +186,10 @@ def test_instantid_two_identitynet_views_share_weights_and_each_gets_its_person(
             assert outside.abs().max() == 0
     assert first.recipe["method_details"]["people"]["layout"] == "two-side-by-side"
     assert "face_region" not in first.recipe["method_details"]
+
+
+def test_face_detail_with_two_people_is_refused_clearly():
+    from pipelines.requests import validate_request
+
+    with pytest.raises(BadInput, match="face_detail with two people is not available yet"):
+        validate_request(GenerateRequest, dict(FAST, photos=["a.png"], photos_2=["b.png"], face_detail=True))
