@@ -18,8 +18,8 @@ from pipelines.settings import Settings
 from .jobs import CancelRegistry, EngineHolder, run_job
 from .progress import StepClock, describe_step, format_seconds, step_preview
 from .requests_map import (
-    NONE, RECIPE_KEYS, caption, likeness_text, lora_names, lora_rows, photo_paths, request_data, request_from_ui,
-    speed_widget_values, switch_method, ui_from_fields,
+    NONE, RECIPE_KEYS, caption, hide_upload_paths, likeness_text, lora_names, lora_rows, photo_paths, request_data,
+    request_from_ui, speed_widget_values, switch_method, ui_from_fields,
 )
 from .widgets import PortraitWidgets
 
@@ -30,9 +30,9 @@ PREVIEW_EVERY = 0.4  # seconds between live previews
 def user_error(exc: BaseException) -> gr.Error:
     """An engine error as the one-sentence message the user sees."""
     if isinstance(exc, LikenessError):  # missing models: the UI's wording (download card, Models tab)
-        return gr.Error(getattr(exc, "ui_message", None) or str(exc))
+        return gr.Error(hide_upload_paths(getattr(exc, "ui_message", None) or str(exc)))
     traceback.print_exception(exc, file=sys.stderr)
-    msg = " ".join(str(exc).split())[:300]
+    msg = " ".join(hide_upload_paths(str(exc)).split())[:300]
     return gr.Error(f"unexpected {type(exc).__name__}: {msg}")
 
 
@@ -81,11 +81,11 @@ class PortraitTab:
         except ModelMissing as exc:
             return [], getattr(exc, "ui_message", None) or str(exc), []
         except LikenessError as exc:
-            return [], f"**No usable photo.** {exc}", []
+            return [], hide_upload_paths(f"**No usable photo.** {exc}"), []
         lines = [view.report]
         if missing:
             lines.append(self.missing_report(method, missing))
-        return view.items, "\n".join(lines), view.targets
+        return view.items, hide_upload_paths("\n".join(lines)), view.targets
 
     def pick_face(self, photos, method: str, face_index, evt: gr.SelectData):
         """A click on a face of a group photo: use that face for that photo. The
@@ -232,7 +232,8 @@ class PortraitTab:
             from pipelines.settings import DEMO_BANNER
 
             lines[0] += f" ({DEMO_BANNER}.)"
-        lines += [f"- left out **{Path(ex['file']).name}**: {ex['reason']}" for ex in result.excluded]
+        lines += [f"- left out **{Path(ex['file']).name}**: {hide_upload_paths(str(ex['reason']))}"
+                  for ex in result.excluded]
         info = [f"- `{g.path.name}`: seed {g.seed}, {likeness_text(g.recipe)}" for g in result.images]
         if result.images:  # e.g. InstantID: a face that had to be scaled down to fit the size
             lines += [f"- warning: {m}" for m in result.images[0].recipe.get("method_details", {}).get("warnings", [])]

@@ -84,7 +84,7 @@ def test_demo_mode_shrinks_size_and_steps():
         ({"restore": "magic"}, "restore", "gfpgan"),
         ({"colors": ["red", "#ffffff"]}, "colors", "#RRGGBB"),
         ({"prompt": "{subject} with {hat}"}, "prompt", "only placeholder"),
-        ({"loras": [{"name": "style", "weight": 9}]}, "loras.0.weight", "less than or equal to 2"),
+        ({"loras": [{"name": "style", "weight": 9}]}, "loras.0.weight", "less than or equal to 5"),
         ({"steps": _DROP}, "steps", "missing"),
     ],
 )
