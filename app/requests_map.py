@@ -420,3 +420,22 @@ def api_overrides(values: dict[str, Any]) -> dict[str, Any]:
             raise BadInput(f"{name} {v!r}: give a name (see the list endpoints), not a file path.")
         out[name] = v
     return out
+
+
+# ------------------------------------------------------------------ messages
+def upload_root() -> str:
+    """gradio's upload folder: uploads live at `<root>/<hash>/<file name>`."""
+    import os
+    import tempfile
+
+    return os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
+
+
+def hide_upload_paths(text: str) -> str:
+    """`text` with every gradio upload path shortened to the name the user
+    uploaded (a message never shows the server's temporary folders)."""
+    root = upload_root().rstrip("/\\")
+    roots = {root, str(Path(root).resolve())}
+    for r in sorted(roots, key=len, reverse=True):
+        text = re.sub(re.escape(r) + r"[/\\][^/\\\s'\"`]+[/\\]", "", text)
+    return text

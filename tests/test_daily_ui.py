@@ -398,3 +398,24 @@ def test_extracted_poses_appear_in_the_pose_choices(demo_settings):
         w = build_portrait(demo_settings)
     assert "my-pose" in [v for _, v in w.by_key["pose"].choices]
     shutil.rmtree(dest.parent)
+
+
+def test_messages_name_the_uploaded_file_not_the_temp_path(tmp_path, monkeypatch):
+    from app.portrait import user_error
+    from app.requests_map import hide_upload_paths
+    from pipelines.errors import BadInput
+    from pipelines.imageio import load_photo
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    upload = tmp_path / "gradio" / "5e1d0c7a9b" / "holiday photo.gif"
+    upload.parent.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(upload, format="GIF")
+    with pytest.raises(BadInput) as exc:
+        load_photo(upload)
+    assert str(upload) in str(exc.value)  # the engine names the path it was given
+    shown = user_error(exc.value).message
+    assert shown.startswith("holiday photo.gif is a GIF image") and "gradio" not in shown and "5e1d" not in shown
+    assert hide_upload_paths(f"'{upload}' and {upload.parent}/b.png") == "'holiday photo.gif' and b.png"
+    assert hide_upload_paths("/home/me/photo.png") == "/home/me/photo.png"  # other paths stay
