@@ -226,13 +226,15 @@ def test_method_conditions_with_the_reference_settings(engine, photos_dir):
     img = np.asarray(res.images[0].image)
     assert np.isfinite(img).all() and img.std() > 0
     # the face crop the EVA tower saw: white background, grey face (R = G = B)
-    aligned, grey, id_cond, hidden, source = res.identity.__dict__["_pulid"]
+    method = engine.use_method("pulid", engine.pipeline("sdxl-base"))
+    aligned, grey, id_cond, hidden, source = method.face_features(res.identity)  # cached from the run
     # random demo RetinaFace weights find no face: the identity's landmarks, said in the recipe
     assert source.startswith("identity") and details["warnings"]
     assert aligned.shape == (512, 512, 3)
     g = grey[0]
     assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
-    assert id_cond.shape[-1] == 512 + engine.use_method("pulid", engine.pipeline("sdxl-base")).eva.num_classes
+    assert id_cond.shape[-1] == 512 + method.eva.num_classes
+    assert method.face_features(res.identity) is method.face_features(res.identity)
 
 
 def test_eval_runs_pulid(tiny_models_dir, photos_dir, tmp_path, capsys):

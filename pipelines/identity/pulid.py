@@ -74,6 +74,7 @@ class PuLID(IdentityMethod):
         self.eva = None
         self._parser = None
         self._detector = None
+        self._features: dict[tuple, tuple] = {}  # (identity hash, first photo) -> face_features
 
     # ------------------------------------------------------------ life
     def load(self, pipe) -> None:
@@ -150,8 +151,9 @@ class PuLID(IdentityMethod):
 
     # ---------------------------------------------------------- tokens
     def face_features(self, identity):
-        """(aligned 512 crop, whitened grey image, id_cond [1, 512 + embed],
-        EVA hidden states), cached on the identity."""
+        """(aligned 512 crop, whitened grey image, id_cond [1, 512 + embed], EVA
+        hidden states, landmark source), cached here per identity (by its
+        embeddings' hash and reference photo)."""
         import cv2
         import numpy as np
         import torch
@@ -160,15 +162,15 @@ class PuLID(IdentityMethod):
         from ..pulid.eva import eva_features, eva_input
         from ..pulid.preprocess import align_face, parse_labels, whiten_background
 
-        cached = identity.__dict__.get("_pulid")
-        if cached is not None:
-            return cached
         if not identity.used:
             raise BadInput(f"method {self.name!r} needs the person's photos (this identity card holds no photo).")
+        key = (identity.hash, str(identity.used[0]))
+        if key in self._features:
+            return self._features[key]
         try:
             rgb = load_photo_array(identity.used[0])
         except BadInput as exc:
-            raise BadInput(f"method {self.name!r} re-reads the reference photo: {exc}") from None
+            raise BadInput(f"method {self.name!r} re-reads the reference photo: {exc}") from exc
         w, h = (int(v) for v in identity.image_size)
         kps = np.asarray(identity.kps, np.float32).reshape(5, 2)
         scale = min(1.0, MAX_SIDE / max(w, h))
@@ -185,7 +187,7 @@ class PuLID(IdentityMethod):
         raw = torch.as_tensor(self.embedding_for(identity, raw=True), dtype=torch.float32, device=self.device)
         id_cond = torch.cat([raw.reshape(1, -1), vit_cond], dim=-1)
         out = (aligned, grey, id_cond, hidden, source)
-        identity.__dict__["_pulid"] = out
+        self._features[key] = out
         return out
 
     def _landmarks(self, identity, rgb, fallback):
