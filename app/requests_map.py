@@ -37,6 +37,7 @@ def _default(field: str) -> Any:
 # UI key -> default widget value (also the set of keys the Portrait tab maps)
 UI_DEFAULTS: dict[str, Any] = {
     "photos": None,
+    "pose_photo": None,  # a reference pose photo: becomes the request's `pose` (a file)
     "identity_card": None,
     "face_index": None,  # {photo: face number} picked in the face gallery (1 = the largest)
     "preset": NONE,
@@ -164,8 +165,8 @@ def loras_from_rows(rows) -> list[dict]:
         raw = row[1] if len(row) > 1 else 1.0
         try:
             weight = float(raw) if raw not in (None, "") else 0.0
-        except (TypeError, ValueError):
-            raise BadInput(f"LoRA {name!r}: weight {raw!r} is not a number.") from None
+        except (TypeError, ValueError) as exc:
+            raise BadInput(f"LoRA {name!r}: weight {raw!r} is not a number.") from exc
         if weight != 0.0:
             out.append({"name": name, "weight": weight})
     return out
@@ -207,8 +208,8 @@ def _table_rows(rows):
         name, raw = str(row[0]).strip(), (row[1] if len(row) > 1 else 0.0)
         try:
             out.append((name, float(raw) if raw not in (None, "") else 0.0))
-        except (TypeError, ValueError):
-            raise BadInput(f"edit {name!r}: strength {raw!r} is not a number.") from None
+        except (TypeError, ValueError) as exc:
+            raise BadInput(f"edit {name!r}: strength {raw!r} is not a number.") from exc
     return out
 
 
@@ -258,8 +259,8 @@ def _seed(value) -> int | None:
         return None
     try:
         seed = int(float(value))
-    except (TypeError, ValueError):
-        raise BadInput(f"seed {value!r} is not a whole number; use -1 for a random seed.") from None
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"seed {value!r} is not a whole number; use -1 for a random seed.") from exc
     return None if seed < 0 else seed
 
 
@@ -293,6 +294,9 @@ def request_data(values: dict[str, Any], demo: bool, presets_dir: Path | str | N
     pose = v.get("pose") or NONE
     if pose != NONE:
         data["pose"] = pose
+    pose_photo = photo_paths([values["pose_photo"]]) if values.get("pose_photo") else []
+    if pose_photo:  # a reference pose photo takes the place of a template
+        data["pose"] = pose_photo[0]
     template = v.get("template") or NONE
     if template != NONE:
         data["template"] = template

@@ -182,6 +182,10 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
             by_key["pose"] = gr.Dropdown([(NONE, NONE)] + [(t, n) for n, t, _ in poses], value=d["pose"],
                                          label="Pose template", elem_id="pose")
             by_key["pose_scale"] = gr.Slider(0, 2, value=d["pose_scale"], step=0.05, label="Pose strength")
+            # as the InstantID demo and FaceChain: the pose of a person in any photo (the pose
+            # detector reads it); it takes the place of a template
+            by_key["pose_photo"] = gr.File(label="Reference pose photo (instead of a template)", type="filepath",
+                                           file_types=PHOTO_TYPES, height=90, elem_id="pose-photo")
         pose_gallery = None
         if poses:
             pose_gallery = gr.Gallery(

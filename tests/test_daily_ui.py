@@ -419,3 +419,18 @@ def test_messages_name_the_uploaded_file_not_the_temp_path(tmp_path, monkeypatch
     assert shown.startswith("holiday photo.gif is a GIF image") and "gradio" not in shown and "5e1d" not in shown
     assert hide_upload_paths(f"'{upload}' and {upload.parent}/b.png") == "'holiday photo.gif' and b.png"
     assert hide_upload_paths("/home/me/photo.png") == "/home/me/photo.png"  # other paths stay
+
+
+def test_reference_pose_photo_takes_the_place_of_a_template(demo_settings, photos_dir):
+    import gradio as gr
+
+    from app.requests_map import request_data
+    from app.widgets import build_portrait
+
+    with gr.Blocks():
+        w = build_portrait(demo_settings)
+    assert isinstance(w.by_key["pose_photo"], gr.File)  # the UI offers the upload
+    ref = str(photos_dir / "astronaut.png")
+    data = request_data({"prompt": "p", "method": "none", "pose": "chin-up", "pose_photo": ref}, True)
+    assert data["pose"] == ref
+    assert request_data({"prompt": "p", "method": "none", "pose": "chin-up"}, True)["pose"] == "chin-up"

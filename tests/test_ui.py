@@ -98,7 +98,7 @@ def test_widgets_are_mapped_by_field_name(demo_settings):
         w = build_portrait(demo_settings)
     keys = list(w.fields.values())
     assert sorted(keys) == sorted(UI_DEFAULTS) and len(set(keys)) == len(keys)
-    ui_only = {"photos", "preset", "size"}
+    ui_only = {"photos", "preset", "size", "pose_photo"}
     assert set(keys) - ui_only <= set(GenerateRequest.model_fields)
     assert all(w.by_key[k] is c for c, k in w.fields.items())
     photos = w.by_key["photos"]
