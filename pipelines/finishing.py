@@ -47,9 +47,13 @@ class FinishingSteps:
         if not (req.face_detail or req.upscale != 1 or people is not None):
             return None
         if req.upscale != 1:
-            from .upscale import check_upscale
+            from .models.bundles import missing_error, missing_models
+            from .upscale import check_upscale, upscaler_spec
 
             check_upscale(width, height, req.upscale, engine.settings.max_image_pixels)
+            missing = missing_models(engine.store, [upscaler_spec(req.upscaler).model])
+            if missing:  # one error naming the download, before any denoising
+                raise missing_error(engine.store, missing)
         return cls(engine, run, pipe, method, cond, units, identity, width, height, cancel, people)
 
     def before_restore(self, image, req, recipe: dict):

@@ -144,3 +144,16 @@ def test_hires_pass_with_instantid_runs_with_resized_keypoints(engine, photos_di
                                             photos=[str(photos_dir / "astronaut.png")])).images[0]
     assert out.image.size == (128, 128) and out.recipe["upscale"]["hires"]["steps_run"] == 1
     assert np.abs(np.asarray(out.image).astype(int) - np.asarray(plain.image).astype(int)).mean() > 1.0
+
+
+def test_a_missing_upscaler_is_named_before_denoising(tmp_path, monkeypatch):
+    from pipelines.engine import Engine
+    from pipelines.errors import LikenessError
+    from pipelines.finishing import FinishingSteps
+    from pipelines.settings import load_settings
+
+    engine = Engine(load_settings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out",
+                                  loras_dir=tmp_path / "loras", device="cpu", dtype="float32", demo=False))
+    req = GenerateRequest(**FAST, method="none", upscale=2, upscaler="4x-ultrasharp")
+    with pytest.raises(LikenessError, match=r"4x-ultrasharp.*--accept-license"):
+        FinishingSteps.for_request(engine, req, None, None, None, None, [], None, 64, 64)
