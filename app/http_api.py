@@ -42,7 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pipelines.errors import BadInput, Cancelled, LikenessError
 from pipelines.requests import GenerateRequest, validate_request
 
-SERVER_ONLY = ("photos", "identity_card", "out_dir", "face_index")
+SERVER_ONLY = ("photos", "identity_card", "out_dir", "face_index",
+               # the second person's files, and a template or layout, which may name a file on the server
+               "photos_2", "identity_card_2", "face_index_2", "template", "layout")
 MAX_PHOTO_B64 = 40 * 1024 * 1024  # characters of one base64 photo (about 30 MB of file)
 MAX_JOBS_KEPT = 200
 

@@ -112,3 +112,17 @@ def test_template_request_checks_and_cli_flags(demo_settings):
                                       "--template-face", "2", "--template-strength", "0.7"])
     req = GenerateRequest(**request_from_args(args, demo_settings))
     assert (req.template, req.template_face, req.template_strength) == ("astronaut", 2, 0.7)
+
+
+def test_api_clients_cannot_name_server_files_as_template_layout_or_second_photos():
+    from pydantic import ValidationError
+
+    from app.http_api import GenerateBody
+    from app.requests_map import api_field_specs
+
+    gradio_fields = {name for name, _, _ in api_field_specs()}
+    for field in ("template", "layout", "photos_2", "identity_card_2", "face_index_2"):
+        assert field not in GenerateBody.model_fields and field not in gradio_fields
+        with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+            GenerateBody(prompt="p", **{field: "/etc/passwd"})
+    assert {"upscale", "face_detail", "template_strength"} <= set(GenerateBody.model_fields)
