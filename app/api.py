@@ -93,7 +93,7 @@ def build_api(settings: Settings, holder: EngineHolder, cancels: CancelRegistry)
             req = api_request(settings, photos, prompt, preset, method, seed, count,
                               {name: v for (name, _, _), v in zip(specs, extra)})
         except LikenessError as exc:
-            raise user_error(exc) from None
+            raise user_error(exc) from exc
         session = session_of(request)
         cancel = cancels.begin(session)
         clock = None
@@ -165,5 +165,5 @@ def _listing(fn):
         try:
             return fn()
         except LikenessError as exc:
-            raise user_error(exc) from None
+            raise user_error(exc) from exc
     return listing

@@ -42,7 +42,7 @@ def load_uploaded_job(settings: Settings, path: str | None, photos):
         return load_job(path, demo=settings.demo, uploads=uploads_of(settings, photos),
                         presets_dir=user_presets_dir(settings))
     except LikenessError as exc:
-        raise user_error(exc) from None
+        raise user_error(exc) from exc
 
 
 def check_job(settings: Settings, path: str | None, photos=None) -> str:

@@ -119,7 +119,7 @@ class HistoryTab:
         try:
             kind, data = png_settings(path)
         except LikenessError as exc:
-            raise gr.Error(str(exc).replace(str(path), name)) from None
+            raise gr.Error(str(exc).replace(str(path), name)) from exc
         if kind == "likeness":
             updates = self.portrait.recipe_updates(data, identity_card=self.identity_card(data))
             what = "its Likeness recipe"
@@ -148,7 +148,7 @@ class HistoryTab:
         try:
             recipe = read_recipe(path)
         except LikenessError as exc:
-            raise user_error(exc) from None
+            raise user_error(exc) from exc
         card = self.identity_card(recipe)
         updates = self.portrait.recipe_updates(recipe, identity_card=card)
         updates[self.tabs] = gr.Tabs(selected=self.portrait_tab_id)

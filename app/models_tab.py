@@ -100,7 +100,7 @@ def download_model(settings: Settings, name: str | None, accept: bool, progress=
                 progress((i, len(names)), desc=f"downloading {n}…")
             folder = store.download(n, accept_license=bool(accept), progress=True)
     except LikenessError as exc:
-        raise user_error(exc) from None
+        raise user_error(exc) from exc
     if folder is None:
         return model_rows(settings), f"**{name}**: everything is here already."
     return model_rows(settings), f"**{name}** is ready in `{folder}`."
@@ -262,7 +262,7 @@ class FirstRunCard:
                 raise LicenseNotAccepted("tick the box to accept the licences listed above first.")
             check_disk(todo)
         except LikenessError as exc:
-            raise user_error(exc) from None
+            raise user_error(exc) from exc
         cancel = threading.Event()
         session = session_of(request)
         self._cancels[session] = cancel

@@ -68,7 +68,7 @@ class PortraitTab:
         try:
             paths = photo_paths(photos)
         except LikenessError as exc:
-            raise user_error(exc) from None
+            raise user_error(exc) from exc
         if not paths:
             return [], "", []
         # "none" has no recogniser: show the faces as the default method finds them
@@ -123,7 +123,7 @@ class PortraitTab:
         try:
             fields = load_preset(name, demo=self.settings.demo, user_dir=user_presets_dir(self.settings))
         except LikenessError as exc:
-            raise user_error(exc) from None
+            raise user_error(exc) from exc
         out = ui_from_fields(fields, self.settings.demo, lora_names(self.settings.loras_dir), include_prompt=False)
         out["preset"] = name
         return self.updates(out)
@@ -151,7 +151,7 @@ class PortraitTab:
             fields["method"] = by_key.get("method") or DEFAULT_METHOD
             path = save_user_preset(user_dir, preset_from_request(name, name, fields, self.settings.demo))
         except LikenessError as exc:
-            raise user_error(exc) from None
+            raise user_error(exc) from exc
         cards = preset_cards(self.settings)
         self.w.preset_names[:] = [n for n, _, _ in cards]  # the gallery's index -> name, for every session
         gr.Info(f"Saved your preset {name!r} ({path.name}); it is listed with the presets.")
@@ -189,7 +189,7 @@ class PortraitTab:
 
             req = request_from_ui(self.keyed(values), self.settings.demo, user_presets_dir(self.settings))
         except LikenessError as exc:
-            raise user_error(exc) from None
+            raise user_error(exc) from exc
         yield from self.run(req, request, progress)
 
     def run(self, req, request: gr.Request | None, progress):

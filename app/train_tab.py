@@ -120,7 +120,7 @@ class TrainTab:
             config, options = train_inputs(name, steps, rank, trigger, class_word, flip, resume, overwrite,
                                            self.settings.demo)
         except LikenessError as exc:
-            raise user_error(exc) from None
+            raise user_error(exc) from exc
         yield {self.status: "Preparing the photos…", self.preview: None}
         notes: list[str] = []
         for ev in train_events(self.settings, self.holder, self.cancels, session_of(request), paths, config,
@@ -178,7 +178,7 @@ def build_train_api(settings: Settings, holder: EngineHolder, cancels: CancelReg
                 raise BadInput("photos: give 3 to 50 photos of the person.")
             config, options = train_inputs(name, steps, 4, "", "", False, False, overwrite, settings.demo)
         except LikenessError as exc:
-            raise user_error(exc) from None
+            raise user_error(exc) from exc
         for ev in train_events(settings, holder, cancels, session_of(request), paths, config, options):
             if ev.kind == "error":
                 raise user_error(ev.data)

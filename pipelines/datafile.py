@@ -21,13 +21,13 @@ def parse_json_model(text: str | bytes, model: type[M], source: str, what: str, 
     not-an-object message, `describe` words the first validation error."""
     try:
         data = json.loads(text)
-    except UnicodeDecodeError:
-        raise BadInput(f"{source} is not UTF-8 text; {what} is a JSON file.") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{source} is not UTF-8 text; {what} is a JSON file.") from exc
     except json.JSONDecodeError as exc:
-        raise BadInput(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from None
+        raise BadInput(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from exc
     if not isinstance(data, dict):
         raise BadInput(f"{source} must hold a JSON object ({keys_hint}).")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise BadInput(f"{source}: {describe(exc.errors()[0])}.") from None
+        raise BadInput(f"{source}: {describe(exc.errors()[0])}.") from exc

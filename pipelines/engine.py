@@ -140,7 +140,7 @@ class Engine:
             try:
                 pipe.enable_xformers_memory_efficient_attention()
             except Exception as exc:  # optional: SDPA stays the default
-                raise ModelError(f"xformers could not be enabled ({exc}); unset LIKENESS_ATTENTION.") from None
+                raise ModelError(f"xformers could not be enabled ({exc}); unset LIKENESS_ATTENTION.") from exc
         if s.compile:
             pipe.unet.compile()
 

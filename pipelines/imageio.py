@@ -125,8 +125,8 @@ def regular_file(path: str | os.PathLike, label: str | None = None, *,
         raise BadInput(f"{label!r} contains a NUL byte; it cannot be a file name.")
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        raise BadInput(f"{label} does not exist; check the path.") from None
+    except FileNotFoundError as exc:
+        raise BadInput(f"{label} does not exist; check the path.") from exc
     except OSError as exc:
         raise BadInput(f"{label} cannot be read: {exc.strerror or exc}.") from exc
     if not _stat.S_ISREG(st.st_mode):
@@ -252,8 +252,8 @@ def _read_source(src: object, label: str) -> Path | bytes:
             st = regular_file(path, label, max_bytes=MAX_PHOTO_BYTES)
         except BadInput as e:
             if os.path.isdir(path):
-                raise BadInput(f"{label} is a folder, not an image file; choose a photo file.") from None
-            raise e from None
+                raise BadInput(f"{label} is a folder, not an image file; choose a photo file.") from e
+            raise
         if st.st_size == 0:
             raise UnreadableImage(f"{label} is unreadable: the file is empty (0 bytes).")
         # decoded from memory: Pillow never opens the path itself (a file swapped
@@ -401,10 +401,10 @@ def _load_encoded(src: object, label: str, max_pixels: int, max_side: int | None
     with pil_decoding_limits(max_pixels) as cap:
         try:
             img = Image.open(_open_arg(source), formats=list(_OPEN_ORDER))
-        except _BOMB_ERRORS:
-            raise _too_large(label, _declared_size(source), cap) from None
-        except UnidentifiedImageError:
-            raise _refuse_unidentified(label, source) from None
+        except _BOMB_ERRORS as exc:
+            raise _too_large(label, _declared_size(source), cap) from exc
+        except UnidentifiedImageError as exc:
+            raise _refuse_unidentified(label, source) from exc
         except Exception as e:  # malformed headers raise anything from OSError to struct.error
             raise _unreadable(label, e) from e
         with img:
@@ -439,8 +439,8 @@ def _decode(img: Image.Image, label: str, cap: int, *, owned: bool) -> Image.Ima
             ImageOps.exif_transpose(img, in_place=True)
             return img
         return ImageOps.exif_transpose(img)  # a copy: never modify the caller's image
-    except _BOMB_ERRORS:
-        raise _too_large(label, img.size, cap) from None
+    except _BOMB_ERRORS as exc:
+        raise _too_large(label, img.size, cap) from exc
     except Exception as e:  # decoders report damage as OSError, SyntaxError, ValueError, ...
         raise _unreadable(label, e) from e
 

@@ -217,16 +217,16 @@ def read_recipe(path: Path | str) -> dict:
                 # Some tools move text chunks behind the pixel data; reaching them
                 # means decoding the image (bounded by the pixel cap above).
                 raw = img.text.get(RECIPE_KEY)
-    except FileNotFoundError:
-        raise BadInput(f"{label} does not exist; check the path.") from None
-    except IsADirectoryError:
-        raise BadInput(f"{label} is a folder; give a PNG written by Likeness.") from None
-    except UnidentifiedImageError:
-        raise BadInput(f"{label} is not a PNG file; give a PNG written by Likeness.") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except FileNotFoundError as exc:
+        raise BadInput(f"{label} does not exist; check the path.") from exc
+    except IsADirectoryError as exc:
+        raise BadInput(f"{label} is a folder; give a PNG written by Likeness.") from exc
+    except UnidentifiedImageError as exc:
+        raise BadInput(f"{label} is not a PNG file; give a PNG written by Likeness.") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadInput(
             f"{label} declares more than {DEFAULT_MAX_PIXELS:,} pixels; give a PNG written by Likeness."
-        ) from None
+        ) from exc
     except Exception as e:  # damaged chunks raise OSError, SyntaxError, ValueError, ...
         reason = " ".join(str(e).split()) or type(e).__name__
         raise UnreadableImage(f"{label} is unreadable: {reason}.") from e
@@ -238,7 +238,7 @@ def read_recipe(path: Path | str) -> dict:
     try:
         recipe = json.loads(str(raw))
     except ValueError as e:
-        raise BadInput(f"{label} has a damaged Likeness recipe ({getattr(e, 'msg', e)}); use another image.") from None
+        raise BadInput(f"{label} has a damaged Likeness recipe ({getattr(e, 'msg', e)}); use another image.") from e
     except RecursionError as e:
         raise BadInput(f"{label} has a damaged Likeness recipe (nested too deeply); use another image.") from e
     if not isinstance(recipe, dict):

@@ -86,7 +86,7 @@ class Preset(BaseModel):
         try:
             return check_name(v, "name")
         except UnsafePath as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(str(exc)) from exc
 
     @field_validator("colors")
     @classmethod
@@ -231,7 +231,7 @@ def read_preset_file(path: Path | str) -> Preset:
             raise BadInput(f"{label} is larger than {MAX_PRESET_BYTES} bytes; a preset is a small JSON file.")
         raw = path.read_bytes()
     except OSError as exc:
-        raise BadInput(f"{label} cannot be read: {exc.strerror}.") from None
+        raise BadInput(f"{label} cannot be read: {exc.strerror}.") from exc
     preset = parse_preset(raw, label)
     if preset.name != path.stem:
         raise BadInput(f"{label}: key 'name' is {preset.name!r} but the file is named {path.name}; make them the same.")
@@ -257,7 +257,7 @@ def get_preset(name: str, folder: Path | str | None = None, user_dir: Path | str
     try:
         check_name(name, "preset")
     except UnsafePath as exc:
-        raise BadInput(str(exc)) from None
+        raise BadInput(str(exc)) from exc
     folders = [Path(folder) if folder is not None else ASSETS_PRESETS]
     if user_dir is not None:
         folders.append(Path(user_dir))

@@ -35,9 +35,9 @@ class LoraSpec(BaseModel):
             return cls(name=text)
         try:
             value = float(weight)
-        except ValueError:
+        except ValueError as exc:
             raise ValueError(f"LoRA weight in {text!r} is not a number; use NAME or NAME:WEIGHT, "
-                             f"WEIGHT from -{LORA_WEIGHT_MAX:g} to {LORA_WEIGHT_MAX:g}") from None
+                             f"WEIGHT from -{LORA_WEIGHT_MAX:g} to {LORA_WEIGHT_MAX:g}") from exc
         return cls(name=name, weight=value)
 
 
@@ -200,4 +200,4 @@ def validate_request(model: type[BaseModel], data: dict, source: str = "request"
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise BadInput(f"{source}: {_field_message(exc.errors()[0])}.") from None
+        raise BadInput(f"{source}: {_field_message(exc.errors()[0])}.") from exc

@@ -102,4 +102,4 @@ def load_settings(**overrides) -> Settings:
             f"setting {field} (env LIKENESS_{field.upper()}) is invalid: "
             f"{str(err.get('msg', '')).removeprefix('Value error, ')}"
             f" (got {err.get('input')!r})."
-        ) from None
+        ) from exc

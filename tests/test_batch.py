@@ -59,8 +59,8 @@ class FakeEngine:
             try:
                 with Image.open(p) as im:
                     im.load()
-            except Exception:
-                raise UnreadableImage(f"photo {p} is not a readable image; use a JPEG or PNG photo.") from None
+            except Exception as exc:
+                raise UnreadableImage(f"photo {p} is not a readable image; use a JPEG or PNG photo.") from exc
             h.update(Path(p).read_bytes())
         rng = np.random.default_rng(int(h.hexdigest()[:8], 16))
         emb = {pk: (v := rng.standard_normal(512).astype(np.float32)) / np.linalg.norm(v) for pk in packs}

@@ -328,13 +328,13 @@ def _parse(path: Path) -> tuple[Any, _Lines]:
     raw = read_user_file(path, f"job file {path}", max_bytes=MAX_JOB_BYTES)
     try:
         text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadInput(f"job file {path} is not UTF-8 text.") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"job file {path} is not UTF-8 text.") from exc
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise BadInput(f"job file {path}, line {exc.lineno}: not valid JSON ({exc.msg}).") from None
+            raise BadInput(f"job file {path}, line {exc.lineno}: not valid JSON ({exc.msg}).") from exc
         except RecursionError as exc:
             raise BadInput(f"job file {path}: nested more than {MAX_DEPTH} levels deep.") from exc
         if not _json_depth_ok(data, MAX_DEPTH + 1):
@@ -352,9 +352,9 @@ def _parse(path: Path) -> tuple[Any, _Lines]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f"line {mark.line + 1}: " if mark else ""
-        raise BadInput(f"job file {path}, {line}not valid YAML ({exc.problem or exc.context}).") from None
+        raise BadInput(f"job file {path}, {line}not valid YAML ({exc.problem or exc.context}).") from exc
     except yaml.YAMLError as exc:
-        raise BadInput(f"job file {path} is not valid YAML ({' '.join(str(exc).split())}).") from None
+        raise BadInput(f"job file {path} is not valid YAML ({' '.join(str(exc).split())}).") from exc
     except RecursionError as exc:  # bounded by _check_events; kept as the last line of defence
         raise BadInput(f"job file {path}: nested too deeply.") from exc
     except ValueError as exc:  # the YAML resolver's own errors (e.g. a timestamp out of range)
@@ -377,12 +377,12 @@ def load_job(path: Path | str, demo: bool = False, uploads: "Uploads | None" = N
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise errors.from_validation(exc) from None
+        raise errors.from_validation(exc) from exc
     for name in spec.identities:
         try:
             check_name(name, "identity name")  # it becomes part of file names
         except BadInput as exc:
-            raise errors.at(("identities", name), str(exc)) from None
+            raise errors.at(("identities", name), str(exc)) from exc
     if uploads is not None:
         _confine(spec, uploads, errors)
     job = Job(path=path, name=spec.name or path.stem, identities=_resolve_identities(spec, path, errors),
@@ -521,7 +521,7 @@ def _contents_hash(files, locs=None, errors: _Errors | None = None, max_bytes: i
         except BadInput as exc:
             if errors is None or locs is None:
                 raise
-            raise errors.at(locs[k], str(exc)) from None
+            raise errors.at(locs[k], str(exc)) from exc
     return h.hexdigest()
 
 
@@ -547,7 +547,7 @@ def _load_preset(name: str, loc: tuple, errors: _Errors, demo: bool = False, pre
     try:
         fields = load_preset(name, demo=demo, user_dir=presets_dir)  # shipped, then the user's own
     except LikenessError as exc:
-        raise errors.at(loc, f"preset {name!r}: {exc}") from None
+        raise errors.at(loc, f"preset {name!r}: {exc}") from exc
     return dict(fields)
 
 
@@ -573,7 +573,7 @@ def _pose_value(value, base: Path, loc: tuple, errors: _Errors):
         else:
             hash_user_file(p, f"pose photo {p}")
     except BadInput as exc:
-        raise errors.at(loc, str(exc)) from None
+        raise errors.at(loc, str(exc)) from exc
     return str(p.resolve())
 
 
@@ -597,9 +597,9 @@ def _lora_entry(entry, loc: tuple, errors: _Errors):
         try:
             return LoraSpec.parse(entry).model_dump()
         except _VE as exc:
-            raise errors.at(loc, f"{entry!r}: {exc.errors()[0]['msg']}") from None
+            raise errors.at(loc, f"{entry!r}: {exc.errors()[0]['msg']}") from exc
         except ValueError as exc:
-            raise errors.at(loc, str(exc)) from None
+            raise errors.at(loc, str(exc)) from exc
     return entry
 
 
@@ -757,16 +757,16 @@ def _validate(model, data: dict, seed, ident_hash, loc, it: ItemSpec, preset, de
         if err.get("type") == "missing":
             msg = "required (give it on the item, in defaults: or through a preset)"
         if name in it.overrides:
-            raise errors.at(loc + ("overrides", name), msg) from None
+            raise errors.at(loc + ("overrides", name), msg) from exc
         if name in _AXIS_KEYS:
             keys = _AXIS_KEYS[name]
             key = next((k for k in keys if getattr(it, k, None) is not None), keys[0])
-            raise errors.at(loc + (key,), msg) from None
+            raise errors.at(loc + (key,), msg) from exc
         if name in defaults:
-            raise errors.at(("defaults", name), msg) from None
+            raise errors.at(("defaults", name), msg) from exc
         if name is not None and preset is not None:
-            raise errors.at(loc + ("preset" if it.preset else "presets",), f"preset {preset!r}: {name}: {msg}") from None
-        raise errors.at(loc, f"{name}: {msg}" if name else msg) from None
+            raise errors.at(loc + ("preset" if it.preset else "presets",), f"preset {preset!r}: {name}: {msg}") from exc
+        raise errors.at(loc, f"{name}: {msg}" if name else msg) from exc
 
 
 # ------------------------------------------------- what the run will need
@@ -791,7 +791,7 @@ def check_resources(job: Job, settings) -> None:
             try:
                 lora_path(settings.loras_dir, spec.name)
             except BadInput as exc:
-                raise errors.at(loc + ("loras",), str(exc)) from None
+                raise errors.at(loc + ("loras",), str(exc)) from exc
             checked.add(("lora", spec.name))
         base = getattr(req, "base_model", None)
         if base is not None and ("base", base) not in checked:
@@ -809,7 +809,7 @@ def check_resources(job: Job, settings) -> None:
             try:
                 load_template(pose, user_dir=user_poses_dir(settings))
             except BadInput as exc:
-                raise errors.at(loc + ("poses",), str(exc)) from None
+                raise errors.at(loc + ("poses",), str(exc)) from exc
             checked.add(("pose", pose))
 
 

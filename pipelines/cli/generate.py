@@ -296,7 +296,7 @@ def recipe_request(png, settings, need_identity: bool = True) -> dict:
     try:
         validate_request(GenerateRequest, probe, "request")
     except BadInput as exc:
-        raise damaged(str(exc).rstrip(".")) from None
+        raise damaged(str(exc).rstrip(".")) from exc
     if ident and need_identity:
         data.update(find_recipe_identity(png, ident, settings))
     second = ((recipe.get("method_details") or {}).get("people") or {}).get("identity_2")
@@ -321,9 +321,9 @@ def _lora_spec(text: str) -> dict:
     try:
         return LoraSpec.parse(text).model_dump()
     except ValidationError as exc:
-        raise BadInput(f"--lora {text!r}: {exc.errors()[0]['msg']}.") from None
+        raise BadInput(f"--lora {text!r}: {exc.errors()[0]['msg']}.") from exc
     except ValueError as exc:
-        raise BadInput(f"--lora: {exc}.") from None
+        raise BadInput(f"--lora: {exc}.") from exc
 
 
 def cmd_generate(args, settings) -> int:

@@ -49,8 +49,8 @@ class ClipScorer:
         folder = self.store.ensure(self.model_name)
         try:
             import open_clip
-        except ImportError:
-            raise ModelError("CLIP-T needs the open-clip-torch package; run `pip install open-clip-torch`.") from None
+        except ImportError as exc:
+            raise ModelError("CLIP-T needs the open-clip-torch package; run `pip install open-clip-torch`.") from exc
         spec = f"local-dir:{folder}"
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(

@@ -178,7 +178,7 @@ def _generate_request(req: EvalRequest, ident: EvalIdentity, prompt: str, index:
     except ValueError as exc:  # pydantic ValidationError: name the field
         from ..requests import _field_message
 
-        raise BadInput(f"eval: {_field_message(exc.errors()[0])}.") from None
+        raise BadInput(f"eval: {_field_message(exc.errors()[0])}.") from exc
 
 
 def run_eval(engine, req: EvalRequest, clip=None, log: Log = _stderr) -> EvalReport:

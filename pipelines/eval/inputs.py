@@ -49,10 +49,10 @@ def read_prompts(path: Path | str) -> list[str]:
     p = Path(path).expanduser()
     try:
         text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"--prompts {p} does not exist; give a text file with one prompt per line.") from None
+    except FileNotFoundError as exc:
+        raise BadInput(f"--prompts {p} does not exist; give a text file with one prompt per line.") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"--prompts {p} cannot be read as UTF-8 text ({exc}).") from None
+        raise BadInput(f"--prompts {p} cannot be read as UTF-8 text ({exc}).") from exc
     prompts = [ln.strip() for ln in text.splitlines()]
     prompts = [ln for ln in prompts if ln and not ln.startswith("#")]
     if not prompts:

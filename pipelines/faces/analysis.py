@@ -198,8 +198,8 @@ class FaceAnalyzer:
                 providers=providers,
             )
             app.prepare(ctx_id=ctx_id, det_thresh=min(_DETECT_FLOOR, self.min_det_score), det_size=DET_SIZE)
-        except AssertionError:
-            raise ModelError(f"insightface found no face detector among the .onnx files in {folder}.") from None
+        except AssertionError as exc:
+            raise ModelError(f"insightface found no face detector among the .onnx files in {folder}.") from exc
         except Exception as exc:  # onnxruntime: corrupt or unsupported file
             raise ModelError(f"insightface could not load the models in {folder}: {exc}") from exc
         if "recognition" not in app.models:

@@ -345,8 +345,8 @@ def load_card(path: Path | str) -> Identity:
         with safe_open(str(src), framework="np") as f:
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception:  # SafetensorError, header JSON, short file, git-lfs pointer
-        raise broken("not a readable safetensors file (truncated or corrupt)") from None
+    except Exception as exc:  # SafetensorError, header JSON, short file, git-lfs pointer
+        raise broken("not a readable safetensors file (truncated or corrupt)") from exc
     if meta.get("format") != CARD_FORMAT:
         raise broken("not a Likeness identity card")
     if meta.get("version") != CARD_VERSION:
@@ -359,8 +359,8 @@ def load_card(path: Path | str) -> Identity:
         used = [str(s) for s in json.loads(meta["used"])]
         excluded = [(str(s), str(r)) for s, r in json.loads(meta["excluded"])]
         faces = [FaceChoice.from_dict(d) for d in json.loads(meta.get("faces", "[]"))]
-    except (KeyError, ValueError, TypeError, IndexError):
-        raise broken("missing entries") from None
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise broken("missing entries") from exc
     if not embeddings or set(embeddings) != set(raw):
         raise broken("missing embeddings")
     for v in list(embeddings.values()) + list(raw.values()):

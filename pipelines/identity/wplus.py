@@ -117,7 +117,7 @@ class WPlusAdapter(IdentityMethod):
         try:
             rgb = load_photo_array(source)
         except BadInput as exc:
-            raise BadInput(f"method 'wplus' re-reads the reference photo: {exc}") from None
+            raise BadInput(f"method 'wplus' re-reads the reference photo: {exc}") from exc
         if (rgb.shape[1], rgb.shape[0]) != tuple(identity.image_size):
             import cv2
 

@@ -80,7 +80,7 @@ class Checkpoints:
             weights = load_file(str(path / "lora.safetensors"))
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise BadInput(f"checkpoint {path} is unreadable ({exc}); run without --resume to start over.") from None
+            raise BadInput(f"checkpoint {path} is unreadable ({exc}); run without --resume to start over.") from exc
         return weights, state
 
     def clear(self) -> None:

@@ -173,7 +173,7 @@ def read_metadata(path: Path | str) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as fh:
             return dict(fh.metadata() or {})
     except Exception as exc:
-        raise BadInput(f"LoRA {path} cannot be read as safetensors ({exc}).") from None
+        raise BadInput(f"LoRA {path} cannot be read as safetensors ({exc}).") from exc
 
 
 def trigger_words(metadata: Mapping[str, str], source: object = "the LoRA") -> list[str]:

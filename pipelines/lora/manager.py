@@ -385,7 +385,7 @@ class LoraManager:
         try:
             state = load_file(str(path))
         except Exception as exc:
-            raise BadInput(f"LoRA {path} cannot be read as safetensors ({exc}).") from None
+            raise BadInput(f"LoRA {path} cannot be read as safetensors ({exc}).") from exc
         bad = nonfinite_tensor(state)
         if bad is not None:
             raise BadInput(f"LoRA {path} holds NaN or infinite values (tensor {bad!r}); the file is damaged "
@@ -430,7 +430,7 @@ class LoraManager:
                     _load_text_lora(getattr(pipe, comp), modules, adapter)
             except Exception as exc:
                 _drop_adapter(pipe, adapter)
-                raise ModelError(f"LoRA {path} could not be loaded ({' '.join(str(exc).split())[:200]}).") from None
+                raise ModelError(f"LoRA {path} could not be loaded ({' '.join(str(exc).split())[:200]}).") from exc
             resident = _Resident(adapter, sha, triggers, stat)
             table[name] = resident
             # a fresh adapter is active at weight 1 until `apply` sets the weights

@@ -200,9 +200,9 @@ def make_optimizer(params, lr: float, choice: str, device: str):
             import bitsandbytes as bnb  # optional
 
             return bnb.optim.AdamW8bit(params, lr=lr, betas=(0.9, 0.999), weight_decay=WEIGHT_DECAY), "AdamW8bit"
-        except ImportError:
+        except ImportError as exc:
             if choice == "adamw8bit":
-                raise BadInput("optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes.") from None
+                raise BadInput("optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes.") from exc
     elif choice == "adamw8bit":
         raise BadInput("optimizer adamw8bit runs on CUDA only; use adamw.")
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=WEIGHT_DECAY, eps=1e-8), "AdamW"
@@ -671,11 +671,11 @@ def fit_lora(unet, encoders, fit_data: FitData, acc, options: FitOptions) -> Fit
         while True:
             try:
                 return forward_backward(step)
-            except torch.cuda.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError as exc:
                 optimizer.zero_grad(set_to_none=True)
                 if plan.gradient_checkpointing is not None or checkpointing[0]:
                     raise ModelError(f"out of GPU memory at step {step + 1} of {plan.name}; close other GPU "
-                                     "programs, or lower --rank.") from None
+                                     "programs, or lower --rank.") from exc
                 free_memory()
                 acc.unwrap_model(unet_run).enable_gradient_checkpointing()
                 checkpointing[0] = True

@@ -193,11 +193,11 @@ def parse_catalog(text: str, source: str = "models.toml") -> Catalog:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise BadInput(f"{source} is not valid TOML: {exc}.") from None
+        raise BadInput(f"{source} is not valid TOML: {exc}.") from exc
     try:
         return Catalog.model_validate(data)
     except ValidationError as exc:
-        raise BadInput(f"{source}: {_describe(exc.errors()[0], data)}.") from None
+        raise BadInput(f"{source}: {_describe(exc.errors()[0], data)}.") from exc
 
 
 def load_catalog(path: Path | str | None = None) -> Catalog:
@@ -205,5 +205,5 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise BadInput(f"cannot read model catalog {path}: {exc.strerror}.") from None
+        raise BadInput(f"cannot read model catalog {path}: {exc.strerror}.") from exc
     return parse_catalog(text, str(path))

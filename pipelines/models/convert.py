@@ -54,9 +54,9 @@ def load_pickle_safely(path: Path | str, allowed_globals: Iterable = ()) -> dict
         raise ModelError(
             f"refused to load {path}: {_refusal_reason(exc)}; pickles can run code, so only "
             "tensors are accepted (use the published file or a .safetensors copy)."
-        ) from None
+        ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ModelError(f"cannot read model file {path}: {_refusal_reason(exc)} (corrupt or truncated?).") from None
+        raise ModelError(f"cannot read model file {path}: {_refusal_reason(exc)} (corrupt or truncated?).") from exc
     if not isinstance(obj, dict):
         raise ModelError(f"model file {path} holds a {type(obj).__name__}, not a dict of weights.")
     return obj

@@ -114,7 +114,7 @@ class ModelStore:
         except FileNotFoundError:
             return {}
         except (ValueError, OSError) as exc:
-            raise ModelError(f"{path} is unreadable ({exc}); fix or delete it.") from None
+            raise ModelError(f"{path} is unreadable ({exc}); fix or delete it.") from exc
         if not isinstance(data, dict):
             raise ModelError(f"{path} does not hold a JSON object; fix or delete it.")
         return data
@@ -368,7 +368,7 @@ class ModelStore:
                 )
             )
         except Exception as exc:  # the hub client raises many types; all mean "not fetched"
-            raise DownloadError(f"download of {what} failed: {_hub_error(exc)}.") from None
+            raise DownloadError(f"download of {what} failed: {_hub_error(exc)}.") from exc
         known = self._expected(entry, f)
         if meta.etag and _SHA256_RE.match(meta.etag):
             known["the hub's LFS sha256"] = meta.etag
@@ -406,7 +406,7 @@ class ModelStore:
                     raise DownloadError(
                         f"download of {entry.name}/{f.path} from {url} failed after {attempt + 1} attempts: "
                         f"{exc}; the partial file was deleted, try again later."
-                    ) from None
+                    ) from exc
                 log.warning("download of %s/%s interrupted (%s); resuming", entry.name, f.path, exc)
                 time.sleep(RETRY_DELAYS[attempt])
             except DownloadError:
@@ -460,7 +460,7 @@ class ModelStore:
             except ModelError as exc:
                 # a refused pickle is useless here and dangerous to other tools: remove it
                 src.unlink(missing_ok=True)
-                raise ModelError(f"{exc} It was deleted; nothing was installed.") from None
+                raise ModelError(f"{exc} It was deleted; nothing was installed.") from exc
             records[f.convert_to] = self._record(dst, converted_from=f.path)
             src.unlink()
         if records and not self.demo:
@@ -621,4 +621,4 @@ def _safetensors_keys(path: Path) -> list[str]:
         with safe_open(str(path), framework="pt") as fh:
             return list(fh.keys())
     except Exception as exc:  # safetensors raises its own error type for bad headers
-        raise BadInput(f"checkpoint {path} is not a readable safetensors file ({exc}).") from None
+        raise BadInput(f"checkpoint {path} is not a readable safetensors file ({exc}).") from exc

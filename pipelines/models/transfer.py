@@ -89,14 +89,14 @@ def _fetch_to_part(url: str, part: Path, size: int | None, desc: str, progress: 
             if total == have:
                 return  # the part is already whole; the hash check decides
             part.unlink(missing_ok=True)
-            raise _Transient("the server refused to resume; starting over") from None
+            raise _Transient("the server refused to resume; starting over") from exc
         if exc.code in (408, 429, 500, 502, 503, 504):
-            raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
-        raise DownloadError(f"download of {desc} from {url} failed: HTTP {exc.code} {exc.reason}.") from None
+            raise _Transient(f"HTTP {exc.code} {exc.reason}") from exc
+        raise DownloadError(f"download of {desc} from {url} failed: HTTP {exc.code} {exc.reason}.") from exc
     except DownloadError:
         raise
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise _Transient(str(getattr(exc, "reason", exc))) from None
+        raise _Transient(str(getattr(exc, "reason", exc))) from exc
     with resp:
         mode, have = ("ab", have) if resp.status == 206 else ("wb", 0)
         if resp.status == 206 and _content_range_total(resp.headers.get("Content-Range"))[0] != have:
@@ -113,7 +113,7 @@ def _fetch_to_part(url: str, part: Path, size: int | None, desc: str, progress: 
                 try:
                     chunk = resp.read(_CHUNK)
                 except (http.client.HTTPException, OSError) as exc:
-                    raise _Transient(f"connection lost after {have + got} bytes ({exc})") from None
+                    raise _Transient(f"connection lost after {have + got} bytes ({exc})") from exc
                 if not chunk:
                     break
                 if cancel is not None and cancel.is_set():

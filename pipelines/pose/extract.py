@@ -73,7 +73,7 @@ def load_annotator_weights(folder: Path | str, stem: str) -> tuple[dict, Path]:
         try:
             return load_file(str(st)), st
         except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelError(f"cannot read {st}: {exc} (corrupt or truncated?).") from None
+            raise ModelError(f"cannot read {st}: {exc} (corrupt or truncated?).") from exc
     pth = folder / f"{stem}.pth"
     if pth.is_file():
         from ..models.convert import load_pickle_safely

@@ -185,8 +185,8 @@ def _check_kps5(kps5) -> np.ndarray:
         arr = np.asarray(kps5)
         if arr.dtype != np.float32:
             arr = arr.astype(np.float64)
-    except (TypeError, ValueError):
-        raise BadInput("face keypoints must be 5 (x, y) pixel pairs.") from None
+    except (TypeError, ValueError) as exc:
+        raise BadInput("face keypoints must be 5 (x, y) pixel pairs.") from exc
     if arr.shape != (5, 2):
         raise BadInput(f"face keypoints must be 5 (x, y) pixel pairs, got shape {arr.shape}.")
     if not np.isfinite(arr).all():

@@ -108,7 +108,7 @@ class PoseTemplate(BaseModel):
         try:
             return check_name(v, "name")
         except UnsafePath as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(str(exc)) from exc
 
     @model_validator(mode="after")
     def _enough_points(self):
@@ -195,7 +195,7 @@ def read_template_file(path: Path | str) -> PoseTemplate:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise BadInput(f"pose file {path} cannot be read: {exc.strerror}.") from None
+        raise BadInput(f"pose file {path} cannot be read: {exc.strerror}.") from exc
     if not path.is_file():
         raise BadInput(f"pose file {path} is not a file.")
     if size > MAX_TEMPLATE_BYTES:
@@ -205,7 +205,7 @@ def read_template_file(path: Path | str) -> PoseTemplate:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise BadInput(f"pose file {path} cannot be read: {exc.strerror}.") from None
+        raise BadInput(f"pose file {path} cannot be read: {exc.strerror}.") from exc
     return parse_template(raw, f"pose file {path}")
 
 

@@ -74,8 +74,8 @@ def check_fidelity(fidelity: float | None, field: str = "fidelity") -> float | N
         return None
     try:
         value = float(fidelity)
-    except (TypeError, ValueError):
-        raise BadInput(f"{field}: {fidelity!r} is not a number; use a value from 0 to 1.") from None
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"{field}: {fidelity!r} is not a number; use a value from 0 to 1.") from exc
     if not 0.0 <= value <= 1.0:
         raise BadInput(f"{field}: {value:g} is out of range; use a value from 0 to 1.")
     return value

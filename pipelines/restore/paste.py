@@ -147,8 +147,8 @@ def _face_geometry(face: Any) -> tuple[np.ndarray | None, np.ndarray]:
 def _check_args(strength: float, min_size: int) -> tuple[float, int]:
     try:
         strength = float(strength)
-    except (TypeError, ValueError):
-        raise BadInput(f"restore strength: {strength!r} is not a number; use a value from 0 to 1.") from None
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"restore strength: {strength!r} is not a number; use a value from 0 to 1.") from exc
     if not 0.0 <= strength <= 1.0:
         raise BadInput(f"restore strength: {strength:g} is out of range; use a value from 0 to 1.")
     if int(min_size) < 0:

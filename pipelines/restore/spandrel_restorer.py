@@ -81,14 +81,14 @@ def load_descriptor(path: Path | str, spec: RestorerSpec, device: str = "cpu"):
     try:
         state = _unwrap(loader.load_state_dict_from_file(path))
         descriptor = loader.load_from_state_dict(state)
-    except UnsupportedModelError:
+    except UnsupportedModelError as exc:
         raise ModelError(
             f"{path} is not a known face-restoration model (expected {spec.architecture}); "
             f"re-download {spec.model}."
-        ) from None
+        ) from exc
     except (SafetensorError, OSError, RuntimeError, KeyError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelError(f"cannot load {path}: {first} (corrupt or truncated? re-download {spec.model}).") from None
+        raise ModelError(f"cannot load {path}: {first} (corrupt or truncated? re-download {spec.model}).") from exc
     found = descriptor.architecture.id
     if found != spec.architecture:
         raise ModelError(f"{path} holds a {found} model, not {spec.architecture}; re-download {spec.model}.")

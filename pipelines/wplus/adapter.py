@@ -196,7 +196,7 @@ def load_adapter_file(path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as exc:
-        raise ModelError(f"cannot read W+ adapter file {path}: {exc} (corrupt or truncated?).") from None
+        raise ModelError(f"cannot read W+ adapter file {path}: {exc} (corrupt or truncated?).") from exc
 
 
 # ------------------------------------------------------------ install/remove

@@ -189,7 +189,7 @@ def build_from_state_dict(enc_sd: dict[str, torch.Tensor], latent_avg: torch.Ten
         result = encoder.load_state_dict({k: v.float() for k, v in enc_sd.items()}, strict=False)
     except RuntimeError as exc:  # a tensor of the wrong shape
         first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
-        raise ModelError(f"{source} does not match the e4e IR-SE50 layout ({first}).") from None
+        raise ModelError(f"{source} does not match the e4e IR-SE50 layout ({first}).") from exc
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
         what = f"missing {missing[0]!r}" if missing else f"unexpected {result.unexpected_keys[0]!r}"
@@ -212,7 +212,7 @@ def load_e4e(path: Path | str, device: str = "cpu") -> tuple[Encoder4Editing, to
     try:
         tensors = load_file(str(path))
     except Exception as exc:  # truncated file, LFS pointer, not safetensors
-        raise ModelError(f"cannot read e4e checkpoint {path}: {exc} (corrupt or truncated?).") from None
+        raise ModelError(f"cannot read e4e checkpoint {path}: {exc} (corrupt or truncated?).") from exc
     enc_sd, avg = split_checkpoint(tensors, str(path))
     encoder = build_from_state_dict(enc_sd, avg, str(path))
     return encoder.to(device), avg

@@ -111,7 +111,7 @@ def _read_vector(path: Path) -> torch.Tensor:
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"cannot read direction file {path}: {exc}.") from None
+        raise ModelError(f"cannot read direction file {path}: {exc}.") from exc
     if isinstance(obj, dict) and len(obj) == 1:
         obj = next(iter(obj.values()))
     if not isinstance(obj, torch.Tensor):
@@ -164,8 +164,8 @@ def _read_ganspace(folder: Path) -> dict[str, GanSpaceDirection]:
         try:
             name = cells[0].strip()
             idx, start, end = (int(c) for c in cells[1:4])
-        except (IndexError, ValueError):
-            raise ModelError(f"{csv_path} line {number} is not 'name, pca index, start, end, strength'.") from None
+        except (IndexError, ValueError) as exc:
+            raise ModelError(f"{csv_path} line {number} is not 'name, pca index, start, end, strength'.") from exc
         if not (0 <= idx < comp.shape[0] and 0 <= start < end <= W_ROWS):
             raise ModelError(f"{csv_path} line {number}: component {idx} or rows {start}-{end} out of range.")
         out[name] = GanSpaceDirection(name, comp[idx].clone(), float(std[idx]), mean.reshape(W_DIM).clone(),
