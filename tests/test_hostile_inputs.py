@@ -511,7 +511,7 @@ def _only_likeness_errors(fn, bound: float = 2.0):
 def test_property_mutated_job_files(job_dir, edits, suffix):
     p = job_dir / f"m{suffix}"
     p.write_text(_mutate(_VALID_JOB, edits), encoding="utf-8", errors="surrogatepass")
-    _only_likeness_errors(lambda: jf.load_job(p, request_model=None))
+    _only_likeness_errors(lambda: jf.load_job(p))
 
 
 _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
