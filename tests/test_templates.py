@@ -126,3 +126,21 @@ def test_api_clients_cannot_name_server_files_as_template_layout_or_second_photo
         with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
             GenerateBody(prompt="p", **{field: "/etc/passwd"})
     assert {"upscale", "face_detail", "template_strength"} <= set(GenerateBody.model_fields)
+
+
+def test_a_web_job_file_names_templates_and_layouts_by_name_only(tmp_path, photos_dir):
+    import shutil
+
+    from pipelines.batch.jobfile import Uploads, load_job
+
+    shutil.copy(photos_dir / "astronaut.png", tmp_path / "a.png")
+    uploads = Uploads.from_files([tmp_path / "a.png"])
+    job = tmp_path / "job.yaml"
+    for key, value in (("template", "/etc/hosts.png"), ("template", "me.jpg"), ("layout", "../x.json")):
+        job.write_text(f"identities:\n  ann: {{photos: [a.png]}}\nitems:\n"
+                       f"  - {{identity: ann, method: faceid, prompt: p, overrides: {{{key}: '{value}'}}}}\n")
+        with pytest.raises(BadInput, match=f"names {key}s by"):
+            load_job(job, demo=True, uploads=uploads)
+    job.write_text("identities:\n  ann: {photos: [a.png]}\nitems:\n"
+                   "  - {identity: ann, method: faceid, prompt: p, overrides: {template: astronaut}}\n")
+    assert load_job(job, demo=True, uploads=uploads).items[0].request.template == "astronaut"

@@ -499,6 +499,15 @@ def _confine(spec: JobSpec, uploads: Uploads, errors: _Errors) -> None:
                 for v in _as_list(it.overrides[key]):
                     _bare_name(v, ("items", i, "overrides", key), errors, "poses")
                     _no_file_suffix(v, ("items", i, "overrides", key), errors)
+    # a template photo or a layout file would be read from the server: names only
+    for loc, options in [(("defaults",), spec.defaults)] + [(("items", i, "overrides"), it.overrides)
+                                                             for i, it in enumerate(spec.items)]:
+        for key in ("template", "layout"):
+            v = options.get(key)
+            if v is not None and (_bare_name(v, loc + (key,), errors, f"{key}s") != v
+                                  or v.lower().endswith((".json", ".png", ".jpg", ".jpeg", ".webp"))):
+                raise errors.at(loc + (key,), f"a job run from the web UI names {key}s by name, not by file "
+                                f"({v!r})")
 
 
 def _as_list(value) -> list:
