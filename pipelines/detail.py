@@ -31,6 +31,8 @@ list the generation ran with; `--pose-scale 0` removes its effect.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 MASK_DILATE = 4  # px, RECT kernel (ADetailer default)
@@ -155,14 +157,27 @@ def face_detail_pass(ctx, image, req, recipe: dict):
         recipe["face_detail"] = entry
         return image
     before = image
-    for j, face in enumerate(faces):
-        box = [float(v) for v in np.asarray(face.bbox).reshape(4)]
-        mask = face_mask(image.size, box)
-        image = inpaint_face(engine, ctx, image, mask, req, (seed + j) % 2**32, kps=face.kps, face_box=box,
-                             index=j)
-        entry["faces"].append({"face": j + 1, "box": [int(round(v)) for v in box], "seed": (seed + j) % 2**32,
-                               "crop": list(crop_box(mask, ctx.width, ctx.height))})
-    if ctx.identity is not None:
+    with _per_person(ctx, req) as person_ctx:
+        for j, face in enumerate(faces):
+            box = [float(v) for v in np.asarray(face.bbox).reshape(4)]
+            mask = face_mask(image.size, box)
+            face_ctx, person = person_ctx(box, image.size)
+            image = inpaint_face(engine, face_ctx, image, mask, req, (seed + j) % 2**32, kps=face.kps, face_box=box,
+                                 index=j)
+            entry["faces"].append({"face": j + 1, "box": [int(round(v)) for v in box], "seed": (seed + j) % 2**32,
+                                   "crop": list(crop_box(mask, ctx.width, ctx.height)),
+                                   **({"person": person} if person else {})})
+    if getattr(ctx, "people", None) is not None:  # two people: per person, compared by their mean
+        from .multi_person import score_people
+
+        lists = [score_people(engine, im, ctx.people, req.method) for im in (before, image)]
+        entry["likeness_before"], entry["likeness_after"] = [
+            {"people": people, "mean": _people_mean(people)} for people in lists]
+        if req.face_detail_keep_better and _mean(entry["likeness_before"]) > _mean(entry["likeness_after"]):
+            entry["kept"] = "before"
+            recipe["face_detail"] = entry
+            return before
+    elif ctx.identity is not None:
         from .scoring import score_image
 
         entry["likeness_before"] = score_image(engine, before, ctx.identity, req.method)
@@ -174,6 +189,58 @@ def face_detail_pass(ctx, image, req, recipe: dict):
     entry["kept"] = "after"
     recipe["face_detail"] = entry
     return image
+
+
+@contextlib.contextmanager
+def _per_person(ctx, req):
+    """`(face box, image size) -> (steps context, person number or None)`. With two
+    people each face is re-generated with its own person's single-person
+    conditioning (the person whose layout box holds the face's centre); the
+    method state that conditioning sets (FaceID's CLIP features, InstantID's face
+    tokens and region) is put back afterwards for the next image of the run."""
+    import dataclasses
+
+    people = getattr(ctx, "people", None)
+    if people is None:
+        yield lambda box, size: (ctx, None)
+        return
+    method, pipe = ctx.method, ctx.pipe
+    proj = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    saved = (getattr(proj, "clip_embeds", None), getattr(method, "_clip", None), getattr(method, "_tokens", None),
+             getattr(method, "region", None) and (method.region.mask, dict(method.region._cache)))
+    per: dict = {}
+
+    def for_face(box, size):
+        w, h = size
+        cx, cy = (box[0] + box[2]) / 2 / w, (box[1] + box[3]) / 2 / h
+        k = next((i for i, p in enumerate(people.layout.people[:2])
+                  if p.box[0] <= cx < p.box[2] and p.box[1] <= cy < p.box[3]), 0)
+        if k not in per:
+            cond = method.conditioning(pipe, people.identities[k], req, ctx.width, ctx.height)
+            per[k] = dataclasses.replace(ctx, cond=cond, units=list(cond.controlnets))
+        else:  # the method's state follows the last conditioning made: make person k's again
+            per[k] = dataclasses.replace(per[k], cond=method.conditioning(pipe, people.identities[k], req,
+                                                                          ctx.width, ctx.height))
+        return per[k], k + 1
+
+    try:
+        yield for_face
+    finally:
+        if saved[0] is not None:
+            proj.clip_embeds = saved[0]
+        if hasattr(method, "_clip"):
+            method._clip = saved[1]
+        if hasattr(method, "_tokens"):
+            method._tokens = saved[2]
+        if saved[3]:
+            method.region.mask, method.region._cache = saved[3]
+        elif getattr(method, "region", None) is not None:
+            method.region.clear()
+
+
+def _people_mean(people: list[dict]) -> float | None:
+    means = [p["mean"] for p in people if p.get("mean") is not None]
+    return round(sum(means) / len(means), 4) if means else None
 
 
 def _mean(likeness: dict | None) -> float:

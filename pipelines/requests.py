@@ -27,7 +27,7 @@ class LoraSpec(BaseModel):
     weight: float = Field(default=1.0, ge=-LORA_WEIGHT_MAX, le=LORA_WEIGHT_MAX, allow_inf_nan=False)
 
     @classmethod
-    def parse(cls, text: str) -> "LoraSpec":
+    def parse(cls, text: str) -> LoraSpec:
         """`NAME` or `NAME:WEIGHT` (the command line and job files): one parser.
         Raises ValueError (a bad weight) or pydantic's ValidationError (range)."""
         name, sep, weight = text.rpartition(":") if ":" in text else (text, "", "")
@@ -175,9 +175,6 @@ class GenerateRequest(BaseModel):
                 raise ValueError(f"face_index_2 names {photo!r}, which is not one of photos_2")
         if second and self.template:
             raise ValueError("template portraits take one person; leave photos_2 out")
-        if second and self.face_detail:
-            raise ValueError("face_detail with two people is not available yet (each face would need its own "
-                             "identity); leave one of them out")
         if second and self.pose:
             raise ValueError("two people take their places from the layout; leave pose out")
         if self.template and self.pose:

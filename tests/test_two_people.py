@@ -188,8 +188,39 @@ def test_instantid_two_identitynet_views_share_weights_and_each_gets_its_person(
     assert "face_region" not in first.recipe["method_details"]
 
 
-def test_face_detail_with_two_people_is_refused_clearly():
-    from pipelines.requests import validate_request
+def test_face_detail_repairs_each_face_with_its_own_identity(engine, photos_dir, monkeypatch):
+    from pipelines import detail
 
-    with pytest.raises(BadInput, match="face_detail with two people is not available yet"):
-        validate_request(GenerateRequest, dict(FAST, photos=["a.png"], photos_2=["b.png"], face_detail=True))
+    face = Image.open(photos_dir / "astronaut.png").convert("RGB").resize((128, 128))
+    canvas = Image.new("RGB", (256, 128))
+    canvas.paste(face, (0, 0))
+    canvas.paste(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (128, 0))
+    a, b = str(photos_dir / "astronaut.png"), str(photos_dir / "t1.jpg")
+    req = GenerateRequest(**{**FAST, "steps": 3, "width": 128, "height": 64}, photos=[a], photos_2=[b],
+                          face_detail=True)
+    engine.generate(req)
+    ctx = engine._finishing
+    proj = ctx.pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    two_person_clip = proj.clip_embeds
+    seen = []
+    original = detail.inpaint_face
+    monkeypatch.setattr(detail, "inpaint_face", lambda e, c, *args, **kw: (
+        seen.append(c.cond.call_kwargs["ip_adapter_image_embeds"][0].clone()), original(e, c, *args, **kw))[1])
+    recipe = {"seed": 4}
+    out = detail.face_detail_pass(ctx, canvas, req, recipe)
+    faces = recipe["face_detail"]["faces"]
+    assert sorted(f["person"] for f in faces) == [1, 2]
+    by_person = {f["person"]: seen[i] for i, f in enumerate(faces)}
+    assert by_person[1].shape[1] == 1 and not torch_equal(by_person[1], by_person[2])  # one identity each
+    assert proj.clip_embeds is two_person_clip  # the run's two-person state is back
+    masks = [np.asarray(detail.face_mask(canvas.size, f["box"])) > 0 for f in faces]
+    outside = ~np.logical_or(*masks)
+    diff = np.abs(np.asarray(out).astype(int) - np.asarray(canvas).astype(int)).sum(axis=2)
+    assert diff[outside].max() == 0 and diff[~outside].mean() > 1
+    assert len(recipe["face_detail"]["likeness_after"]["people"]) == 2
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return bool(torch.equal(x, y))
