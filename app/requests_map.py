@@ -76,6 +76,7 @@ UI_DEFAULTS: dict[str, Any] = {
     "template_strength": _default("template_strength"),
     "photos_2": None,
 }
+    "layout": NONE,
 # widgets that hold a method's reference recipe (W+: Euler, cfg 7.5, its negative prompt)
 RECIPE_KEYS = ("sampler", "cfg", "negative")
 # request fields copied as they are
@@ -304,6 +305,8 @@ def request_data(values: dict[str, Any], demo: bool, presets_dir: Path | str | N
     if photos_2:  # a second person: two people in one picture
         data["photos_2"] = photos_2
     data["width"], data["height"] = parse_size(v.get("size"), demo)
+        if (v.get("layout") or NONE) != NONE:
+            data["layout"] = v["layout"]
     data["loras"] = loras_from_rows(v.get("loras"))
     if method_family(data["method"]) == "sd15":  # an SD1.5 method runs on the SD1.5 base
         data["base_model"] = DEFAULT_BASE["sd15"]
@@ -341,6 +344,8 @@ def ui_from_fields(fields: dict[str, Any], demo: bool, lora_on_disk: Iterable[st
     if "template" in fields:
         out["template"] = fields["template"] or NONE
     if "width" in fields or "height" in fields:
+    if "layout" in fields:
+        out["layout"] = fields["layout"] or NONE
         out["size"] = size_value(fields.get("width"), fields.get("height"), demo)
     if "loras" in fields:
         weights = {lo["name"]: lo.get("weight", 1.0) for lo in fields["loras"] or []}

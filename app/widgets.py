@@ -12,8 +12,9 @@ from typing import Any
 import gradio as gr
 
 from pipelines.samplers import SAMPLER_TITLES
-from pipelines.speed import SPEED_MODES
 from pipelines.settings import Settings
+from pipelines.speed import SPEED_MODES
+from pipelines.multi_person import list_layouts
 from pipelines.templates import list_templates
 from pipelines.upscale import UPSCALERS
 
@@ -225,6 +226,8 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
                 label="Second person's photos (two people in one picture)", file_count="multiple",
                 type="filepath", file_types=PHOTO_TYPES, elem_id="photos-2",
             )
+            by_key["layout"] = gr.Dropdown([(NONE, NONE)] + [(n, n) for n in list_layouts()], value=d["layout"],
+                                           label="Two-person layout (default two-side-by-side)", elem_id="layout")
         with gr.Row():
             by_key["loras"] = gr.Dataframe(
                 value=lora_rows(lora_names(settings.loras_dir)), headers=["LoRA", "weight"],
