@@ -14,8 +14,9 @@ No positional lists anywhere, and no gradio here (testable alone)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pipelines.errors import BadInput
 from pipelines.identity import DEFAULT_METHOD, method_family, method_info
@@ -75,8 +76,8 @@ UI_DEFAULTS: dict[str, Any] = {
     "template": NONE,
     "template_strength": _default("template_strength"),
     "photos_2": None,
-}
     "layout": NONE,
+}
 # widgets that hold a method's reference recipe (W+: Euler, cfg 7.5, its negative prompt)
 RECIPE_KEYS = ("sampler", "cfg", "negative")
 # request fields copied as they are
@@ -159,7 +160,7 @@ def loras_from_rows(rows) -> list[dict]:
     if hasattr(rows, "values") and hasattr(rows, "columns"):  # a pandas frame
         rows = rows.values.tolist()
     out = []
-    for i, row in enumerate(rows or []):
+    for row in rows or []:
         if not row or row[0] is None or not str(row[0]).strip():
             continue
         name = str(row[0]).strip()
@@ -304,9 +305,9 @@ def request_data(values: dict[str, Any], demo: bool, presets_dir: Path | str | N
     photos_2 = photo_paths(values.get("photos_2"))
     if photos_2:  # a second person: two people in one picture
         data["photos_2"] = photos_2
-    data["width"], data["height"] = parse_size(v.get("size"), demo)
         if (v.get("layout") or NONE) != NONE:
             data["layout"] = v["layout"]
+    data["width"], data["height"] = parse_size(v.get("size"), demo)
     data["loras"] = loras_from_rows(v.get("loras"))
     if method_family(data["method"]) == "sd15":  # an SD1.5 method runs on the SD1.5 base
         data["base_model"] = DEFAULT_BASE["sd15"]
@@ -343,9 +344,9 @@ def ui_from_fields(fields: dict[str, Any], demo: bool, lora_on_disk: Iterable[st
         out["pose"] = fields["pose"] or NONE
     if "template" in fields:
         out["template"] = fields["template"] or NONE
-    if "width" in fields or "height" in fields:
     if "layout" in fields:
         out["layout"] = fields["layout"] or NONE
+    if "width" in fields or "height" in fields:
         out["size"] = size_value(fields.get("width"), fields.get("height"), demo)
     if "loras" in fields:
         weights = {lo["name"]: lo.get("weight", 1.0) for lo in fields["loras"] or []}
