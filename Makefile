@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run demo test test-slow install install-test browser clean
+.PHONY: run demo lint test test-slow install install-test browser clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,7 +41,11 @@ run: install
 demo: install
 	$(BIN)/python launch.py --demo ui
 
-test: install-test
+# lint first ([tool.ruff] in pyproject.toml), then the tests
+lint: install-test
+	$(BIN)/ruff check .
+
+test: install-test lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 test-slow: install-test

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pipelines.errors import Cancelled
 from pipelines.memory import free_memory

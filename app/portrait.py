@@ -18,8 +18,19 @@ from pipelines.settings import Settings
 from .jobs import CancelRegistry, EngineHolder, run_job
 from .progress import StepClock, describe_step, format_seconds, step_preview
 from .requests_map import (
-    NONE, RECIPE_KEYS, caption, hide_upload_paths, likeness_text, lora_names, lora_rows, photo_paths, request_data,
-    request_from_ui, speed_widget_values, switch_method, ui_from_fields,
+    NONE,
+    RECIPE_KEYS,
+    caption,
+    hide_upload_paths,
+    likeness_text,
+    lora_names,
+    lora_rows,
+    photo_paths,
+    request_data,
+    request_from_ui,
+    speed_widget_values,
+    switch_method,
+    ui_from_fields,
 )
 from .widgets import PortraitWidgets
 

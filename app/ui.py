@@ -4,7 +4,6 @@ widgets become typed requests (`app.requests_map`), engine errors become
 
 from __future__ import annotations
 
-
 import gradio as gr
 
 from pipelines.settings import DEMO_BANNER, Settings

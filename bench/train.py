@@ -146,7 +146,7 @@ def tiny_plain(args) -> dict:
     w, h = sample.size
     time_ids = torch.tensor([[sample.original_size[0], sample.original_size[1], 0, 0, h, w]], device=device)
     times = []
-    for step in range(args.warmup + args.steps):
+    for _step in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         with torch.autocast(device_type=device, dtype=dtype, enabled=device == "cuda"):
             with torch.no_grad():

@@ -4,7 +4,8 @@ parse and validation failures into a `BadInput` naming the file and the key."""
 from __future__ import annotations
 
 import json
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 

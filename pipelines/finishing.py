@@ -37,7 +37,7 @@ class FinishingSteps:
 
     @classmethod
     def for_request(cls, engine, req, run, pipe, method, cond, units, identity, width: int, height: int,
-                    cancel=None, people=None) -> "FinishingSteps | None":
+                    cancel=None, people=None) -> FinishingSteps | None:
         """The steps of `req`, or None when it asks for none. Sizes are checked here,
         before any denoising (an upscale over the pixel cap is a BadInput)."""
         if req.face_detail:

@@ -40,8 +40,9 @@ import os
 import stat as _stat
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -70,7 +71,7 @@ MAX_ASPECT = 20
 NEUTRAL_BACKGROUND = (128, 128, 128)
 _DRAFT_SLACK = 0.9
 
-PhotoSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
+PhotoSource = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
 
 # Guards the Pillow globals we override while decoding.
 _PIL_STATE_LOCK = threading.RLock()

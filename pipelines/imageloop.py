@@ -24,8 +24,9 @@ repeat itself), and when the free VRAM covers the estimate below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from .errors import Cancelled
 

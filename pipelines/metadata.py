@@ -19,8 +19,9 @@ import io
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError

@@ -319,8 +319,8 @@ def _identity_entry(engine, identity) -> dict:
 def score_people(engine, image, people: People, method: str) -> list[dict]:
     """Likeness per person: the output's face whose centre lies in the person's box
     (the largest such), against that person's photos."""
-    from .scoring import _unit, reference_embeddings, scorer_pack
     from .detail import detect_faces
+    from .scoring import _unit, reference_embeddings, scorer_pack
 
     pack = scorer_pack(method)
     if not (engine.settings.demo or engine.store.status(pack).present):

@@ -13,8 +13,9 @@ With demo models the recognisers have random weights: scores prove the wiring on
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

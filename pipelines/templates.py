@@ -100,9 +100,8 @@ def load_template(engine, req) -> Template:
     from PIL import Image
 
     from .detail import detect_faces
-    from .imageio import load_photo_array
-
     from .finishing import check_denoise_steps
+    from .imageio import load_photo_array
 
     check_denoise_steps(req.steps, req.template_strength, "template_strength")
     path = resolve_template(engine.settings, req.template)

@@ -224,7 +224,10 @@ def hires_pass(engine, ctx, image, req, seed: int, index: int = 0):
     kwargs = engine._call_kwargs(req, ctx.cond, ctx.units, w, h, seed, None, ctx.cancel, index)
     if ctx.units:
         imgs = kwargs.pop("image")
-        resize = (lambda im: im.resize((w, h), Image.Resampling.BILINEAR))
+
+        def resize(im):
+            return im.resize((w, h), Image.Resampling.BILINEAR)
+
         kwargs["control_image"] = [resize(i) for i in imgs] if isinstance(imgs, list) else resize(imgs)
     kwargs.update(image=image, strength=req.hires_strength)
     accepted = set(inspect.signature(run.__call__).parameters)

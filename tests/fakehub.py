@@ -89,7 +89,7 @@ class FakeHub:
         return [r for r in self.requests if r.method == "GET" and r.path.endswith(path_suffix)]
 
     # ---- lifecycle -----------------------------------------------------------
-    def start(self) -> "FakeHub":
+    def start(self) -> FakeHub:
         hub = self
 
         class Handler(_Handler):
@@ -107,7 +107,7 @@ class FakeHub:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -26,7 +26,13 @@ import pytest
 
 from pipelines.batch import jobfile as jf
 from pipelines.batch.manifest import (
-    MANIFEST_NAME, append_record, is_done, load_state, merge_shards, read_manifest, shard_path,
+    MANIFEST_NAME,
+    append_record,
+    is_done,
+    load_state,
+    merge_shards,
+    read_manifest,
+    shard_path,
 )
 from pipelines.batch.runner import run_job
 from pipelines.errors import BadInput, UnreadableImage

@@ -79,7 +79,7 @@ def test_switching_and_unloading_restore_the_base(engine, photos_dir, tiny_model
     gen(engine, photos_dir, method="faceid")
     after, _ = gen(engine, photos_dir, method="none", photos=[])
     assert (before[0] == after[0]).all()
-    assert not getattr(engine.pipeline(), "unet").peft_config if hasattr(engine.pipeline().unet, "peft_config") else True
+    assert not engine.pipeline().unet.peft_config if hasattr(engine.pipeline().unet, "peft_config") else True
     assert engine.pipeline().unet.encoder_hid_proj is None
     fresh = Engine(load_settings(models_dir=tiny_models_dir, outputs_dir=tmp_path, device="cpu",
                                  dtype="float32", demo=True))

@@ -244,7 +244,7 @@ def test_face_sim_of_outputs_with_faces_reaches_the_table(demo_settings, eval_in
                       methods=["faceid", "instantid"], out_dir=str(tmp_path / "out"))
     report = run_eval(engine, req, clip=SimpleNamespace(score=lambda image, prompt: 12.5), log=lambda m: None)
     rows = {r.method: r for r in report.rows if r.kind == "method"}
-    for m, r in rows.items():
+    for r in rows.values():
         assert r.count == 4 and r.face_rate == 1.0 and r.clip_t == 12.5 and r.sec_per_image == 0.5
         assert r.face_sim_max > 0.97 and -1.0 <= r.face_sim < r.face_sim_max
     summary = {r["method"]: r for r in read_csv(report.files["summary_csv"]) if r["kind"] == "method"}

@@ -271,7 +271,7 @@ def test_photo_upload_without_models_names_the_models_not_the_photo(tmp_path, ph
 
 # ---- 4. training in the UI ends in success, with its preview -------------------------------------
 @pytest.mark.browser
-def test_ui_training_shows_success_and_its_preview(ui_server, photos_dir):
+def test_ui_training_shows_success_and_its_preview(ui_server, photos_dir):  # noqa: F811 (the fixture)
     """The real trainer (demo models, 2 steps) through the web UI in chromium: the
     status says trained, no error toast, and the preview (written beside the LoRA,
     a folder that is never served) shows as an image the browser can fetch."""
@@ -594,11 +594,11 @@ class CancelAfter:
 
 
 def test_cancel_keeps_the_partial_file_and_the_next_download_resumes(tmp_path):
-    from pipelines.errors import Cancelled
-    from pipelines.models.bundles import download_progress, plan
-
     import torch
     from safetensors.torch import save
+
+    from pipelines.errors import Cancelled
+    from pipelines.models.bundles import download_progress, plan
 
     data = save({"w": torch.randn(800_000, generator=torch.Generator().manual_seed(11))})  # 3.2 MB: 1 MiB chunks
     with FakeHub() as hub:

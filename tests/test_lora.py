@@ -89,8 +89,8 @@ def generate(engine, **kw):
 # ------------------------------------------------------------------ dataset
 def test_cli_train_leaves_out_group_and_cat_and_writes_kohya_lora(trained, dirs, settings):
     from pipelines.lora import kohya
-    from pipelines.outputs import model_hash
     from pipelines.models.store import ModelStore
+    from pipelines.outputs import model_hash
 
     err = trained["stderr"]
     assert f"left out {dirs['photos'] / 't1.jpg'}: group photo: 6 faces" in err
@@ -245,7 +245,7 @@ def test_kohya_file_loads_in_diffusers_and_reproduces_the_adapter(settings, tmp_
 
     from pipelines.lora import kohya
     from pipelines.lora.manager import LoraManager
-    from pipelines.lora.train import UNET_TARGETS, TEXT_TARGETS, add_lora, load_base
+    from pipelines.lora.train import TEXT_TARGETS, UNET_TARGETS, add_lora, load_base
     from pipelines.models.store import ModelStore
 
     pipe = load_base(ModelStore(settings), "sdxl-base", torch.float32)
@@ -434,7 +434,7 @@ def test_two_process_accelerate_run(dirs, settings, tmp_path):
 
 def test_option_and_checkpoint_errors_are_clear(tmp_path):
     from pipelines.lora.dataset import DatasetOptions
-    from pipelines.lora.train import Checkpoints, default_steps, make_plan, TrainConfig
+    from pipelines.lora.train import Checkpoints, TrainConfig, default_steps, make_plan
 
     with pytest.raises(BadInput, match="trigger"):
         DatasetOptions(trigger="a, b")

@@ -199,8 +199,8 @@ class _FileStore:
 
 
 def test_pickles_and_bad_files_are_refused_with_the_file_named(tmp_path):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     pth = tmp_path / "GFPGANv1.4.pth"
     pth.write_bytes(b"not loaded")

@@ -59,7 +59,6 @@ def test_identity_drives_the_face_and_the_seed_replays(engine, photos_dir):
 
 
 def test_instantid_gets_the_template_faces_keypoints(engine, photos_dir, monkeypatch):
-    from pipelines import detail
     from pipelines.pose.render import render_face_keypoints
     from pipelines.templates import load_template
 

@@ -168,8 +168,8 @@ def test_load_e4e_rejects_bad_files(tmp_path):
 def test_align_levels_a_tilted_face_and_flags_small_faces():
     import cv2
 
-    from pipelines.wplus.align import align_face, ensure_face_size
     from pipelines.errors import FaceQualityError
+    from pipelines.wplus.align import align_face, ensure_face_size
 
     # an upright face with eyes 60 px apart, then rotated 25 degrees about (300, 300)
     kps = np.array([[270, 280], [330, 280], [300, 310], [275, 345], [325, 345]], dtype=np.float64)

@@ -278,7 +278,13 @@ def test_wplus_edits_command_lists_every_edit(tiny_models_dir, capsys):
 # ------------------------------------------------------------------ UI mapping
 def test_ui_edit_table_and_recipe_widgets():
     from app.requests_map import (
-        RECIPE_KEYS, UI_DEFAULTS, edit_rows, edits_from_rows, method_recipe, request_data, switch_method,
+        RECIPE_KEYS,
+        UI_DEFAULTS,
+        edit_rows,
+        edits_from_rows,
+        method_recipe,
+        request_data,
+        switch_method,
         ui_from_fields,
     )
 

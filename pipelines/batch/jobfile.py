@@ -362,7 +362,7 @@ def _parse(path: Path) -> tuple[Any, _Lines]:
     return data, _Lines(root)
 
 
-def load_job(path: Path | str, demo: bool = False, uploads: "Uploads | None" = None,
+def load_job(path: Path | str, demo: bool = False, uploads: Uploads | None = None,
              presets_dir: Path | str | None = None) -> Job:
     """Read, validate and expand a job file; `BadInput` naming the key and line.
     With `uploads` (a job sent through the web UI or the API) the file may name
@@ -440,7 +440,7 @@ class Uploads:
     cards_dir: Path | None = None
 
     @classmethod
-    def from_files(cls, files, cards_dir: Path | None = None) -> "Uploads":
+    def from_files(cls, files, cards_dir: Path | None = None) -> Uploads:
         photos: dict[str, Path] = {}
         for f in files or ():
             p = Path(f)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import datetime as _dt
 import itertools
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator

@@ -21,7 +21,6 @@ from pathlib import Path
 from ..paths import atomic_path, atomic_write_text
 
 
-
 def method_title(method: str) -> str:
     """A method's full name for the report (from the method registry)."""
     from ..identity import method_info

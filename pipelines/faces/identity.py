@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -71,7 +71,7 @@ class FaceChoice:
                 "bbox": [round(float(v), 1) for v in self.bbox], "note": self.note}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "FaceChoice":
+    def from_dict(cls, d: Mapping) -> FaceChoice:
         x1, y1, x2, y2 = (float(v) for v in d["bbox"])
         return cls(str(d["file"]), int(d["faces"]), int(d["face"]), (x1, y1, x2, y2))
 

@@ -26,7 +26,7 @@ class Conditioning:
     conditioning)."""
 
     call_kwargs: dict[str, Any] = field(default_factory=dict)
-    controlnets: list["ControlUnit"] = field(default_factory=list)
+    controlnets: list[ControlUnit] = field(default_factory=list)
     cross_attention_kwargs: dict[str, Any] = field(default_factory=dict)
     callbacks: list[Any] = field(default_factory=list)  # callback_on_step_end chain
     prompt_suffix: str = ""
@@ -90,7 +90,7 @@ class IdentityMethod(ABC):
                            "re-create it from photos.")
         return emb
 
-    def refresh_adapters(self, pipe, user_lora_weights: dict[str, float]) -> None:
+    def refresh_adapters(self, pipe, user_lora_weights: dict[str, float]) -> None:  # noqa: B027 (optional hook)
         """Called whenever the user LoRAs on `pipe` change, with the active ones
         (peft adapter -> weight): a method with a peft adapter of its own keeps it
         and them active together. Default: nothing to do."""

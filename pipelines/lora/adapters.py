@@ -19,7 +19,7 @@ What is relied on:
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def peft_adapters(model) -> set[str]:

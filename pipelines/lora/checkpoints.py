@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ..errors import BadInput
 
-
 # how the writers report a failed write (disk full, read-only) when it is not an
 # OSError: safetensors' SafetensorError "I/O error: No space left on device (os
 # error 28)", torch.save's RuntimeError "PytorchStreamWriter failed writing file"

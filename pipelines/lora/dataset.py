@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -183,9 +183,9 @@ def upright_crop(rgb: np.ndarray, face, framing: str, bucket: tuple[int, int]) -
     ccx, ccy = cx, cy + drop * size * fit
     left = min(max(ccx - crop_w / 2, 0.0), w - crop_w)
     top = min(max(ccy - crop_h / 2, 0.0), h - crop_h)
-    l, t = int(round(left)), int(round(top))
-    r, b = min(w, l + max(1, int(round(crop_w)))), min(h, t + max(1, int(round(crop_h))))
-    crop = upright[t:b, l:r]
+    x0, y0 = int(round(left)), int(round(top))
+    x1, y1 = min(w, x0 + max(1, int(round(crop_w)))), min(h, y0 + max(1, int(round(crop_h))))
+    crop = upright[y0:y1, x0:x1]
     interp = cv2.INTER_AREA if crop.shape[1] > bw else cv2.INTER_CUBIC
     out = cv2.resize(np.ascontiguousarray(crop), (bw, bh), interpolation=interp)
     return np.ascontiguousarray(out), (int(crop.shape[0]), int(crop.shape[1]))

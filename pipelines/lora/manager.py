@@ -24,9 +24,9 @@ import hashlib
 import re
 import threading
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import BadInput, ModelError
 from ..models.hashing import file_problem, sha256_file

@@ -39,9 +39,10 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,7 +53,7 @@ from ..paths import confine
 from ..processes import main_process_first
 from . import kohya
 from .checkpoints import Checkpoints, write_error
-from .dataset import DatasetOptions, TrainingSet, preview_grid, prepare_dataset
+from .dataset import DatasetOptions, TrainingSet, prepare_dataset, preview_grid
 from .manager import normalize_name
 
 TrainCallback = Callable[[dict], None]
@@ -320,7 +321,7 @@ class LoraTrainer:
         opts = options or DatasetOptions(demo=self.settings.demo)
         with main_process_first(cpu=self.settings.resolve_device() == "cpu"):  # it fetches/builds the face models
             analyzer = self.analyzer()
-            analyzer.detector  # loads the pack now
+            _ = analyzer.detector  # loads the pack now
         return prepare_dataset(photos, analyzer, opts, max_pixels=self.settings.max_image_pixels,
                                max_side=self.settings.max_photo_side)
 

@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from ..errors import BadInput, Cancelled, DownloadError, LicenseNotAccepted, ModelError, ModelMissing
 from ..paths import atomic_path, atomic_write_text, check_name, confine, sanitize_name
 from .catalog import Catalog, ModelEntry, ModelFile, is_allowed_url, load_catalog

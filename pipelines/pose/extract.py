@@ -18,14 +18,18 @@ import contextlib
 import importlib
 import types
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from ..errors import BadInput, ModelError, ModelMissing
-from .templates import BODY_KEYPOINTS, MIN_BODY_POINTS, PoseTemplate
-from .templates import save_template as save_template  # re-exported: extract -> save
+from .templates import (
+    BODY_KEYPOINTS,
+    MIN_BODY_POINTS,
+    PoseTemplate,
+    save_template as save_template,  # re-exported: extract -> save
+)
 
 ANNOTATOR_MODEL = "openpose-annotator"
 BODY_STEM, HAND_STEM, FACE_STEM = "body_pose_model", "hand_pose_model", "facenet"

@@ -18,8 +18,9 @@ aliases when it shrinks), enlarging uses bicubic interpolation.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -5,7 +5,8 @@ lookup, nothing else of the engine."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -17,9 +17,9 @@ import importlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 MARKER = ".tiny-pack.json"
 

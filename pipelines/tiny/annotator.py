@@ -149,7 +149,7 @@ def _peak(f) -> float:
     return float(i)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lean_for(offset: int, cells: int = _SQUARE_MAP) -> float:
     """The lean that puts the peak `offset` cells from the middle (bisection:
     the peak moves monotonically against the lean)."""
