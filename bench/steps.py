@@ -114,7 +114,6 @@ def step_costs(engine, ctx, args, request, load_sdxl) -> dict:
         two_s, one_s = _median(lambda: gen(two), n), _median(lambda: gen(base_req), n)
         out["two_people"] = {"engine_seconds": round(two_s, 4), "one_person_seconds": round(one_s, 4),
                              "ratio": round(two_s / one_s, 3) if one_s > 0 else None}
-    del inpaint
     return out
 
 

@@ -32,15 +32,19 @@ list the generation ran with; `--pose-scale 0` removes its effect.
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 MASK_DILATE = 4  # px, RECT kernel (ADetailer default)
 MASK_BLUR = 4  # sigma, A1111 mask blur default
 CROP_PADDING = 32  # px, A1111 "only masked padding" default
 
 
-def face_mask(size: tuple[int, int], box) -> "Image.Image":
+def face_mask(size: tuple[int, int], box) -> Image.Image:
     """The feathered mask (PIL "L", full canvas) of one face box."""
     import cv2
     from PIL import Image
