@@ -241,9 +241,9 @@ def list_poses_data(settings) -> list[dict]:
 
 
 def list_models_data(settings) -> list[dict]:
-    from pipelines.models.store import ModelStore
+    from pipelines.stores import open_store
 
-    store = ModelStore(settings)
+    store = open_store(settings)
     out = []
     for e in store.catalog:
         st = store.status(e.name)

@@ -17,9 +17,9 @@ BUNDLE_PREFIX = "bundle: "
 
 
 def _store(settings: Settings):
-    from pipelines.models.store import ModelStore
+    from pipelines.stores import open_store
 
-    return ModelStore(settings)
+    return open_store(settings)
 
 
 def missing_text(store, missing: list[str], choice: tuple[str, ...] = ()) -> str:

@@ -115,17 +115,17 @@ class PortraitTab:
     def missing_for(self, method: str) -> list[str]:
         """The models `method` needs here that are not downloaded (none in demo mode)."""
         from pipelines.models.bundles import method_models, missing_models, plain_models
-        from pipelines.models.store import ModelStore
+        from pipelines.stores import open_store
 
         names = method_models(method, self.settings) if method != "none" else plain_models(self.settings)
-        return missing_models(ModelStore(self.settings), names)
+        return missing_models(open_store(self.settings), names)
 
     def missing_report(self, method: str, missing: list[str]) -> str:
-        from pipelines.models.store import ModelStore
+        from pipelines.stores import open_store
 
         from .models_tab import missing_text
 
-        return missing_text(ModelStore(self.settings), missing, (method,) if method != "none" else ())
+        return missing_text(open_store(self.settings), missing, (method,) if method != "none" else ())
 
     # ---------------------------------------------------------------- presets
     def preset_fields(self, name: str) -> dict:

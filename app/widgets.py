@@ -11,10 +11,10 @@ from typing import Any
 
 import gradio as gr
 
+from pipelines.multi_person import list_layouts
 from pipelines.samplers import SAMPLER_TITLES
 from pipelines.settings import Settings
 from pipelines.speed import SPEED_MODES
-from pipelines.multi_person import list_layouts
 from pipelines.templates import list_templates
 from pipelines.upscale import UPSCALERS
 
@@ -49,10 +49,10 @@ class PortraitWidgets:
 
 def wplus_edit_names(settings: Settings) -> list[str]:
     """Every W+ edit name when the direction files are here (else none)."""
-    from pipelines.models.store import ModelStore
+    from pipelines.stores import open_store
     from pipelines.wplus.edits import available_edit_names
 
-    return available_edit_names(ModelStore(settings))
+    return available_edit_names(open_store(settings))
 
 
 def method_choices() -> list[tuple[str, str]]:

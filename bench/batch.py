@@ -53,8 +53,8 @@ def parse_args(argv=None):
 
 
 def make_store(args, models_dir: Path):
-    from pipelines.models.store import ModelStore
     from pipelines.settings import load_settings
+    from pipelines.stores import open_store
 
     settings = load_settings(models_dir=models_dir, outputs_dir=models_dir.parent / "outputs", device=args.device,
                              dtype=args.dtype, demo=True, accept_research_licenses=True)
@@ -63,7 +63,7 @@ def make_store(args, models_dir: Path):
         from bench.fullsize import fullsize_catalog
 
         catalog = fullsize_catalog()
-    return settings, ModelStore(settings, catalog=catalog)
+    return settings, open_store(settings, catalog=catalog)
 
 
 def write_job(folder: Path, args) -> Path:

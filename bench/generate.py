@@ -386,10 +386,10 @@ def run(args) -> dict:
 
     from pipelines.engine import Engine
     from pipelines.errors import BadInput
-    from pipelines.models.store import ModelStore
     from pipelines.requests import GenerateRequest
     from pipelines.settings import load_settings
     from pipelines.speed import SPEED_MODES
+    from pipelines.stores import open_store
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -416,7 +416,7 @@ def run(args) -> dict:
             catalog, label = fullsize.fullsize_catalog(), fullsize.MODELS_LABEL
         else:
             catalog, label = None, TINY_LABEL
-        store = ModelStore(settings, catalog=catalog)
+        store = open_store(settings, catalog=catalog)
         use_fix = dtype == torch.float16  # the engine's vae="auto" rule for SDXL
         t0 = time.perf_counter()
         prepare(store, args.methods, use_fix, args.speeds)

@@ -53,10 +53,10 @@ class GenerateResult:
 
 class Engine:
     def __init__(self, settings: Settings, store=None):
-        from .models.store import ModelStore
+        from .stores import open_store
 
         self.settings = settings
-        self.store = store or ModelStore(settings)
+        self.store = store or open_store(settings)
         self.device = settings.resolve_device()
         self.dtype = settings.resolve_dtype(self.device)
         self._lock = threading.RLock()

@@ -275,7 +275,7 @@ def instantid_two_person(engine, pipe, method, cond, identity_a, identity_b, lay
     """Turn person 1's InstantID `cond` into the two-person conditioning."""
     import torch
 
-    from .identity.base import ControlUnit
+    from .types import ControlUnit
     from .pose.render import render_face_keypoints
 
     if any(p.face is None for p in layout.people[:2]):

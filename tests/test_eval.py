@@ -111,9 +111,9 @@ def test_clip_scorer_loads_the_catalog_model_through_open_clip(demo_settings):
     from safetensors import safe_open
 
     from pipelines.eval import ClipScorer
-    from pipelines.models.store import ModelStore
+    from pipelines.stores import open_store
 
-    store = ModelStore(demo_settings)
+    store = open_store(demo_settings)
     folder = store.ensure("clip-vit-b-32-laion")
     entry = store.catalog.get("clip-vit-b-32-laion")
     assert sorted(f.path for f in entry.files) == sorted(

@@ -18,8 +18,8 @@ import pytest
 from pipelines.cli.main import build_parser, run
 from pipelines.models import bundles
 from pipelines.models.catalog import Catalog, load_catalog
-from pipelines.models.store import ModelStore
 from pipelines.settings import load_settings
+from pipelines.stores import open_store
 from tests.fakehub import FakeHub
 from tests.test_browser import ui_server  # noqa: F401  (the demo UI server fixture)
 
@@ -73,7 +73,7 @@ def collected_hints(tmp_path, photos_dir) -> list[str]:
     from pipelines.restore.spandrel_restorer import load_descriptor
 
     messages: list[str] = []
-    store = ModelStore(real_settings(tmp_path, dtype="float16"))
+    store = open_store(real_settings(tmp_path, dtype="float16"))
     for entry in store.catalog:  # the store's own "not downloaded" errors
         with pytest.raises(LikenessError) as exc:
             store.ensure(entry.name)
@@ -109,7 +109,7 @@ def test_every_suggested_command_parses_with_the_real_parser(tmp_path, photos_di
     assert any("sdxl-vae-fp16-fix" in c for c in readme_commands())  # the GPU default dtype needs it
     parser = build_parser()
     settings = real_settings(tmp_path)
-    store = ModelStore(settings)
+    store = open_store(settings)
     for command in commands:
         argv = shlex.split(command)
         argv = argv[argv.index("launch.py") + 1:]
@@ -217,7 +217,7 @@ def test_download_for_a_bundle_plans_accepts_once_and_fetches(tmp_path, faceid_h
     assert run([*argv, "--accept-license"]) == 0
     out = capsys.readouterr().out
     assert [ln.split(":")[0] for ln in out.splitlines() if ": ok (" in ln] == names
-    store = ModelStore(real_settings(tmp_path / "x", models_dir=tmp_path / "m"))
+    store = open_store(real_settings(tmp_path / "x", models_dir=tmp_path / "m"))
     assert all(store.status(n).verified for n in names)
     assert run([*argv, "--accept-license"]) == 0  # a second run downloads nothing
     assert "already here" in capsys.readouterr().out and len(file_gets(hub)) == len(names)
@@ -248,7 +248,7 @@ def test_generate_without_models_names_every_missing_model_once(tmp_path, photos
     from pipelines.cli.models import resolve_download
 
     settings = real_settings(tmp_path, dtype="float16")
-    assert set(resolve_download(args, settings, ModelStore(settings))) >= {"gfpgan-v1.4", "sdxl-vae-fp16-fix"}
+    assert set(resolve_download(args, settings, open_store(settings))) >= {"gfpgan-v1.4", "sdxl-vae-fp16-fix"}
 
 
 def test_photo_upload_without_models_names_the_models_not_the_photo(tmp_path, photos_dir):
@@ -265,7 +265,7 @@ def test_photo_upload_without_models_names_the_models_not_the_photo(tmp_path, ph
     assert "Models tab" in report and "bundle faceid" in report and "in all" in report
     # a toast and the API answer say the same, for a missing-models error
     with pytest.raises(bundles.MissingModels) as exc:
-        bundles.require(ModelStore(settings), ["sdxl-base", "buffalo_l"], ("faceid",))
+        bundles.require(open_store(settings), ["sdxl-base", "buffalo_l"], ("faceid",))
     assert "Models tab" in user_error(exc.value).message
 
 
@@ -355,7 +355,7 @@ def test_the_hf_cache_is_verified_and_linked_not_downloaded(tmp_path, monkeypatc
     monkeypatch.setenv(env, str(root))
     monkeypatch.delenv("HF_HUB_CACHE" if env == "HF_HOME" else "HF_HOME", raising=False)
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in cache.rglob("blobs/*")}
-    store = ModelStore(real_settings(tmp_path), hf_base_catalog(BASE_FILES, with_sha=set()))
+    store = open_store(real_settings(tmp_path), hf_base_catalog(BASE_FILES, with_sha=set()))
     folder = store.download("sdxl-base", progress=False)  # HF_HUB_OFFLINE=1: any network use would fail
     for name, data in BASE_FILES.items():
         placed = folder / name
@@ -374,7 +374,7 @@ def test_a_cached_file_that_fails_its_hash_is_not_used(tmp_path, monkeypatch):
     fake_hf_cache(tmp_path / "hub", files, lfs=set(files))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     wrong = {**files, "unet/diffusion_pytorch_model.fp16.safetensors": st_bytes(4)}  # the catalog's bytes differ
-    store = ModelStore(real_settings(tmp_path), hf_base_catalog(wrong, with_sha=set(wrong)))
+    store = open_store(real_settings(tmp_path), hf_base_catalog(wrong, with_sha=set(wrong)))
     with pytest.raises(DownloadError, match="offline"):  # not reused: it would have to download
         store.download("sdxl-base", progress=False)
     assert not (store.folder("sdxl-base") / "unet/diffusion_pytorch_model.fp16.safetensors").exists()
@@ -401,7 +401,7 @@ def test_other_apps_folders_from_extra_model_paths(tmp_path, monkeypatch):
          "files": [{"path": "w600k_r50.onnx", "source": "https://example.invalid/w", "size": 3000,
                     "sha256": hashlib.sha256(blob(3000, 7)).hexdigest()}]}]})
     settings = real_settings(tmp_path, extra_model_paths=yaml_file)
-    store = ModelStore(settings, cat)
+    store = open_store(settings, cat)
     src = comfy / "models" / "ipadapter" / "ip-adapter-faceid-plusv2_sdxl.safetensors"
     stamp = src.stat().st_mtime_ns
     folder = store.download("adapter", progress=False)
@@ -434,7 +434,7 @@ def test_hub_token_and_endpoint_are_honoured(tmp_path, monkeypatch):
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
         cat = Catalog.model_validate({"model": [{"name": "vae-w", "kind": "vae", "source": "hf", "repo": HF_REPO,
                                                  "license": "MIT", "files": [{"path": "w.safetensors"}]}]})
-        store = ModelStore(real_settings(tmp_path), cat)
+        store = open_store(real_settings(tmp_path), cat)
         store.download("vae-w", progress=False)
         gets = [r for r in hub.requests if r.path.endswith("w.safetensors")]
     assert gets and all(r.authorization == "Bearer hf_test_token" for r in gets)
@@ -573,7 +573,7 @@ def test_first_run_card_downloads_the_bundle_then_generation_works(first_run_ser
         finally:
             browser.close()
     base_gets = [r for r in hub.requests if r.method == "GET" and "stable-diffusion-xl" in r.path]
-    store = ModelStore(settings)
+    store = open_store(settings)
     assert all(store.status(n).verified for n in FACEID_BUNDLE)
     if "fake-hf-cache" in os.environ.get("PYTEST_CURRENT_TEST", ""):
         assert base_gets == []  # the base came from the HF cache, verified and linked
@@ -606,7 +606,7 @@ def test_cancel_keeps_the_partial_file_and_the_next_download_resumes(tmp_path):
         cat = Catalog.model_validate({"model": [{"name": "big-model", "kind": "restore", "source": "url",
                                                  "license": "MIT", "files": [{"path": "big.safetensors",
                                                  "source": url, "size": len(data)}]}]})
-        store = ModelStore(real_settings(tmp_path), cat)
+        store = open_store(real_settings(tmp_path), cat)
         todo = plan(store, ["big-model"])
         with pytest.raises(Cancelled, match="run it again to resume"):
             store.download("big-model", progress=False, cancel=CancelAfter(2))  # 1 check before the file, 1 chunk
@@ -646,7 +646,7 @@ def test_other_apps_checkpoints_and_loras_are_listed_and_registered_in_place(tmp
     command = HINT.search(out.split("Other apps")[1]).group(1)
     assert run([*shlex.split(command)[2:], *flags]) == 0  # the suggested command, as printed
     assert "registered" in capsys.readouterr().out
-    store = ModelStore(real_settings(tmp_path))
+    store = open_store(real_settings(tmp_path))
     assert list(store.user_checkpoints().values()) == [sdxl.resolve()]
     assert (sdxl.read_bytes(), sdxl.stat().st_mtime_ns) == before  # read in place, never modified
     assert run(["models", "list", *flags]) == 0
@@ -713,16 +713,16 @@ def test_first_run_card_cancel_then_resume(tmp_path, monkeypatch):
             card.build()
         request = SimpleNamespace(session_hash="s1")
         updates = card.download("none", None, True, request)
-        part = ModelStore(settings).folder("sdxl-base") / "big.safetensors.part"
+        part = open_store(settings).folder("sdxl-base") / "big.safetensors.part"
         while not (part.is_file() and part.stat().st_size > 0):  # wait until bytes are arriving
             assert "fr-total-bar" in next(updates)[card.progress]
         assert card.cancel(request).startswith("Cancelling")
         last = list(updates)[-1]
         assert "Cancelled" in last[card.progress]
-        assert not ModelStore(settings).status("sdxl-base").ok
+        assert not open_store(settings).status("sdxl-base").ok
         last = list(card.download("none", None, True, request))[-1]
         assert "ready" in last[card.progress] and "Models ready" in last[card.done]
-        assert ModelStore(settings).status("sdxl-base").verified
+        assert open_store(settings).status("sdxl-base").verified
         resumed = hub.range_requests("big.bin")
         part_bytes = sum(len(data) - int(r.range.split("=")[1].rstrip("-")) for r in resumed)
         assert len([r for r in hub.requests if r.method == "GET"]) == 2 and part_bytes < len(data)  # resumed

@@ -225,12 +225,12 @@ def _safetensors(path: Path, header: bytes | dict, data: bytes = b"") -> Path:
 def test_hostile_safetensors_headers_are_clear_errors(tmp_path, header):
     from pipelines.lora import kohya
     from pipelines.models.hashing import file_problem
-    from pipelines.models.store import ModelStore
     from pipelines.settings import load_settings
+    from pipelines.stores import open_store
 
     f = _safetensors(tmp_path / "x.safetensors", header, b"\0" * 4)
     assert isinstance(file_problem(f), str)
-    store = ModelStore(load_settings(models_dir=tmp_path / "m"))
+    store = open_store(load_settings(models_dir=tmp_path / "m"))
     with pytest.raises(BadInput, match="checkpoint .*x.safetensors"):
         store.register_checkpoint(f)
     with pytest.raises(BadInput, match="LoRA .*x.safetensors"):
@@ -363,13 +363,13 @@ def test_swapped_checkpoint_is_refused_before_loading(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from pipelines.models.store import ModelStore
     from pipelines.settings import load_settings
+    from pipelines.stores import open_store
 
     ckpt = tmp_path / "mine.safetensors"
     tensors = {"model.diffusion_model.w": torch.zeros(4), "conditioner.embedders.1.w": torch.zeros(4)}
     save_file(tensors, str(ckpt))
-    store = ModelStore(load_settings(models_dir=tmp_path / "m"))
+    store = open_store(load_settings(models_dir=tmp_path / "m"))
     name = store.register_checkpoint(ckpt)
     assert store.checked_checkpoint(name) == ckpt.resolve()
     save_file(tensors, str(ckpt))  # the same bytes written again: new mtime, same hash, accepted

@@ -89,8 +89,8 @@ def generate(engine, **kw):
 # ------------------------------------------------------------------ dataset
 def test_cli_train_leaves_out_group_and_cat_and_writes_kohya_lora(trained, dirs, settings):
     from pipelines.lora import kohya
-    from pipelines.models.store import ModelStore
     from pipelines.outputs import model_hash
+    from pipelines.stores import open_store
 
     err = trained["stderr"]
     assert f"left out {dirs['photos'] / 't1.jpg'}: group photo: 6 faces" in err
@@ -114,7 +114,7 @@ def test_cli_train_leaves_out_group_and_cat_and_writes_kohya_lora(trained, dirs,
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
     assert meta["ss_num_train_images"] == "1" and meta["ss_max_train_steps"] == "4"
     assert meta["ss_output_name"] == "me" and kohya.trigger_words(meta) == ["lkns"]
-    assert meta["ss_new_sd_model_hash"] == model_hash(ModelStore(settings), "sdxl-base")
+    assert meta["ss_new_sd_model_hash"] == model_hash(open_store(settings), "sdxl-base")
 
 
 def test_dataset_reports_blur_tiny_unreadable_and_crops_upright(dirs, settings, tmp_path):
@@ -246,9 +246,9 @@ def test_kohya_file_loads_in_diffusers_and_reproduces_the_adapter(settings, tmp_
     from pipelines.lora import kohya
     from pipelines.lora.manager import LoraManager
     from pipelines.lora.train import TEXT_TARGETS, UNET_TARGETS, add_lora, load_base
-    from pipelines.models.store import ModelStore
+    from pipelines.stores import open_store
 
-    pipe = load_base(ModelStore(settings), "sdxl-base", torch.float32)
+    pipe = load_base(open_store(settings), "sdxl-base", torch.float32)
     pipe.set_progress_bar_config(disable=True)
 
     def run():
@@ -410,9 +410,9 @@ def test_two_process_accelerate_run(dirs, settings, tmp_path):
     completes and one LoRA is written. (`accelerate launch --cpu` starts a single
     process; --multi_gpu with no GPU gives torchrun's 2 CPU processes.)"""
     from pipelines.lora import kohya
-    from pipelines.models.store import ModelStore
+    from pipelines.stores import open_store
 
-    store = ModelStore(settings)
+    store = open_store(settings)
     for name in ("sdxl-base", "buffalo_l"):  # built once here, not raced by the two processes
         store.ensure(name)
 

@@ -327,14 +327,14 @@ def test_committed_previews_match_the_templates(tmp_path):
 # ---- extraction ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def annotator_store(tiny_models_dir, tmp_path_factory):
-    from pipelines.models.store import ModelStore
     from pipelines.settings import load_settings
+    from pipelines.stores import open_store
 
     d = tmp_path_factory.mktemp("pose-settings")
     settings = load_settings(
         models_dir=tiny_models_dir, loras_dir=d / "loras", outputs_dir=d / "out", device="cpu", dtype="float32", demo=True
     )
-    return ModelStore(settings)
+    return open_store(settings)
 
 
 @pytest.fixture(scope="module")

@@ -78,13 +78,13 @@ def sdxl(tmp_path_factory):
     import torch
 
     from pipelines.lora.train import load_base
-    from pipelines.models.store import ModelStore
     from pipelines.settings import load_settings
+    from pipelines.stores import open_store
 
     d = tmp_path_factory.mktemp("p")
     settings = load_settings(models_dir=d / "models", loras_dir=d / "loras", outputs_dir=d / "out",
                              device="cpu", dtype="float32", demo=True, accept_research_licenses=True)
-    pipe = load_base(ModelStore(settings), "sdxl-base", torch.float32)
+    pipe = load_base(open_store(settings), "sdxl-base", torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return settings, pipe
 

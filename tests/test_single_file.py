@@ -39,10 +39,10 @@ def test_single_file_round_trips_through_diffusers_converters(tiny_models_dir, t
     from safetensors.torch import load_file
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from pipelines.models.store import ModelStore
+    from pipelines.stores import open_store
     from pipelines.tiny.single_file import write_sdxl_single_file
 
-    store = ModelStore(_settings(tiny_models_dir, tmp_path))
+    store = open_store(_settings(tiny_models_dir, tmp_path))
     src = store.ensure("sdxl-base")
     ck = load_file(str(write_sdxl_single_file(src, tmp_path / "mine.safetensors")))
 
@@ -72,11 +72,11 @@ def test_single_file_round_trips_through_diffusers_converters(tiny_models_dir, t
 
 def test_registered_checkpoint_generates_like_the_diffusers_base(tmp_path):
     from pipelines.engine import Engine
-    from pipelines.models.store import ModelStore
+    from pipelines.stores import open_store
     from pipelines.tiny.single_file import write_sdxl_single_file
 
     settings = _settings(tmp_path / "models", tmp_path / "out")
-    store = ModelStore(settings)
+    store = open_store(settings)
     path = write_sdxl_single_file(store.ensure("sdxl-base"), tmp_path / "user" / "myModelXL_v2.safetensors")
     name = store.register_checkpoint(path)
     assert name == "myModelXL_v2" and name not in {e.name for e in store.catalog}
@@ -114,14 +114,14 @@ def test_lora_trains_on_a_registered_checkpoint_without_the_sdxl_base(tiny_model
     from pipelines.lora import kohya
     from pipelines.lora.dataset import DatasetOptions
     from pipelines.lora.train import LoraTrainer, TrainConfig
-    from pipelines.models.store import ModelStore
+    from pipelines.stores import open_store
     from pipelines.tiny.single_file import write_sdxl_single_file
 
-    source = ModelStore(_settings(tiny_models_dir, tmp_path / "src")).ensure("sdxl-base")
+    source = open_store(_settings(tiny_models_dir, tmp_path / "src")).ensure("sdxl-base")
     path = write_sdxl_single_file(source, tmp_path / "user" / "myModelXL.safetensors")
 
     settings = _settings(tmp_path / "models", tmp_path / "out")  # a models folder without sdxl-base
-    store = ModelStore(settings)
+    store = open_store(settings)
     name = store.register_checkpoint(path)
     asked: list[str] = []
     ensure = store.ensure

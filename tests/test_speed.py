@@ -476,13 +476,13 @@ def test_bench_reports_every_speed_against_plain_diffusers(tiny_models_dir, tmp_
 def test_a_missing_speed_lora_is_named_before_anything_loads(tmp_path):
     from pipelines.errors import LikenessError
     from pipelines.models.bundles import require_for_request
-    from pipelines.models.store import ModelStore
     from pipelines.requests import GenerateRequest
     from pipelines.settings import load_settings
+    from pipelines.stores import open_store
 
     s = load_settings(models_dir=tmp_path / "m", loras_dir=tmp_path / "l", outputs_dir=tmp_path / "o", device="cpu")
     with pytest.raises(LikenessError, match="sdxl-lightning-4step-lora"):
-        require_for_request(GenerateRequest(prompt="x", method="none", speed="turbo"), s, ModelStore(s))
+        require_for_request(GenerateRequest(prompt="x", method="none", speed="turbo"), s, open_store(s))
 
 
 def test_a_method_on_a_distilled_unet_refuses_a_speed_lora():

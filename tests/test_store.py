@@ -22,6 +22,7 @@ from pipelines.models.catalog import Catalog, parse_catalog
 from pipelines.models.convert import convert_pickle_to_safetensors, load_pickle_safely, read_extra
 from pipelines.models.store import ModelStore
 from pipelines.settings import load_settings
+from pipelines.stores import open_store
 from tests.fakehub import FakeHub
 
 REPO = "org/tiny-model"
@@ -55,7 +56,7 @@ def make_store(tmp_path: Path, cat: Catalog, **overrides) -> ModelStore:
         device="cpu",
         **overrides,
     )
-    return ModelStore(settings, cat)
+    return open_store(settings, cat)
 
 
 @pytest.fixture()

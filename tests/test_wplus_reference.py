@@ -14,12 +14,12 @@ ASTRONAUT_KPS = np.array([[177, 111], [209, 112], [195, 130], [180, 152], [208, 
 
 @pytest.fixture(scope="module")
 def store(tiny_models_dir):
-    from pipelines.models.store import ModelStore
     from pipelines.settings import load_settings
+    from pipelines.stores import open_store
 
     settings = load_settings(models_dir=tiny_models_dir, device="cpu", dtype="float32", demo=True,
                              accept_research_licenses=True)
-    return ModelStore(settings)
+    return open_store(settings)
 
 
 @pytest.fixture(scope="module")

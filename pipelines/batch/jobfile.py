@@ -823,9 +823,9 @@ def check_resources(job: Job, settings) -> None:
 
 
 def _user_checkpoints(settings) -> set[str]:
-    from ..models.store import ModelStore
+    from ..stores import open_store
 
     try:
-        return set(ModelStore(settings).user_checkpoints())
+        return set(open_store(settings).user_checkpoints())
     except LikenessError:
         return set()

@@ -36,9 +36,9 @@ def register(sub) -> None:
 
 
 def _store(settings):
-    from ..models.store import ModelStore
+    from ..stores import open_store
 
-    return ModelStore(settings)
+    return open_store(settings)
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

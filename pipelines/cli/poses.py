@@ -26,12 +26,12 @@ def cmd_list(args, settings) -> int:
 
 
 def cmd_extract(args, settings) -> int:
-    from ..models.store import ModelStore
     from ..paths import check_name
     from ..pose.extract import extract_pose
     from ..pose.templates import save_template
+    from ..stores import open_store
 
     check_name(args.name, "--name")
-    template = extract_pose(args.photo, ModelStore(settings), name=args.name)
+    template = extract_pose(args.photo, open_store(settings), name=args.name)
     print(save_template(template, args.name, settings=settings))
     return 0

@@ -27,10 +27,10 @@ def register(sub) -> None:
 
 def cmd_edits(args, settings) -> int:
     """One line per edit: the name --edit takes, its set, the W+ rows it moves."""
-    from ..models.store import ModelStore
+    from ..stores import open_store
     from ..wplus.edits import MAX_STRENGTH, edit_catalog, load_directions
 
-    store = ModelStore(settings)
+    store = open_store(settings)
     rows = edit_catalog(load_directions(store.ensure("wplus-directions")))
     width = max(len(r["name"]) for r in rows)
     for r in rows:
@@ -45,8 +45,8 @@ def cmd_edits(args, settings) -> int:
 
 def cmd_train_wplus(args, settings) -> int:
     from ..errors import BadInput
-    from ..models.store import ModelStore
     from ..paths import check_name, confine
+    from ..stores import open_store
     from ..wplus.adapter import load_adapter_file
     from ..wplus.train import train_wplus
 
@@ -56,7 +56,7 @@ def cmd_train_wplus(args, settings) -> int:
     out_dir = settings.models_dir / "wplus-trained"
     out = confine(out_dir, f"{args.name}.safetensors", "--name")
     min_px = args.min_face_px if args.min_face_px is not None else (64 if settings.demo else 160)
-    result = train_wplus(args.faces, args.base, args.steps, out, ModelStore(settings), settings,
+    result = train_wplus(args.faces, args.base, args.steps, out, open_store(settings), settings,
                          lr=args.lr, seed=args.seed, min_face_px=min_px,
                          progress=lambda d: print(f"step {d.get('step')}/{d.get('steps')} loss {d.get('loss', 0):.4f}",
                                                   file=sys.stderr))

@@ -303,10 +303,10 @@ class LoraTrainer:
     """Prepares photos and trains a LoRA into `<loras_dir>/<name>.safetensors`."""
 
     def __init__(self, settings, store=None):
-        from ..models.store import ModelStore
+        from ..stores import open_store
 
         self.settings = settings
-        self.store = store or ModelStore(settings)
+        self.store = store or open_store(settings)
         self._analyzer = None
 
     # ------------------------------------------------------------ dataset

@@ -8,8 +8,10 @@ Invariants:
   or mismatching download is deleted, never placed, so it is never loaded.
 - Published pickles are opened once, data-only, converted to safetensors, and
   deleted; only the safetensors copy is used (`file_path`).
-- Demo mode builds the tiny pack of an entry and then takes the same road as a
-  download: file check, pins, conversion.
+- Demo mode builds the demo pack of an entry and then takes the same road as a
+  download: file check, pins, conversion. The store does not know how packs are
+  built: it is given a `DemoPacks` (the tiny packs of `pipelines/tiny`, passed by
+  `pipelines/stores.py::open_store`), so this package imports nothing above it.
 
 Pins live in `<root>/pins.json`: {"models": {name: {relpath: {"sha256", "size", ...}}}}.
 """
@@ -27,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import BadInput, Cancelled, DownloadError, LicenseNotAccepted, ModelError, ModelMissing
 from ..paths import atomic_path, atomic_write_text, check_name, confine, sanitize_name
@@ -73,11 +76,26 @@ def _download_hint(entry: ModelEntry) -> str:
     return f"run `{download_command([entry.name], accept_license=entry.research_only)}`"
 
 
+class DemoPacks(Protocol):
+    """Builds the demo pack a catalog entry names (random weights in the published
+    layout) in place of a download."""
+
+    def get(self, name: str) -> object:
+        """The pack's spec; KeyError when no pack has that name."""
+
+    def is_built(self, name: str, folder: Path) -> bool:
+        """Whether `folder` holds the current version of pack `name`."""
+
+    def build_pack(self, name: str, dest: Path) -> Path:
+        """Write pack `name` into `dest` and return the folder written."""
+
+
 class ModelStore:
-    def __init__(self, settings, catalog: Catalog | None = None):
+    def __init__(self, settings, catalog: Catalog | None = None, demo_packs: DemoPacks | None = None):
         self.settings = settings
         self.catalog = catalog if catalog is not None else load_catalog()
         self.demo = bool(settings.demo)
+        self.demo_packs = demo_packs
         self.root = Path(settings.demo_models_dir if self.demo else settings.models_dir)
 
     # ---- where things are ----------------------------------------------------
@@ -468,11 +486,15 @@ class ModelStore:
 
     # ---- demo packs --------------------------------------------------------------------
     def _ensure_demo(self, entry: ModelEntry) -> Path:
-        from .. import tiny
-
+        tiny = self.demo_packs
         folder = self.folder(entry.name)
         if not entry.demo_pack:
             raise ModelMissing(f"model {entry.name} has no demo pack; it cannot be used with --demo.")
+        if tiny is None:
+            raise ModelError(
+                f"this model store was opened without demo packs, so it cannot build {entry.name} in demo "
+                "mode; open it with pipelines.stores.open_store(settings)."
+            )
         try:
             tiny.get(entry.demo_pack)
         except KeyError:

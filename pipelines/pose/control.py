@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import BadInput
-from ..identity.base import ControlUnit
+from ..types import ControlUnit
 
 MODEL = "controlnet-openpose-sdxl"
 PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}

@@ -1,0 +1,24 @@
+"""Opening the model store the way the app uses it.
+
+In demo mode the store builds each model's tiny pack (`pipelines/tiny`: random
+weights in the published layouts) in place of a download. The store itself
+(`pipelines/models/`) sits below everything and knows nothing of the tiny packs;
+this is where the two meet, so every front door and the engine open the store
+here.
+"""
+
+from __future__ import annotations
+
+
+def open_store(settings, catalog=None):
+    """A `ModelStore` for `settings` (its catalog, else the shipped one); with
+    `settings.demo` it is given the tiny packs to build."""
+    from .models.store import ModelStore
+    from .stores import open_store
+
+    demo_packs = None
+    if settings.demo:
+        from . import tiny
+
+        demo_packs = tiny
+    return ModelStore(settings, catalog, demo_packs=demo_packs)
