@@ -142,6 +142,7 @@ class Engine:
             except Exception as exc:  # optional: SDPA stays the default
                 raise ModelError(f"xformers could not be enabled ({exc}); unset LIKENESS_ATTENTION.") from exc
         if s.compile:
+            _allow_compiled_variants()
             pipe.unet.compile()
 
     def release_base(self) -> None:
@@ -567,6 +568,22 @@ def set_freeu(pipe, req: GenerateRequest, cond: Conditioning) -> None:
         cond.recipe["freeu"] = dict(FREEU_SD15)
     else:
         pipe.disable_freeu()
+
+
+COMPILED_VARIANTS = 64
+
+
+def _allow_compiled_variants() -> None:
+    """Dynamo compiles one UNet graph per configuration it sees (each identity
+    method's attention processors, each set of resident LoRA adapters) and reuses
+    it when the configuration comes back; past its default limit of 8 it would
+    run the UNet uncompiled without a word. The limit is raised so that every
+    method x speed combination keeps its graph."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(getattr(cfg, name), COMPILED_VARIANTS))
 
 
 def _init_params(cls) -> set[str]:

@@ -475,7 +475,7 @@ def test_bench_reports_every_speed_against_plain_diffusers(tiny_models_dir, tmp_
 
 def test_a_missing_speed_lora_is_named_before_anything_loads(tmp_path):
     from pipelines.errors import LikenessError
-    from pipelines.models.bundles import require_for_request
+    from pipelines.bundles import require_for_request
     from pipelines.requests import GenerateRequest
     from pipelines.settings import load_settings
     from pipelines.stores import open_store
@@ -519,3 +519,41 @@ def test_make_installs_onnxruntime_gpu_only_where_nvidia_smi_works():
     text = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     assert "nvidia-smi -L" in text and '"onnxruntime-gpu>=1.18"' in text
     assert "pip uninstall -q -y onnxruntime" in text  # the CPU wheel would shadow the GPU one
+
+
+@pytest.mark.slow
+def test_compiled_unet_is_reused_across_method_and_speed_switches(settings, photos_dir, monkeypatch):
+    """torch.compile (LIKENESS_COMPILE=1): each new configuration (method,
+    resident adapters) compiles once; coming back to one compiles nothing. Dynamo's
+    guards and graph cache are the same whatever the backend, so the cheap "eager"
+    backend stands in for inductor here."""
+    import diffusers
+    import torch
+    from torch._dynamo.utils import counters
+
+    from pipelines.engine import COMPILED_VARIANTS, Engine
+    from pipelines.requests import GenerateRequest
+
+    real = torch.nn.Module.compile
+    monkeypatch.setattr(diffusers.UNet2DConditionModel, "compile", lambda self, **kw: real(self, backend="eager"))
+    torch._dynamo.reset()
+    eng = Engine(settings.model_copy(update={"compile": True}))
+    photo = str(photos_dir / "astronaut.png")
+
+    def graphs_added(speed, method):
+        before = counters["stats"]["unique_graphs"]
+        tuned = dict(steps=2, sampler="euler", cfg=5.0) if speed == "quality" else {}
+        eng.generate(GenerateRequest(prompt="x", method=method, speed=speed, photos=[photo] if method != "none" else [],
+                                     **tuned, **FAST))
+        return counters["stats"]["unique_graphs"] - before
+
+    plan = [("quality", "none"), ("quality", "faceid"), ("turbo", "faceid"), ("turbo", "none")]
+    # a configuration is the method plus the set of resident adapters: the first pass
+    # loads the turbo LoRA, so the second pass meets new configurations once more
+    first = [graphs_added(*step) for step in plan * 2]
+    assert sum(first) >= 1  # it does compile
+    again = [graphs_added(*step) for step in plan]
+    assert again == [0] * len(again)  # no recompile per request once a configuration was seen
+    cfg = torch._dynamo.config
+    assert getattr(cfg, "recompile_limit", getattr(cfg, "cache_size_limit", 0)) >= COMPILED_VARIANTS
+    torch._dynamo.reset()
