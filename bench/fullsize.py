@@ -46,8 +46,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipelines.memory import free_memory
-from pipelines.tiny import adapters as tiny_adapters
-from pipelines.tiny import pack
+from pipelines.tiny import adapters as tiny_adapters, pack
 from pipelines.tiny.adapters import (
     FACEID_FILE,
     IDENTITYNET_DIR,

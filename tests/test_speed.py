@@ -262,8 +262,9 @@ def test_ui_performance_choice_maps_to_the_request():
 
 def test_every_sdxl_feature_runs_in_turbo_and_fast(engine, photos_dir, settings):
     """InstantID + pose, restore, and a user LoRA in the few-step modes."""
-    from pipelines.tiny.speed_loras import tiny_speed_lora
     from safetensors.torch import save_file
+
+    from pipelines.tiny.speed_loras import tiny_speed_lora
 
     photo = str(photos_dir / "astronaut.png")
     img, recipe = generate(engine, method="instantid", photos=[photo], speed="turbo", pose="front-headshot")
@@ -474,8 +475,8 @@ def test_bench_reports_every_speed_against_plain_diffusers(tiny_models_dir, tmp_
 
 
 def test_a_missing_speed_lora_is_named_before_anything_loads(tmp_path):
-    from pipelines.errors import LikenessError
     from pipelines.bundles import require_for_request
+    from pipelines.errors import LikenessError
     from pipelines.requests import GenerateRequest
     from pipelines.settings import load_settings
     from pipelines.stores import open_store
