@@ -20,6 +20,23 @@ Rules:
 - `template_strength` (default 0.85) is the denoise of the face region: high
   enough for another person's face, below 1 so the template's light and
   colours carry over (FaceChain's inpaint mode takes the user's strength too).
+
+Why the base UNet and not the SDXL inpainting model: the catalog has
+diffusers/stable-diffusion-xl-1.0-inpainting-0.1 (`sdxl-inpainting`, a 9-channel
+UNet), but templates do not load it, deliberately.
+- The identity adapters (FaceID Plus v2, InstantID's IP part and IdentityNet,
+  PuLID) were trained against the SDXL base UNet; the inpainting UNet is a
+  separate fine-tune they were not trained on, so likeness is not known to carry.
+- The adapters live in the resident base UNet (attention processors, LoRAs,
+  hooks). Using the inpainting UNet would mean a second 5 GB UNet in memory with
+  every adapter installed into it again, for each method, not a small switch.
+- With a 4-channel UNet, diffusers' StableDiffusionXLInpaintPipeline blends the
+  template's noised latents outside the mask at every step
+  (pipeline_stable_diffusion_xl_inpaint.py, `num_channels_unet == 4`), and the
+  result is pasted back through the mask, so the template is kept exactly.
+Users who want the inpainting model for their own workflows can fetch it with
+`models download sdxl-inpainting` and load it with
+`StableDiffusionXLInpaintPipeline.from_pretrained(<folder>, variant="fp16")`.
 """
 
 from __future__ import annotations

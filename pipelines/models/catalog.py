@@ -20,6 +20,7 @@ CATALOG_FILE = ASSETS / "models.toml"
 
 Kind = Literal[
     "sdxl",
+    "sdxl-inpaint",  # an SDXL inpainting model (9-channel UNet); never a base for text-to-image
     "sd15",
     "vae",
     "ip-adapter",

@@ -26,6 +26,7 @@ MARKER = ".tiny-pack.json"
 # modules that register packs (imported lazily on first use)
 _MODULES = (
     "pipelines.tiny.sdxl",
+    "pipelines.tiny.inpaint",
     "pipelines.tiny.speed_loras",
     "pipelines.tiny.taesd",
     "pipelines.tiny.adapters",

@@ -1,0 +1,77 @@
+"""Catalog and wiring gaps: the SDXL inpainting model entry and its tiny pack,
+upscalers in the model bundles and a request's missing-models check, Arc2Face's
+LCM-LoRA speed mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.models.catalog import load_catalog
+from pipelines.tiny import MARKER, build_pack
+
+INPAINT_REV = "115134f363124c53c7d878647567d04daf26e41e"
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MARKER}
+
+
+# ---- SDXL inpainting in the catalog ---------------------------------------------------------------
+def test_inpainting_entry_pins_and_licence():
+    e = load_catalog().get("sdxl-inpainting")
+    assert e.kind == "sdxl-inpaint"
+    assert (e.source, e.repo, e.revision, e.variant) == (
+        "hf", "diffusers/stable-diffusion-xl-1.0-inpainting-0.1", INPAINT_REV, "fp16")
+    assert "RAIL++" in e.license and not e.research_only
+    files = {f.path: f for f in e.files}
+    unet = files["unet/diffusion_pytorch_model.fp16.safetensors"]
+    vae = files["vae/diffusion_pytorch_model.fp16.safetensors"]
+    assert (unet.size, unet.sha256) == (5135178560, "6470840731e98cc16713ddf3ac7ee458c9fdbcb881a98c6727cd4a938f227d3f")
+    assert (vae.size, vae.sha256) == (167335338, "4ad62825e5c8b31eefb77355ba6693785619bf7d669d9b1a6fd9f19dec6d65b3")
+    # every other file is either exactly pinned or carries an estimate (pinned on first download)
+    assert all(f.size is not None or f.approx_size is not None for f in e.files)
+    assert e.planned_size[0] > 6_000_000_000 and e.planned_size[1] is False
+
+
+def test_inpainting_is_not_a_text_to_image_base(tmp_path):
+    from pipelines.errors import BadInput
+    from pipelines.models.bases import base_family
+    from pipelines.settings import load_settings
+    from pipelines.stores import open_store
+
+    store = open_store(load_settings(models_dir=tmp_path / "m", outputs_dir=tmp_path / "o", loras_dir=tmp_path / "l",
+                                     device="cpu", dtype="float32", demo=False))
+    with pytest.raises(BadInput, match="sdxl-inpainting"):
+        base_family(store, "sdxl-inpainting")
+
+
+@pytest.fixture(scope="module")
+def inpaint_pack(tmp_path_factory) -> Path:
+    return build_pack("sdxl-inpainting", tmp_path_factory.mktemp("inpaint") / "sdxl-inpainting")
+
+
+def test_inpainting_pack_has_the_catalog_files_and_a_9_channel_unet(inpaint_pack):
+    from diffusers import StableDiffusionXLInpaintPipeline
+    from PIL import Image
+
+    assert _files(inpaint_pack) == {f.path for f in load_catalog().get("sdxl-inpainting").files}
+    pipe = StableDiffusionXLInpaintPipeline.from_pretrained(inpaint_pack, variant="fp16", torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.config.in_channels == 9
+    image = Image.new("RGB", (64, 64), (200, 120, 90))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+
+    def run(m):
+        return pipe("a face", image=image, mask_image=m, num_inference_steps=2, strength=0.99, height=64,
+                    width=64, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+    out = run(mask)
+    assert out.shape == (64, 64, 3) and float(out.std()) > 0
+    # the 9-channel UNet sees the mask: another mask gives another image
+    other = Image.new("L", (64, 64), 0)
+    other.paste(255, (0, 0, 32, 32))
+    assert not torch.allclose(torch.from_numpy(out), torch.from_numpy(run(other)))
