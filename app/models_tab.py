@@ -25,7 +25,7 @@ def _store(settings: Settings):
 def missing_text(store, missing: list[str], choice: tuple[str, ...] = ()) -> str:
     """What the UI says when models are missing: every one at once, sizes, the
     total, and where to get them."""
-    from pipelines.models.bundles import missing_error
+    from pipelines.bundles import missing_error
 
     return missing_error(store, missing, choice).ui_message
 
@@ -49,7 +49,7 @@ def bundle_table(settings: Settings) -> list[list[str]]:
 
 
 def disk_text(settings: Settings) -> str:
-    from pipelines.models.bundles import free_space
+    from pipelines.bundles import free_space
 
     store = _store(settings)
     return (f"Free disk space in `{store.root}`: **{human_size(free_space(store.root))}**. "
@@ -84,7 +84,7 @@ def download_model(settings: Settings, name: str | None, accept: bool, progress=
     store = _store(settings)
     try:
         if name.startswith(BUNDLE_PREFIX):  # a whole bundle, e.g. "bundle: faceid"
-            from pipelines.models.bundles import check_disk, choice_models, plan
+            from pipelines.bundles import check_disk, choice_models, plan
 
             todo = plan(store, choice_models(name[len(BUNDLE_PREFIX):].split(), settings, store.catalog))
             check_disk(todo)
@@ -107,7 +107,7 @@ def download_model(settings: Settings, name: str | None, accept: bool, progress=
 
 
 def build_models(settings: Settings, app_load) -> None:
-    from pipelines.models.bundles import bundle_choices
+    from pipelines.bundles import bundle_choices
 
     names = [f"{BUNDLE_PREFIX}{b}" for b in bundle_choices()] + [e.name for e in _store(settings).catalog]
     table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="model-status",
@@ -154,7 +154,7 @@ def choice_for(method: str | None, preset: str | None) -> tuple[str, ...]:
 
 
 def needed_models(settings: Settings, choice: tuple[str, ...]) -> list[str]:
-    from pipelines.models.bundles import choice_models, plain_models
+    from pipelines.bundles import choice_models, plain_models
 
     if not choice:
         return plain_models(settings)
@@ -163,7 +163,7 @@ def needed_models(settings: Settings, choice: tuple[str, ...]) -> list[str]:
 
 def card_text(settings: Settings, choice: tuple[str, ...]) -> tuple[str, bool, str]:
     """(markdown, visible, button label) of the first-run card for `choice`."""
-    from pipelines.models.bundles import plan
+    from pipelines.bundles import plan
 
     if settings.demo:  # demo mode builds its tiny packs locally on first use: nothing to download
         return "", False, "Download"
@@ -209,7 +209,7 @@ def progress_html(rows, current: str | None, note: str = "") -> str:
 def preset_gallery_items(settings: Settings) -> list[tuple]:
     """The preset cards with what each would still download here in the caption
     (just the title when nothing is missing, e.g. in demo mode)."""
-    from pipelines.models.bundles import plan
+    from pipelines.bundles import plan
 
     from .widgets import preset_cards
 
@@ -249,8 +249,8 @@ class FirstRunCard:
     def download(self, method, preset, accept, request: gr.Request):
         import threading
 
+        from pipelines.bundles import check_disk, download_progress, plan
         from pipelines.errors import Cancelled, LicenseNotAccepted
-        from pipelines.models.bundles import check_disk, download_progress, plan
 
         from .portrait import session_of
 

@@ -114,7 +114,7 @@ class PortraitTab:
 
     def missing_for(self, method: str) -> list[str]:
         """The models `method` needs here that are not downloaded (none in demo mode)."""
-        from pipelines.models.bundles import method_models, missing_models, plain_models
+        from pipelines.bundles import method_models, missing_models, plain_models
         from pipelines.stores import open_store
 
         names = method_models(method, self.settings) if method != "none" else plain_models(self.settings)

@@ -311,7 +311,7 @@ class Engine:
                     f"method {req.method!r} runs on {method_cls.base.upper()} bases; "
                     f"base_model {req.base_model!r} is {family.upper()}."
                 )
-            from .models.bundles import require_for_request
+            from .bundles import require_for_request
 
             require_for_request(req, self.settings, self.store)  # one error naming every missing model
             identity = None

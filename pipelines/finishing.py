@@ -47,7 +47,7 @@ class FinishingSteps:
         if not (req.face_detail or req.upscale != 1 or people is not None):
             return None
         if req.upscale != 1:
-            from .models.bundles import missing_error, missing_models
+            from .bundles import missing_error, missing_models
             from .upscale import check_upscale, upscaler_spec
 
             check_upscale(width, height, req.upscale, engine.settings.max_image_pixels)

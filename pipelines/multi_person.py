@@ -275,8 +275,8 @@ def instantid_two_person(engine, pipe, method, cond, identity_a, identity_b, lay
     """Turn person 1's InstantID `cond` into the two-person conditioning."""
     import torch
 
-    from .types import ControlUnit
     from .pose.render import render_face_keypoints
+    from .types import ControlUnit
 
     if any(p.face is None for p in layout.people[:2]):
         raise BadInput(f"layout {layout.name!r}: InstantID needs face points for each person's box.")

@@ -14,7 +14,6 @@ def open_store(settings, catalog=None):
     """A `ModelStore` for `settings` (its catalog, else the shipped one); with
     `settings.demo` it is given the tiny packs to build."""
     from .models.store import ModelStore
-    from .stores import open_store
 
     demo_packs = None
     if settings.demo:

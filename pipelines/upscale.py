@@ -84,7 +84,7 @@ def load_upscaler_descriptor(path: Path | str, spec: UpscalerSpec):
     from safetensors import SafetensorError
     from spandrel import MAIN_REGISTRY, ModelLoader, UnsupportedModelError
 
-    from .models.bundles import model_command
+    from .models.commands import model_command
     from .restore.spandrel_restorer import _unwrap
 
     path = Path(path)

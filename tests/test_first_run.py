@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pipelines import bundles
 from pipelines.cli.main import build_parser, run
-from pipelines.models import bundles
 from pipelines.models.catalog import Catalog, load_catalog
 from pipelines.settings import load_settings
 from pipelines.stores import open_store
@@ -123,10 +123,10 @@ def test_every_suggested_command_parses_with_the_real_parser(tmp_path, photos_di
 
 
 def test_hints_come_from_one_function():
-    """No module spells a download command itself: they all call bundles.download_command."""
+    """No module spells a download command itself: they all call models/commands.py's download_command."""
     offenders = []
     for path in [*(REPO / "pipelines").rglob("*.py"), *(REPO / "app").rglob("*.py")]:
-        if path.name == "bundles.py" and path.parent.name == "models":
+        if path.name == "commands.py" and path.parent.name == "models":
             continue
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if re.search(r"launch\.py[^\n]*models download", line):
@@ -597,8 +597,8 @@ def test_cancel_keeps_the_partial_file_and_the_next_download_resumes(tmp_path):
     import torch
     from safetensors.torch import save
 
+    from pipelines.bundles import download_progress, plan
     from pipelines.errors import Cancelled
-    from pipelines.models.bundles import download_progress, plan
 
     data = save({"w": torch.randn(800_000, generator=torch.Generator().manual_seed(11))})  # 3.2 MB: 1 MiB chunks
     with FakeHub() as hub:

@@ -49,7 +49,7 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 def bundle_rows(store, settings) -> list[tuple[str, str, str, str]]:
     """(bundle, models, total size, still to download) for every bundle choice."""
-    from ..models.bundles import bundle_choices, choice_models, plan
+    from ..bundles import bundle_choices, choice_models, plan
     from ..models.catalog import human_size
 
     rows = []
@@ -63,7 +63,7 @@ def bundle_rows(store, settings) -> list[tuple[str, str, str, str]]:
 
 
 def cmd_list(args, settings) -> int:
-    from ..models.bundles import free_space
+    from ..bundles import free_space
     from ..models.catalog import human_size
 
     store = _store(settings)
@@ -98,8 +98,8 @@ def _names(store, names: list[str]) -> list[str]:
 
 def resolve_download(args, settings, store) -> list[str]:
     """The models `models download` would fetch for these arguments (validated)."""
+    from ..bundles import bundle_choices, choice_models
     from ..errors import BadInput
-    from ..models.bundles import bundle_choices, choice_models
 
     names = _names(store, list(args.names or []))
     if args.bundle:
@@ -122,8 +122,8 @@ def _accept(plan, settings, args) -> bool:
 
 
 def cmd_download(args, settings) -> int:
+    from ..bundles import check_disk, plan
     from ..errors import LicenseNotAccepted, LikenessError
-    from ..models.bundles import check_disk, plan
 
     store = _store(settings)
     todo = plan(store, resolve_download(args, settings, store))
@@ -153,8 +153,8 @@ def cmd_download(args, settings) -> int:
 
 
 def cmd_verify(args, settings) -> int:
+    from ..bundles import choice_command
     from ..errors import LikenessError
-    from ..models.bundles import choice_command
 
     store = _store(settings)
     names = _names(store, args.names) if args.names else [e.name for e in store.catalog]

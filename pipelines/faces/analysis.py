@@ -110,7 +110,7 @@ def check_pack_folder(folder: Path | str, pack: str) -> Path:
     folder = Path(folder)
     files = expected_files(pack)
     listing = ", ".join(files)
-    from ..models.bundles import model_command
+    from ..models.commands import model_command
 
     fix = f"run `{model_command(pack)}` or put those files directly in that folder"
     if not folder.is_dir():

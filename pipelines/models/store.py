@@ -71,7 +71,7 @@ class ModelStatus:
 
 
 def _download_hint(entry: ModelEntry) -> str:
-    from .bundles import download_command
+    from .commands import download_command
 
     return f"run `{download_command([entry.name], accept_license=entry.research_only)}`"
 

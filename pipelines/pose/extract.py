@@ -83,7 +83,7 @@ def load_annotator_weights(folder: Path | str, stem: str) -> tuple[dict, Path]:
         from ..models.convert import load_pickle_safely
 
         return load_pickle_safely(pth), pth
-    from ..models.bundles import model_command
+    from ..models.commands import model_command
 
     raise ModelMissing(
         f"OpenPose weights {stem}.safetensors (or {stem}.pth) are missing from {folder}; "

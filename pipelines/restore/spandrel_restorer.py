@@ -67,7 +67,7 @@ def load_descriptor(path: Path | str, spec: RestorerSpec, device: str = "cpu"):
     from safetensors import SafetensorError
     from spandrel import ModelLoader, UnsupportedModelError
 
-    from ..models.bundles import model_command
+    from ..models.commands import model_command
 
     path = Path(path)
     if path.suffix != ".safetensors":

@@ -1,16 +1,21 @@
 """What a choice needs on this machine, what is still missing, and the one command
 that fetches it.
 
+This sits above the model store: it reads the identity methods, the pose and
+restore stages and the presets to know which catalog models they use.
+
 Rules:
 - A bundle is derived from the code that uses the models, never a second list:
   an identity method's `base` (its default base model), `required_models` and
   `recognizer`; the pose stage's ControlNet and annotator; the restorers' specs
   and a face detector pack. On this machine: an SDXL base run in float16 (the
   GPU default) also needs `sdxl-vae-fp16-fix`.
-- Choices: `faceid`, `instantid`, `wplus`, `pose`, `restore`, `all`, and
-  `preset NAME` (its method, pose and restorer).
-- Every "run this" hint the app prints comes from `download_command`, so each
-  one is a command the real parser accepts (tests parse them all).
+- Choices: one per identity method, `pose`, `restore`, `upscale` (the
+  `--upscaler` models; 4x-UltraSharp is non-commercial, so the bundle needs
+  --accept-license), `all`, and `preset NAME` (its method, pose and restorer).
+- Every "run this" hint the app prints comes from `download_command`
+  (`models/commands.py`), so each one is a command the real parser accepts
+  (tests parse them all).
 - A request that lacks models fails once, naming all of them (`MissingModels`).
 """
 
@@ -20,15 +25,16 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BadInput, ModelMissing
-from .catalog import Catalog, ModelEntry, human_size
+from .errors import BadInput, ModelMissing
+from .models.catalog import Catalog, ModelEntry, human_size
+from .models.commands import download_command, model_command  # noqa: F401  (model_command re-exported)
 
-OTHER_CHOICES = ("pose", "restore", "all")
+OTHER_CHOICES = ("pose", "restore", "upscale", "all")
 
 
 def method_choices() -> tuple[str, ...]:
     """One bundle per registered identity method (a new method file adds its own)."""
-    from ..identity import method_names
+    from .identity import method_names
 
     return tuple(method_names())
 
@@ -40,27 +46,6 @@ POSE_CONTROLNET = "controlnet-openpose-sdxl"
 POSE_ANNOTATOR = "openpose-annotator"
 # extra room kept free after a download (filesystems misbehave when full)
 DISK_MARGIN = 200_000_000
-
-
-def download_command(names=(), choice=(), accept_license: bool = False) -> str:
-    """The command line that downloads `names` or the bundle `choice` (tokens
-    such as ("faceid",) or ("preset", "studio-headshot"))."""
-    parts = ["python", "launch.py", "models", "download", *names]
-    if choice:
-        parts += ["--for", *choice]
-    if accept_license:
-        parts.append("--accept-license")
-    return " ".join(parts)
-
-
-def model_command(*names: str, catalog: Catalog | None = None) -> str:
-    """The command that downloads catalog models `names` (with --accept-license
-    when one of them is research-only)."""
-    from .catalog import load_catalog
-
-    catalog = catalog or load_catalog()
-    research = any(catalog.get(n).research_only for n in names)
-    return download_command(names, accept_license=research)
 
 
 def choice_command(tokens, settings, catalog: Catalog) -> str:
@@ -80,7 +65,7 @@ def uses_fp16(settings) -> bool:
 
 
 def _default_base(family: str) -> str:
-    from ..engine import DEFAULT_BASE  # the base a method runs on when a request names none
+    from .engine import DEFAULT_BASE  # the base a method runs on when a request names none
 
     return DEFAULT_BASE[family]
 
@@ -99,7 +84,7 @@ def plain_models(settings) -> list[str]:
 
 
 def method_models(method: str, settings) -> list[str]:
-    from ..identity import get_method_class
+    from .identity import get_method_class
 
     cls = get_method_class(method)
     names = base_models(_default_base(cls.base), settings, cls.base)
@@ -110,7 +95,7 @@ def method_models(method: str, settings) -> list[str]:
 
 
 def detector_packs() -> tuple[str, ...]:
-    from ..restore.stage import DETECTOR_PACKS
+    from .restore.stage import DETECTOR_PACKS
 
     return DETECTOR_PACKS
 
@@ -118,14 +103,21 @@ def detector_packs() -> tuple[str, ...]:
 def restore_models(restorers=None) -> list[str]:
     """The restorers' weights plus a face detector pack (the restore stage
     finds the faces in the output first)."""
-    from ..restore.base import RESTORERS
+    from .restore.base import RESTORERS
 
     names = [RESTORERS[r].model for r in (restorers or RESTORERS)]
     return _unique([*names, detector_packs()[0]])
 
 
+def upscale_models(upscalers=None) -> list[str]:
+    """The catalog models of the `--upscaler` choices (all of them by default)."""
+    from .upscale import UPSCALERS, upscaler_spec
+
+    return _unique(upscaler_spec(u).model for u in (upscalers or UPSCALERS))
+
+
 def preset_models(name: str, settings) -> list[str]:
-    from ..presets import get_preset, user_presets_dir
+    from .presets import get_preset, user_presets_dir
 
     preset = get_preset(name, user_dir=user_presets_dir(settings))  # shipped, then the user's own
     names = method_models(preset.method, settings)
@@ -168,6 +160,8 @@ def choice_models(tokens, settings, catalog: Catalog) -> list[str]:
             names += [POSE_CONTROLNET, POSE_ANNOTATOR]
         elif item[0] == "restore":
             names += restore_models()
+        elif item[0] == "upscale":
+            names += upscale_models()
         else:
             names += preset_models(item[1], settings)
     for n in names:
@@ -177,7 +171,7 @@ def choice_models(tokens, settings, catalog: Catalog) -> list[str]:
 
 def request_models(req, settings, store) -> list[str]:
     """Every catalog model that generating `req` loads (real mode)."""
-    from ..identity import get_method_class
+    from .identity import get_method_class
 
     cls = get_method_class(req.method) if req.method != "none" else None
     family = cls.base if cls is not None else "sdxl"
@@ -194,17 +188,19 @@ def request_models(req, settings, store) -> list[str]:
         if cls.recognizer and req.photos:  # a saved identity card already holds the embeddings
             names.append(cls.recognizer)
     if req.pose:
-        from ..pose.control import PHOTO_SUFFIXES
+        from .pose.control import PHOTO_SUFFIXES
 
         names.append(POSE_CONTROLNET)
         if Path(req.pose).suffix.lower() in PHOTO_SUFFIXES:  # a pose taken from a photo needs the annotator
             names.append(POSE_ANNOTATOR)
     if getattr(req, "speed", "quality") != "quality":  # fast/turbo: their distilled LoRA
-        from ..speed import get_mode
+        from .speed import get_mode
 
         names.append(get_mode(req.speed).lora)
+    if getattr(req, "upscale", 1) != 1:  # the spandrel upscaler the request names
+        names += upscale_models([req.upscaler])
     if req.restore != "none":
-        from ..restore.base import RESTORERS
+        from .restore.base import RESTORERS
 
         names.append(RESTORERS[req.restore].model)
         if not any(p in names or store.status(p).present for p in detector_packs()):
@@ -269,7 +265,7 @@ class DownloadPlan:
 def _found_locally(store, entry: ModelEntry, f, sizes: dict) -> bool:
     """A same-size copy sits in the HF cache or another app's folder (cheap: no
     hashing; the download verifies it before linking, else downloads)."""
-    from .external import hf_cached_file
+    from .models.external import hf_cached_file
 
     if f.size is None:
         return False
@@ -320,7 +316,7 @@ def missing_models(store, names) -> list[str]:
 
 def plan(store, names) -> DownloadPlan:
     """What fetching `names` would download here: sizes, licences, free space."""
-    from .external import files_by_size
+    from .models.external import files_by_size
 
     p = DownloadPlan(folder=store.root, free=free_space(store.root))
     sizes = files_by_size(store.settings) if not store.demo else {}
@@ -335,7 +331,7 @@ def plan(store, names) -> DownloadPlan:
 
 
 def check_disk(p: DownloadPlan) -> None:
-    from ..errors import DownloadError
+    from .errors import DownloadError
 
     if not p.fits:
         raise DownloadError(
@@ -426,7 +422,7 @@ def _bytes_on_disk(store, entry: ModelEntry, f) -> tuple[int, bool]:
     if part.is_file():
         return part.stat().st_size, False
     if entry.source == "hf" and entry.repo:  # huggingface_hub's own partial file
-        from .store import HF_CACHE_DIR
+        from .models.store import HF_CACHE_DIR
 
         blobs = store.root / HF_CACHE_DIR / f"models--{entry.repo.replace('/', '--')}" / "blobs"
         partial = [b.stat().st_size for b in blobs.glob("*.incomplete")] if blobs.is_dir() else []
