@@ -268,6 +268,8 @@ def test_daily_loop_in_chromium(ui_url, photos_dir, tmp_path):
 
     from playwright.sync_api import expect, sync_playwright
 
+    from pipelines.metadata import read_recipe
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                     args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
@@ -304,8 +306,28 @@ def test_daily_loop_in_chromium(ui_url, photos_dir, tmp_path):
             expect(page.locator("#prompt textarea")).to_have_value(
                 __import__("re").compile(r"^expressive charcoal sketch portrait"), timeout=20_000)
             expect(page.locator("#prompt textarea")).to_be_visible()  # the Portrait tab is shown again
+
+            # save these settings as my preset; its card is offered and one click generates with it
+            page.locator("#save-preset-name textarea, #save-preset-name input").first.fill("my-look")
+            page.locator("#save-preset").click()
+            card = page.locator("#preset-gallery button.thumbnail-item", has_text="my-look (yours)")
+            expect(card).to_have_count(1, timeout=20_000)
+            page.locator("#prompt textarea").fill("a man")  # with a preset, the prompt box names the person
+            card.first.click()
+            expect(page.locator("#preset input")).to_have_value("my-look (yours)", timeout=20_000)
+            expect(page.locator("#cancel")).to_be_enabled(timeout=10_000)  # the second generation runs
+            expect(page.locator("#cancel")).to_be_disabled(timeout=150_000)
+            assert "Done" in page.locator("#status").inner_text(), page.locator("#status").inner_text()
         finally:
             browser.close()
+    saved = tmp_path / "presets" / "my-look.json"
+    assert saved.is_file()
+    kept = __import__("json").loads(saved.read_text())
+    made = sorted((tmp_path / "outputs").rglob("likeness-*.png"), key=lambda p: p.stat().st_mtime_ns)
+    assert len(made) == 2, [read_recipe(m)["prompt"] for m in made]
+    recipe = read_recipe(made[-1])
+    assert recipe["steps"] == kept["steps"] and recipe["sampler"] == kept["sampler"] and recipe["prompt"].startswith("a man, expressive charcoal sketch portrait"), \
+        (kept["prompt"], recipe["prompt"])
 
 
 # ------------------------------------------------------------------ user presets
@@ -434,3 +456,21 @@ def test_reference_pose_photo_takes_the_place_of_a_template(demo_settings, photo
     data = request_data({"prompt": "p", "method": "none", "pose": "chin-up", "pose_photo": ref}, True)
     assert data["pose"] == ref
     assert request_data({"prompt": "p", "method": "none", "pose": "chin-up"}, True)["pose"] == "chin-up"
+
+
+def test_render_cards_script_draws_a_generated_card_with_its_title_band(demo_settings, photos_dir, tmp_path):
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("render_cards", REPO / "assets" / "presets" / "render_cards.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    written = mod.render(str(photos_dir / "astronaut.png"), tmp_path / "cards", demo_settings, only=["polaroid"])
+    assert [p.name for p in written] == ["polaroid.png"]
+    card = Image.open(written[0])
+    assert card.size == mod.CARD
+    renders = list((tmp_path / "cards" / ".renders").rglob("likeness-*.png"))
+    assert len(renders) == 1  # the card shows a real generation of the preset
+    band = card.crop((0, 0, mod.CARD[0], mod.BAND)).getcolors(10_000)
+    assert band is not None and len(band) > 2  # title text drawn in the band, above the image
