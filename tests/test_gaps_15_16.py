@@ -75,3 +75,56 @@ def test_inpainting_pack_has_the_catalog_files_and_a_9_channel_unet(inpaint_pack
     other = Image.new("L", (64, 64), 0)
     other.paste(255, (0, 0, 32, 32))
     assert not torch.allclose(torch.from_numpy(out), torch.from_numpy(run(other)))
+
+
+# ---- upscalers in the bundles and the request's missing-models check ---------------------------------
+def _real_settings(tmp_path, **kw):
+    from pipelines.settings import load_settings
+
+    return load_settings(**{**dict(models_dir=tmp_path / "models", loras_dir=tmp_path / "loras",
+                                   outputs_dir=tmp_path / "outputs", device="cpu", dtype="float32"), **kw})
+
+
+def test_upscale_bundle_holds_every_upscaler_and_needs_acceptance(tmp_path):
+    import shlex
+
+    from pipelines import bundles
+    from pipelines.cli.main import build_parser
+    from pipelines.cli.models import resolve_download
+    from pipelines.stores import open_store
+    from pipelines.upscale import UPSCALERS
+
+    settings, cat = _real_settings(tmp_path), load_catalog()
+    assert "upscale" in bundles.bundle_choices()
+    assert bundles.choice_models(["upscale"], settings, cat) == [s.model for s in UPSCALERS.values()]
+    assert set(bundles.choice_models(["all"], settings, cat)) >= {"realesrgan-x4plus", "4x-ultrasharp"}
+    cmd = bundles.choice_command(["upscale"], settings, cat)
+    assert "--accept-license" in cmd  # 4x-UltraSharp is CC BY-NC-SA
+    args = build_parser().parse_args(shlex.split(cmd)[2:])
+    assert set(resolve_download(args, settings, open_store(settings))) == {"realesrgan-x4plus", "4x-ultrasharp"}
+
+
+def test_request_models_name_the_requested_upscaler(tmp_path):
+    from pipelines import bundles
+    from pipelines.requests import GenerateRequest
+    from pipelines.stores import open_store
+
+    settings = _real_settings(tmp_path)
+    store = open_store(settings)
+    plain = bundles.request_models(GenerateRequest(prompt="p", method="none"), settings, store)
+    assert not {"realesrgan-x4plus", "4x-ultrasharp"} & set(plain)
+    for upscaler in ("realesrgan-x4plus", "4x-ultrasharp"):
+        names = bundles.request_models(GenerateRequest(prompt="p", method="none", upscale=2, upscaler=upscaler),
+                                       settings, store)
+        assert names == [*plain, upscaler]
+
+
+def test_generate_with_upscale_without_models_names_the_upscaler_once(tmp_path, capsys):
+    from pipelines.cli.main import run
+
+    code = run(["generate", "--prompt", "a portrait", "--method", "none", "--upscale", "2", "--upscaler",
+                "4x-ultrasharp", "--models-dir", str(tmp_path / "m"), "--device", "cpu", "--dtype", "float32",
+                "--outputs-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "sdxl-base" in err and "4x-ultrasharp" in err and "--accept-license" in err
