@@ -1,9 +1,12 @@
 """The shape of the house: a headless engine and side-effect-free imports."""
 
+import ast
 import pkgutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import pipelines
 
@@ -45,3 +48,271 @@ def test_import_launch_has_no_side_effects(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ---- the import contract ----------------------------------------------------------------------
+# Every rule reads every import statement with `ast` (module level, inside functions, under
+# TYPE_CHECKING), resolves relative imports, and fails naming file:line and the import.
+# The layers, from the bottom: errors/paths/types, the model store (pipelines/models), the
+# engine's parts and the identity methods, the engine, then the front doors: the web UI (app/)
+# and the command line (pipelines/cli, started by launch.py).
+
+FRONT_DOORS = ("app", "pipelines.cli")
+# what pipelines/models/ may import from the project besides itself: the foundation
+MODEL_LAYER_MAY_IMPORT = ("pipelines.errors", "pipelines.paths", "pipelines.types")
+# the interface every identity method implements (the one identity module a method may import)
+IDENTITY_INTERFACE = "pipelines.identity.base"
+
+
+def _module_name(path: Path, root: Path = REPO) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path, root: Path = REPO, module_level_only: bool = False) -> list[tuple[str, int]]:
+    """(absolute dotted target, line) for each import in `path`; `from X import a` yields
+    X and X.a (a may be a submodule). With `module_level_only`, imports inside functions
+    and under `if TYPE_CHECKING:` are left out: those run later or never."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    mod = _module_name(path, root)
+    package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    out: list[tuple[str, int]] = []
+
+    def visit(node) -> None:
+        for child in ast.iter_child_nodes(node):
+            if module_level_only and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if module_level_only and isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.Import):
+                out.extend((a.name, child.lineno) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = package.split(".")[: len(package.split(".")) - (child.level - 1)]
+                    target = ".".join(base + ([child.module] if child.module else []))
+                else:
+                    target = child.module or ""
+                if child.module:
+                    out.append((target, child.lineno))
+                out.extend((f"{target}.{a.name}", child.lineno) for a in child.names)
+            visit(child)
+
+    visit(tree)
+    return out
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _violations(files, forbidden, root: Path = REPO) -> list[str]:
+    """'file:line imports target' for each import `forbidden(importer, target)` refuses."""
+    bad = []
+    for path in files:
+        importer = _module_name(path, root)
+        for target, line in _imports(path, root):
+            if forbidden(importer, target):
+                bad.append(f"{path.relative_to(root)}:{line} imports {target}")
+    return sorted(set(bad))
+
+
+def _pipelines_files(root: Path = REPO):
+    return sorted((root / "pipelines").rglob("*.py"))
+
+
+def _engine_must_not_import(importer: str, target: str) -> bool:
+    """The engine (all of pipelines/ but the command line) never reaches up to a front door,
+    and nothing in pipelines/ imports gradio or the web UI. The command line may start the
+    web UI (`launch.py ui` runs app.ui), so it may import app; it still never imports gradio."""
+    if _within(target, "gradio"):
+        return True
+    if _within(importer, "pipelines.cli"):
+        return False
+    return any(_within(target, door) for door in FRONT_DOORS) or _within(target, "launch")
+
+
+def test_the_engine_imports_no_front_door_and_no_gradio():
+    assert _violations(_pipelines_files(), _engine_must_not_import) == []
+
+
+def _method_imports_another(importer: str, target: str) -> bool:
+    if not _within(importer, "pipelines.identity") or importer in ("pipelines.identity", IDENTITY_INTERFACE):
+        return False
+    if not _within(target, "pipelines.identity"):
+        return False
+    return not (_within(target, IDENTITY_INTERFACE) or _within(target, importer) or target == "pipelines.identity")
+
+
+def test_identity_methods_do_not_import_each_other():
+    """A method is one file: it implements identity/base.py and may use anything below the
+    engine, but never another method (the registry in identity/__init__.py lists them)."""
+    assert _violations(sorted((REPO / "pipelines" / "identity").glob("*.py")), _method_imports_another) == []
+
+
+def _reaches_above_the_model_layer(importer: str, target: str) -> bool:
+    if not _within(target, "pipelines") or _within(target, "pipelines.models"):
+        return False
+    if target == "pipelines":  # `from .. import x` names x separately
+        return False
+    return not any(_within(target, ok) for ok in MODEL_LAYER_MAY_IMPORT)
+
+
+def test_the_model_layer_imports_nothing_above_it():
+    """pipelines/models/ (catalog, store, downloads, conversion) is used by everything and
+    imports only itself and the foundation: no method, stage, engine or demo pack (the store
+    is handed its demo packs by pipelines/stores.py)."""
+    assert _violations(sorted((REPO / "pipelines" / "models").rglob("*.py")), _reaches_above_the_model_layer) == []
+
+
+def _layer_graph(module_level_only: bool, packages_only: bool = False) -> dict[str, set[str]]:
+    """Edges between pipelines' second-level names (subpackages and top-level modules)."""
+    graph: dict[str, set[str]] = {}
+
+    def node(name: str) -> str | None:
+        parts = name.split(".")
+        if len(parts) < 2 or parts[0] != "pipelines":
+            return None
+        if packages_only and not (REPO / "pipelines" / parts[1]).is_dir():
+            return None
+        if not ((REPO / "pipelines" / parts[1]).is_dir() or (REPO / "pipelines" / f"{parts[1]}.py").is_file()):
+            return None  # a name imported from the package itself (`from .. import x` with x a function)
+        return "pipelines." + parts[1]
+
+    for path in _pipelines_files():
+        src = node(_module_name(path))
+        if src is None:
+            continue
+        for target, _ in _imports(path, module_level_only=module_level_only):
+            dst = node(target)
+            if dst is not None and dst != src:
+                graph.setdefault(src, set()).add(dst)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one member (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return found
+
+
+def test_no_import_cycle_at_import_time():
+    """Importing any module of pipelines/ never runs into a cycle between its subpackages and
+    top-level modules (imports inside functions run later and are left out here)."""
+    assert _cycles(_layer_graph(module_level_only=True)) == []
+
+
+def test_subpackages_form_no_cycle():
+    """Counting imports inside functions too, no two subpackages depend on each other."""
+    assert _cycles(_layer_graph(module_level_only=False, packages_only=True)) == []
+
+
+def test_the_contract_checker_finds_every_kind_of_import(tmp_path):
+    """The rules above would fail on the imports they forbid: relative, absolute, inside a
+    function and under TYPE_CHECKING, each named with its file and line."""
+    pkg = tmp_path / "pipelines"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "identity").mkdir()
+    for d in (pkg, pkg / "models", pkg / "identity"):
+        (d / "__init__.py").write_text("")
+    (pkg / "models" / "store.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from ..errors import BadInput\n"
+        "if TYPE_CHECKING:\n"
+        "    from ..engine import Engine\n"
+        "def build():\n"
+        "    from .. import tiny\n"
+    )
+    (pkg / "identity" / "faceid.py").write_text(
+        "from .base import IdentityMethod\nfrom . import instantid\nimport pipelines.identity.pulid as p\n"
+    )
+    (pkg / "engine.py").write_text("def ui():\n    import gradio\n    from app import ui\n")
+    models = sorted((pkg / "models").rglob("*.py"))
+    assert _violations(models, _reaches_above_the_model_layer, tmp_path) == [
+        "pipelines/models/store.py:4 imports pipelines.engine",
+        "pipelines/models/store.py:4 imports pipelines.engine.Engine",
+        "pipelines/models/store.py:6 imports pipelines.tiny",
+    ]
+    assert _violations([pkg / "identity" / "faceid.py"], _method_imports_another, tmp_path) == [
+        "pipelines/identity/faceid.py:2 imports pipelines.identity.instantid",
+        "pipelines/identity/faceid.py:3 imports pipelines.identity.pulid",
+    ]
+    assert _violations([pkg / "engine.py"], _engine_must_not_import, tmp_path) == [
+        "pipelines/engine.py:2 imports gradio",
+        "pipelines/engine.py:3 imports app",
+        "pipelines/engine.py:3 imports app.ui",
+    ]
+    # module-level reading leaves out what runs later or never
+    assert [t for t, _ in _imports(pkg / "models" / "store.py", tmp_path, module_level_only=True)] == [
+        "typing", "typing.TYPE_CHECKING", "pipelines.errors", "pipelines.errors.BadInput",
+    ]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_store_builds_demo_packs_only_through_what_it_is_given(tmp_path):
+    """Demo packs are injected: the store calls the DemoPacks it was handed, and a store
+    opened without them says how to open one."""
+    from pipelines.errors import ModelError
+    from pipelines.models.catalog import Catalog
+    from pipelines.models.store import ModelStore
+    from pipelines.settings import load_settings
+
+    class FakePacks:
+        def __init__(self):
+            self.built = []
+
+        def get(self, name):
+            if name != "fake-pack":
+                raise KeyError(name)
+            return name
+
+        def is_built(self, name, folder):
+            return False
+
+        def build_pack(self, name, dest):
+            self.built.append(name)
+            dest.mkdir(parents=True)
+            (dest / "config.json").write_text("{}")
+            return dest
+
+    cat = Catalog.model_validate({"model": [{
+        "name": "fake-vae", "kind": "vae", "source": "hf", "repo": "o/r", "license": "MIT",
+        "demo_pack": "fake-pack", "files": [{"path": "config.json"}],
+    }]})
+    settings = load_settings(models_dir=tmp_path / "models", loras_dir=tmp_path / "loras",
+                             outputs_dir=tmp_path / "outputs", device="cpu", demo=True)
+    packs = FakePacks()
+    folder = ModelStore(settings, cat, demo_packs=packs).ensure("fake-vae")
+    assert packs.built == ["fake-pack"] and (folder / "config.json").read_text() == "{}"
+    with pytest.raises(ModelError, match="opened without demo packs.*open_store"):
+        ModelStore(settings, cat).ensure("fake-vae")
