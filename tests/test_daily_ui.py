@@ -336,8 +336,14 @@ def test_daily_loop_in_chromium(ui_url, photos_dir, tmp_path):
 def test_user_preset_saved_listed_and_used_by_cli_and_batch(demo_settings, tmp_path):
     from pipelines.batch.jobfile import load_job
     from pipelines.errors import BadInput
-    from pipelines.presets import (all_presets, get_preset, load_preset, preset_from_request, save_user_preset,
-                                   user_presets_dir)
+    from pipelines.presets import (
+        all_presets,
+        get_preset,
+        load_preset,
+        preset_from_request,
+        save_user_preset,
+        user_presets_dir,
+    )
 
     user_dir = user_presets_dir(demo_settings)
     mine = preset_from_request("my-look", "My look", {"prompt": "oil portrait, warm light", "method": "faceid",
