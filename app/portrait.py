@@ -26,6 +26,7 @@ from .requests_map import (
     lora_names,
     lora_rows,
     photo_paths,
+    photo_thumbnails,
     request_data,
     request_from_ui,
     speed_widget_values,
@@ -287,6 +288,8 @@ class PortraitTab:
         photos.change(self.analyse, [photos, method, faces], [w.crops, w.photo_report],
                       concurrency_id=GPU, api_visibility="private")
         photos.change(lambda: None, None, w.by_key["identity_card"], queue=False, api_visibility="private")
+        if "photo_thumbs" in w.extra:  # the uploads as thumbnails, beside their face crops
+            photos.change(photo_thumbnails, photos, w.extra["photo_thumbs"], api_visibility="private")
         method.input(self.analyse, [photos, method, faces], [w.crops, w.photo_report],
                      concurrency_id=GPU, api_visibility="private")
         w.crops.select(self.pick_face, [photos, method, faces], [w.crops, w.photo_report, faces],

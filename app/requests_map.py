@@ -449,3 +449,21 @@ def hide_upload_paths(text: str) -> str:
     for r in sorted(roots, key=len, reverse=True):
         text = re.sub(re.escape(r) + r"[/\\][^/\\\s'\"`]+[/\\]", "", text)
     return text
+
+
+def photo_thumbnails(files, side: int = 160) -> list[tuple[Any, str]]:
+    """(thumbnail, file name) of each uploaded photo, decoded by the safe photo
+    loader (so HEIC shows too); an unreadable one is a grey tile saying why."""
+    from PIL import Image
+
+    from pipelines.imageio import load_photo
+
+    out = []
+    for path in photo_paths(files):
+        name = Path(path).name
+        try:
+            img = load_photo(path, name=name, max_side=side)
+        except BadInput as exc:
+            img, name = Image.new("RGB", (side, side), (128, 128, 128)), f"{name}: {str(exc)[:60]}"
+        out.append((img, name))
+    return out

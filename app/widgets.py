@@ -131,6 +131,8 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
                 label=f"Photos of the person (1–{MAX_PHOTOS})", file_count="multiple", type="filepath",
                 file_types=PHOTO_TYPES, elem_id="photos",
             )
+            thumbs = gr.Gallery(label="Your photos", columns=6, height=110, allow_preview=False, interactive=False,
+                                format="png", object_fit="cover", elem_id="photo-thumbs")
             by_key["method"] = gr.Radio(method_choices(), value=d["method"], label="Identity method", elem_id="method")
             crops = gr.Gallery(label="Detected faces (in a group photo, click the face to use)", columns=5,
                                height=150, allow_preview=False,
@@ -250,5 +252,5 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
         photo_report=photo_report, generate=generate, cancel=cancel, status=status, preview=preview,
         results=results, result_info=result_info, reuse=reuse, results_state=gr.State([]),
         selected=gr.State(0), lora_refresh=lora_refresh,
-        extra={"edit_names": edit_names, "save_name": save_name, "save_preset": save_preset},
+        extra={"edit_names": edit_names, "save_name": save_name, "save_preset": save_preset, "photo_thumbs": thumbs},
     )

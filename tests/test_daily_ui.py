@@ -480,3 +480,16 @@ def test_render_cards_script_draws_a_generated_card_with_its_title_band(demo_set
     assert len(renders) == 1  # the card shows a real generation of the preset
     band = card.crop((0, 0, mod.CARD[0], mod.BAND)).getcolors(10_000)
     assert band is not None and len(band) > 2  # title text drawn in the band, above the image
+
+
+def test_uploaded_photos_become_named_thumbnails(tmp_path, photos_dir):
+    from PIL import Image
+
+    from app.requests_map import photo_thumbnails
+
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"not an image")
+    thumbs = photo_thumbnails([str(photos_dir / "astronaut.png"), str(bad)], side=100)
+    assert [n.split(":")[0] for _, n in thumbs] == ["astronaut.png", "notes.png"]
+    assert isinstance(thumbs[0][0], Image.Image) and max(thumbs[0][0].size) == 100
+    assert "unreadable" in thumbs[1][1] and str(tmp_path) not in thumbs[1][1]
