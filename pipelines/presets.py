@@ -367,7 +367,8 @@ def draw_card(preset: Preset, size: tuple[int, int] = (240, 300)):
     box_h = 170
     box_w = min(W - 40, int(box_h * bw / bh))
     box_h = int(box_w * bh / bw) if box_w == W - 40 else box_h
-    x0, y0 = (W - box_w) // 2, 22 + (170 - box_h) // 2
+    # the title and settings sit at the top: the UI's gallery caption covers a card's bottom
+    x0, y0 = (W - box_w) // 2, 78 + (170 - box_h) // 2
     # the silhouette is drawn on a mask the size of the frame, so it stays inside it
     mask = Image.new("L", (box_w, box_h), 0)
     m = ImageDraw.Draw(mask)
@@ -385,15 +386,15 @@ def draw_card(preset: Preset, size: tuple[int, int] = (240, 300)):
     title = preset.title
     while d.textlength(title, font=title_font) > W - 20 and len(title) > 4:
         title = title[:-2].rstrip() + "…"
-    d.text((W // 2, 222), title, fill=accent, font=title_font, anchor="mm")
+    d.text((W // 2, 20), title, fill=accent, font=title_font, anchor="mm")
     info = f"{preset.method} · {preset.size} · {preset.steps} steps"
     if preset.speed != "quality":
         info += f" · {preset.speed}"
-    d.text((W // 2, 252), info, fill=accent, font=small, anchor="mm")
+    d.text((W // 2, 44), info, fill=accent, font=small, anchor="mm")
     extra = ", ".join(filter(None, [f"pose {preset.pose}" if preset.pose else "",
                                     preset.restore if preset.restore != "none" else ""]))
     if extra:
-        d.text((W // 2, 272), extra, fill=accent, font=small, anchor="mm")
+        d.text((W // 2, 62), extra, fill=accent, font=small, anchor="mm")
     return img
 
 
