@@ -387,7 +387,7 @@ class Engine:
         # (never disable_lora/enable_lora, which would switch FaceID's attention LoRA off too)
         from .prompts import merged_loras
 
-        speed = speed_lora(self.store, req.speed)
+        speed = speed_lora(self.store, req.speed, req.method)
         loras = merged_loras(req.prompt, req.loras)  # --lora plus the prompt's <lora:name:weight> tags
         if not loras and speed is None and not (self._loras and self._loras.active_weights(pipe)):
             return
@@ -398,7 +398,7 @@ class Engine:
         store_loras = {speed[1]: (speed[0], 1.0)} if speed is not None else {}
         applied = self._loras.apply(pipe, loras, store_loras)
         if speed is not None:
-            cond.recipe["speed"] = speed_recipe(self.store, req.speed)
+            cond.recipe["speed"] = speed_recipe(self.store, req.speed, req.method)
         if self._method is not None:
             self._method.refresh_adapters(pipe, self._loras.active_weights(pipe))
         missing = [t for t in applied.triggers if t and t not in req.prompt]

@@ -23,8 +23,11 @@ Rules:
   runs Lightning at 1.2) or the scales.
 - With cfg <= 1 diffusers drops the unconditional branch (half the UNet work);
   the identity methods follow the same `cfg > 1` rule for their embeddings.
-- The LoRAs are SDXL LoRAs: SD1.5 methods (W+, Arc2Face) run in quality mode
-  only and say so.
+- The LoRAs are SDXL LoRAs. An SD1.5 method whose authors publish a few-step
+  mode declares it (`speed_modes` on the method class), and that mode replaces
+  the SDXL one for it: Arc2Face's `turbo` is its README's LCM-LoRA mode
+  (latent-consistency/lcm-lora-sdv1-5, LCMScheduler, 2 steps, guidance 1.0).
+  Other SD1.5 uses (W+, Arc2Face `fast`) run in quality mode only and say so.
 
 Why these two LoRAs (licence, then public evidence with identity adapters):
 - turbo = SDXL-Lightning 4-step LoRA (ByteDance/SDXL-Lightning, openrail++):
@@ -70,10 +73,12 @@ class SpeedMode:
     samplers: tuple[str, ...] = ()  # the samplers the LoRA was distilled for
     cfg: float | None = None
     cfg_range: tuple[float, float] = (0.0, 30.0)
+    family: str = "sdxl"  # the base family the LoRA was distilled on
+    adapter_id: str | None = None  # peft adapter suffix when `name` is shared with another family's mode
 
     @property
     def adapter(self) -> str | None:
-        return SPEED_ADAPTER_PREFIX + self.name if self.lora else None
+        return SPEED_ADAPTER_PREFIX + (self.adapter_id or self.name) if self.lora else None
 
 
 SPEED_MODES: dict[str, SpeedMode] = {
@@ -101,9 +106,24 @@ def get_mode(name: str) -> SpeedMode:
         raise BadInput(f"speed {name!r} is unknown; choose one of: {', '.join(SPEED_NAMES)}.") from None
 
 
+def mode_for(name: str, method: str | None = None) -> SpeedMode:
+    """Speed mode `name` for identity method `method`: the method's own published
+    few-step mode where it declares one (`speed_modes`), else the SDXL mode."""
+    mode = get_mode(name)
+    if method and method != "none":
+        from .identity import get_method_class
+
+        try:
+            own = getattr(get_method_class(method), "speed_modes", None) or {}
+        except BadInput:  # an unknown method is reported where the request is checked
+            return mode
+        return own.get(name, mode)
+    return mode
+
+
 def apply_speed_defaults(req):
     """`req` with the mode's steps/sampler/cfg where the request did not set them."""
-    mode = get_mode(req.speed)
+    mode = mode_for(req.speed, getattr(req, "method", None))
     if mode.lora is None:
         return req
     wanted = {"steps": mode.steps, "sampler": mode.sampler, "cfg": mode.cfg}
@@ -116,15 +136,15 @@ def check_speed(req, family: str, method_cls=None) -> None:
     the field and the allowed values otherwise. A method whose own UNet is already
     few-step distilled (`few_step`, e.g. PuLID v1 on SDXL-Lightning) takes no
     speed LoRA on top."""
-    mode = get_mode(req.speed)
+    mode = mode_for(req.speed, getattr(req, "method", None))
     if mode.lora is None:
         return
     if getattr(method_cls, "few_step", False):
         raise BadInput(f"speed {mode.name!r}: method {req.method!r} already runs a few-step distilled UNet "
                        f"({req.steps} steps by default); use speed 'quality'.")
-    if family != "sdxl":
-        raise BadInput(f"speed {mode.name!r} uses an SDXL LoRA ({mode.lora}); method {req.method!r} on "
-                       f"base_model {req.base_model!r} is {family.upper()}: use speed 'quality'.")
+    if family != mode.family:
+        raise BadInput(f"speed {mode.name!r} uses an {mode.family.upper()} LoRA ({mode.lora}); method "
+                       f"{req.method!r} on base_model {req.base_model!r} is {family.upper()}: use speed 'quality'.")
     if req.sampler not in mode.samplers:
         raise BadInput(f"field sampler: speed {mode.name!r} ({mode.lora}) needs sampler "
                        f"{' or '.join(repr(s) for s in mode.samplers)}, not {req.sampler!r}.")
@@ -137,18 +157,18 @@ def check_speed(req, family: str, method_cls=None) -> None:
                        f"(1 = no guidance, the fastest), not {req.cfg:g}.")
 
 
-def speed_lora(store, name: str):
+def speed_lora(store, name: str, method: str | None = None):
     """(path, adapter name) of mode `name`'s LoRA (downloaded/built by the store), or None."""
-    mode = get_mode(name)
+    mode = mode_for(name, method)
     if mode.lora is None:
         return None
     store.ensure(mode.lora)
     return store.file_path(mode.lora, mode.lora_file), mode.adapter
 
 
-def speed_recipe(store, name: str) -> dict:
+def speed_recipe(store, name: str, method: str | None = None) -> dict:
     """What the PNG recipe records about the mode (its LoRA by catalog name and hash)."""
-    mode = get_mode(name)
+    mode = mode_for(name, method)
     if mode.lora is None:
         return {"mode": name}
     from .outputs import model_hash

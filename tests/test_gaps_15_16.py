@@ -128,3 +128,95 @@ def test_generate_with_upscale_without_models_names_the_upscaler_once(tmp_path, 
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "sdxl-base" in err and "4x-ultrasharp" in err and "--accept-license" in err
+
+
+# ---- Arc2Face's LCM-LoRA mode (speed turbo) ------------------------------------------------------------
+A2F = dict(width=64, height=64, seed=5)
+
+
+def test_lcm_lora_sd15_entry_and_pack():
+    e = load_catalog().get("lcm-lora-sdv1-5")
+    assert (e.kind, e.source, e.repo) == ("lora", "hf", "latent-consistency/lcm-lora-sdv1-5")
+    assert "RAIL++" in e.license and not e.research_only
+    assert [f.path for f in e.files] == ["pytorch_lora_weights.safetensors"]
+    assert e.files[0].approx_size and e.files[0].sha256 is None  # pinned on the first verified download
+
+
+def test_arc2face_turbo_is_the_readme_lcm_mode_and_other_modes_are_refused(tmp_path):
+    from pipelines import bundles
+    from pipelines.errors import BadInput
+    from pipelines.requests import GenerateRequest
+    from pipelines.speed import apply_speed_defaults, check_speed, mode_for
+    from pipelines.stores import open_store
+
+    req = apply_speed_defaults(GenerateRequest(prompt="p", method="arc2face", photos=["x.png"], speed="turbo"))
+    assert (req.sampler, req.steps, req.cfg) == ("lcm", 2, 1.0)
+    assert mode_for("turbo", "arc2face").lora == "lcm-lora-sdv1-5"
+    assert mode_for("turbo", "faceid").lora == "sdxl-lightning-4step-lora"  # other methods keep the SDXL mode
+    check_speed(req, "sd15")
+    with pytest.raises(BadInput, match="speed 'fast' uses an SDXL LoRA"):
+        check_speed(apply_speed_defaults(req.model_copy(update={"speed": "fast"})), "sd15")
+    with pytest.raises(BadInput, match="field sampler: speed 'turbo'.*'lcm'"):
+        check_speed(req.model_copy(update={"sampler": "euler_trailing"}), "sd15")
+    settings = _real_settings(tmp_path)
+    names = bundles.request_models(req, settings, open_store(settings))
+    assert "lcm-lora-sdv1-5" in names and "sdxl-lightning-4step-lora" not in names
+
+
+@pytest.fixture(scope="module")
+def a2f_engine(make_engine):
+    return make_engine("a2f-turbo")
+
+
+def _gen(engine, photos_dir, **kw):
+    import numpy as np
+
+    from pipelines.requests import GenerateRequest
+
+    data = dict(A2F, prompt="a portrait", photos=[str(photos_dir / "astronaut.png")], method="arc2face")
+    data.update(kw)
+    res = engine.generate(GenerateRequest(**data))
+    return np.asarray(res.images[0].image).astype(np.int16), res.images[0].recipe
+
+
+def _weight(unet, adapter: str) -> float | None:
+    for m in unet.modules():
+        scaling = getattr(m, "scaling", None)
+        if isinstance(scaling, dict) and adapter in scaling:
+            active = adapter in (m.active_adapters if hasattr(m, "active_adapters") else [])
+            return float(scaling[adapter]) / (m.lora_alpha[adapter] / m.r[adapter]) if active else 0.0
+    return None
+
+
+def test_arc2face_turbo_runs_lcm_with_the_lora_and_unload_restores_the_base(a2f_engine, photos_dir):
+    import numpy as np
+    from diffusers import LCMScheduler
+
+    from pipelines.requests import GenerateRequest
+    from pipelines.speed import mode_for
+
+    engine = a2f_engine
+    adapter = mode_for("turbo", "arc2face").adapter
+    pipe = engine.pipeline("sd15-base")
+    base_unet = pipe.unet
+    plain = dict(A2F, prompt="a portrait", method="none", base_model="sd15-base", steps=2, sampler="euler")
+    base_before = np.asarray(engine.generate(GenerateRequest(**plain)).images[0].image)
+
+    # the same LCM schedule without the LoRA (quality mode), then with it (turbo)
+    quality, _ = _gen(engine, photos_dir, steps=2, sampler="lcm", cfg=1.0)
+    turbo, recipe = _gen(engine, photos_dir, speed="turbo")
+    assert isinstance(pipe.scheduler, LCMScheduler)
+    assert [int(t) for t in pipe.scheduler.timesteps] == [999, 499]  # LCM, 2 of 50 origin steps
+    assert (recipe["request"]["sampler"], recipe["request"]["steps"], recipe["request"]["cfg"]) == ("lcm", 2, 1.0)
+    assert recipe["method_details"]["speed"]["lora"] == "lcm-lora-sdv1-5"
+    assert recipe["method_details"]["speed"]["sha256"]
+    assert pipe.unet is not base_unet and adapter in pipe.unet.peft_config  # on Arc2Face's UNet
+    assert _weight(pipe.unet, adapter) == pytest.approx(1.0)
+    assert np.abs(turbo - quality).max() > 0  # the LoRA acts
+    again, _ = _gen(engine, photos_dir, steps=2, sampler="lcm", cfg=1.0)
+    assert np.array_equal(again, quality)  # back in quality mode it adds exactly nothing
+
+    engine.use_method("none", pipe)
+    assert pipe.unet is base_unet and adapter not in (getattr(base_unet, "peft_config", None) or {})
+    base_after = np.asarray(engine.generate(GenerateRequest(**plain)).images[0].image)
+    assert np.array_equal(base_before, base_after)

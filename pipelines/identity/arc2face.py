@@ -32,8 +32,14 @@ Scale: Arc2Face has no strength. 1 (the default) is Arc2Face, 0 is the plain
 SD1.5 base (its own UNet, text encoder and the request's prompt); anything else
 is refused.
 
-Not yet here: the README's LCM-LoRA mode (2 steps, guidance 1.0) needs an LCM
-sampler and the lcm-lora-sdv1-5 catalog entry.
+Speed: `--speed turbo` is the README's LCM-LoRA mode: latent-consistency/
+lcm-lora-sdv1-5 (catalog `lcm-lora-sdv1-5`) at weight 1 on Arc2Face's UNet,
+`LCMScheduler` from the pipeline's scheduler config, 2 steps (the gradio demo
+offers 3), guidance 1.0 (no unconditional branch). The LoRA is a named peft
+adapter kept beside the UNet, not fused into it, so quality mode (weight 0)
+and unload give Arc2Face's and the base's exact outputs back; a fused LoRA
+computes the same up to float rounding. `fast` has no published Arc2Face
+counterpart and is refused.
 
 Licence: MIT (code and weights); the insightface detector makes it research-only.
 """
@@ -41,6 +47,7 @@ Licence: MIT (code and weights); the insightface detector makes it research-only
 from __future__ import annotations
 
 from ..errors import BadInput, ModelError
+from ..speed import SpeedMode
 from .base import Conditioning, IdentityMethod
 
 MODEL = "arc2face"
@@ -105,6 +112,13 @@ class Arc2Face(IdentityMethod):
     replaces_prompt = True
     # README / gradio_demo/app.py: DPMSolverMultistepScheduler.from_config(SD1.5), 25 steps, cfg 3.0
     recipe_defaults = {"sampler": "dpmpp_2m", "steps": 25, "cfg": 3.0}
+    # README "LCM-LoRA": LCMScheduler, 2 steps, guidance 1.0 (the demo's slider allows more)
+    speed_modes = {"turbo": SpeedMode(
+        "turbo", "Turbo", "Arc2Face with LCM-LoRA SD1.5, LCM sampler, 2 steps, no CFG (its README's fast mode)",
+        lora="lcm-lora-sdv1-5", lora_file="pytorch_lora_weights.safetensors",
+        steps=2, steps_range=(2, 8), sampler="lcm", samplers=("lcm",),
+        cfg=1.0, cfg_range=(1.0, 2.0), family="sd15", adapter_id="turbo_lcm_sd15",
+    )}
 
     def __init__(self, store, device, dtype):
         super().__init__(store, device, dtype)

@@ -28,6 +28,7 @@ _MODULES = (
     "pipelines.tiny.sdxl",
     "pipelines.tiny.inpaint",
     "pipelines.tiny.speed_loras",
+    "pipelines.tiny.speed_loras_sd15",
     "pipelines.tiny.taesd",
     "pipelines.tiny.adapters",
     "pipelines.tiny.insightface_pack",
