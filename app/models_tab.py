@@ -43,7 +43,7 @@ def model_rows(settings: Settings) -> list[list[str]]:
 
 def bundle_table(settings: Settings) -> list[list[str]]:
     """Every bundle with its total and what is still to download here."""
-    from pipelines.cli.models import bundle_rows
+    from pipelines.bundles import bundle_rows
 
     return [[b, total, todo, names] for b, names, total, todo in bundle_rows(_store(settings), settings)]
 

@@ -194,9 +194,9 @@ def request_models(req, settings, store) -> list[str]:
         if Path(req.pose).suffix.lower() in PHOTO_SUFFIXES:  # a pose taken from a photo needs the annotator
             names.append(POSE_ANNOTATOR)
     if getattr(req, "speed", "quality") != "quality":  # fast/turbo: their distilled LoRA
-        from .speed import mode_for
+        from .speed import get_mode
 
-        names.append(mode_for(req.speed, req.method).lora)
+        names.append(get_mode(req.speed).lora)
     if getattr(req, "upscale", 1) != 1:  # the spandrel upscaler the request names
         names += upscale_models([req.upscaler])
     if req.restore != "none":
@@ -440,3 +440,16 @@ def download_progress(store, plan: DownloadPlan) -> list[FileProgress]:
             size = f.planned_size
             out.append(FileProgress(item.entry.name, f.path, (size or done) if placed else done, size))
     return out
+
+
+def bundle_rows(store, settings) -> list[tuple[str, str, str, str]]:
+    """(bundle, models, total size, still to download) for every bundle choice: the
+    table `models list` prints and the web UI's Models tab shows."""
+    rows = []
+    for choice in bundle_choices():
+        names = choice_models([choice], settings, store.catalog)
+        sizes = [store.entry(n).planned_size for n in names]
+        total = human_size(sum(s[0] or 0 for s in sizes), all(s[1] for s in sizes))
+        todo = plan(store, names)
+        rows.append((choice, ", ".join(names), total, human_size(todo.total, todo.exact)))
+    return rows

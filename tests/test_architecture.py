@@ -137,6 +137,12 @@ def test_the_engine_imports_no_front_door_and_no_gradio():
     assert _violations(_pipelines_files(), _engine_must_not_import) == []
 
 
+def test_the_web_ui_does_not_import_the_command_line():
+    """The two front doors sit side by side on the engine: what both need lives below them."""
+    app_files = sorted((REPO / "app").rglob("*.py"))
+    assert _violations(app_files, lambda importer, target: _within(target, FRONT_DOORS[1])) == []
+
+
 def _method_imports_another(importer: str, target: str) -> bool:
     if not _within(importer, "pipelines.identity") or importer in ("pipelines.identity", IDENTITY_INTERFACE):
         return False

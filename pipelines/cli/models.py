@@ -47,23 +47,8 @@ def _table(rows: list[tuple[str, ...]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
 
 
-def bundle_rows(store, settings) -> list[tuple[str, str, str, str]]:
-    """(bundle, models, total size, still to download) for every bundle choice."""
-    from ..bundles import bundle_choices, choice_models, plan
-    from ..models.catalog import human_size
-
-    rows = []
-    for choice in bundle_choices():
-        names = choice_models([choice], settings, store.catalog)
-        sizes = [store.entry(n).planned_size for n in names]
-        total = human_size(sum(s[0] or 0 for s in sizes), all(s[1] for s in sizes))
-        todo = plan(store, names)
-        rows.append((choice, ", ".join(names), total, human_size(todo.total, todo.exact)))
-    return rows
-
-
 def cmd_list(args, settings) -> int:
-    from ..bundles import free_space
+    from ..bundles import bundle_rows, free_space
     from ..models.catalog import human_size
 
     store = _store(settings)
