@@ -322,3 +322,22 @@ def test_the_store_builds_demo_packs_only_through_what_it_is_given(tmp_path):
     assert packs.built == ["fake-pack"] and (folder / "config.json").read_text() == "{}"
     with pytest.raises(ModelError, match="opened without demo packs.*open_store"):
         ModelStore(settings, cat).ensure("fake-vae")
+
+
+def test_a_wrapped_library_error_keeps_its_cause_for_debug(tmp_path, capsys):
+    """Project errors wrap library errors with `raise ... from exc`: the user reads one line,
+    and --debug's traceback still shows the library's error as the direct cause."""
+    from pipelines.cli.main import run
+
+    job = tmp_path / "job.json"
+    job.write_text('{"identities": {,}', encoding="utf-8")
+    flags = ["--models-dir", str(tmp_path / "m"), "--device", "cpu"]
+    assert run(["batch", str(job), "--dry-run", *flags]) == 2
+    err = capsys.readouterr().err
+    assert [ln for ln in err.splitlines() if ln.strip()] == [
+        f"error: job file {job}, line 1: not valid JSON (Expecting property name enclosed in double quotes)."
+    ]
+    assert run(["--debug", "batch", str(job), "--dry-run", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "json.decoder.JSONDecodeError" in err
+    assert "The above exception was the direct cause of the following exception" in err
