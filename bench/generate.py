@@ -18,8 +18,18 @@ engine calls interleaved so clock drift hits both alike):
   on a face crop per image, `ip_adapter_image_embeds`; instantid =
   `StableDiffusionXLControlNetPipeline` with the IdentityNet +
   `load_ip_adapter` (InstantID Resampler), the 16 face tokens fed to the IdentityNet
-  by a forward pre-hook;
-- `ratio_vs_baseline[m]` = engine / baseline; the target is <= 1.05 (`meets_target`);
+  by a forward pre-hook; pulid (opt-in, `--methods ...,pulid`) = the plain
+  pipeline with PuLID's ID attention processors installed into its UNet
+  (`pipelines/pulid/attention.install`, the port of the reference's
+  `pulid/attention_processor.py`: diffusers has no PuLID API) and, per image, the
+  EVA02-CLIP visual tower on a 336 px face image + the IDFormer (as the reference
+  pipeline computes the ID embedding per call), the result as
+  `cross_attention_kwargs`; arc2face (opt-in) = `StableDiffusionPipeline` of the
+  SD1.5 folder with Arc2Face's UNet and text encoder passed in, and per image the
+  embedding written into the "id" token row of "photo of a id person"
+  (`project_face_embs`) as `prompt_embeds`. Arc2Face runs `turbo` as its README's
+  LCM-LoRA mode (lcm-lora-sdv1-5, LCM, 2 steps, cfg 1) and has no `fast` (skipped);
+ = engine / baseline; the target is <= 1.05 (`meets_target`);
 - `cold_start_seconds`: `Engine(settings, store)` + its first image (models already
   built on disk); `plain_cold_start_seconds`: from_pretrained + first image.
 
@@ -69,7 +79,8 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-METHODS = ("none", "faceid", "instantid")
+METHODS = ("none", "faceid", "instantid")  # the default set
+ALL_METHODS = (*METHODS, "pulid", "arc2face")  # pulid, arc2face: opt-in with --methods
 SPEEDS = ("quality", "fast", "turbo")
 TINY_LABEL = "tiny demo models: random weights"
 PROMPT = "a portrait photo of a person, studio lighting, sharp focus"
@@ -94,7 +105,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto")
     p.add_argument("--methods", default=",".join(METHODS),
-                   help="comma-separated engine methods to time (none, faceid, instantid)")
+                   help="comma-separated engine methods to time (none, faceid, instantid; also pulid, "
+                        "arc2face)")
     p.add_argument("--cfg", type=float, default=5.0, help="guidance scale (both sides)")
     p.add_argument("--full-size", action="store_true", help="full-size random-weight models (GPU)")
     p.add_argument("--dry-run", action="store_true",
@@ -117,9 +129,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--speeds: choose from {', '.join(SPEEDS)}")
     args.speeds = list(dict.fromkeys(speeds))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in ALL_METHODS]
     if bad or not methods:
-        p.error(f"--methods: {', '.join(bad) or '(empty)'} unknown; choose from {', '.join(METHODS)}")
+        p.error(f"--methods: {', '.join(bad) or '(empty)'} unknown; choose from {', '.join(ALL_METHODS)}")
+    if args.full_size and {"pulid", "arc2face"} & set(methods):
+        p.error("--methods pulid/arc2face: --full-size has no full-size random-weight packs for them yet; "
+                "time them with the tiny packs or real weights (--models-dir)")
     args.methods = list(dict.fromkeys(methods))
     if args.dry_run and not args.full_size:
         p.error("--dry-run counts the full-size models' parameters; use it with --full-size")
@@ -193,6 +208,7 @@ class Ctx:
     vae_folder: Path | None  # the fp16-fix VAE when the engine uses it
     photo: Path
     folders: dict[str, Path] = field(default_factory=dict)
+    sd15_variant: str | None = None  # the SD1.5 base's weight variant (Arc2Face's baseline)
 
     def call_kwargs(self) -> dict:
         import torch
@@ -338,7 +354,103 @@ def keypoint_image(width: int, height: int):
     return img
 
 
-BASELINES = {"none": PlainSDXL, "faceid": FaceIDBaseline, "instantid": InstantIDBaseline}
+class PuLIDBaseline:
+    label = ("diffusers StableDiffusionXLPipeline + PuLID v1.1's ID attention processors installed into its UNet "
+             "(the reference's attention_processor, ported) + per image EVA02-CLIP-L-336 visual tower on a face "
+             "image and the IDFormer, cross_attention_kwargs id_embedding (scale 0.8, the reference negative)")
+
+    def __init__(self, ctx: Ctx):
+        from safetensors.torch import load_file
+
+        from pipelines.identity.pulid import REFERENCE_NEGATIVE
+        from pipelines.pulid.attention import install
+        from pipelines.pulid.encoders import id_encoder_from_state
+        from pipelines.pulid.eva import load_eva_visual
+
+        self.ctx, self.negative = ctx, REFERENCE_NEGATIVE
+        state = load_file(str(ctx.folders["pulid_weights"]))
+        self.pipe = load_sdxl(ctx)
+        install(self.pipe.unet, state)
+        self.id_encoder = id_encoder_from_state(state).eval().to(ctx.device)  # float32, as the reference
+        self.eva = load_eva_visual(load_file(str(ctx.folders["eva_weights"]))).to(ctx.device)
+        self.id_pos = _id_embedding(ctx).reshape(1, -1).float().to(ctx.device)
+
+    def __call__(self):
+        import torch
+
+        from pipelines.pulid.eva import eva_features, eva_input
+
+        ctx = self.ctx
+        size = self.eva.patch_embed.img_size[0]
+        grey = torch.full((1, 3, size, size), 0.5, device=ctx.device)
+        with torch.no_grad():
+            vit_cond, hidden = eva_features(self.eva, eva_input(grey, size))
+            id_cond = torch.cat([self.id_pos, vit_cond], dim=-1)
+            cond = self.id_encoder(id_cond, hidden)
+            uncond = self.id_encoder(torch.zeros_like(id_cond), [torch.zeros_like(t) for t in hidden])
+        emb = (torch.cat([uncond, cond]) if ctx.cfg > 1.0 else cond).to(ctx.dtype)
+        kw = {**ctx.call_kwargs(), "negative_prompt": self.negative}
+        return self.pipe(**kw, cross_attention_kwargs={"id_embedding": emb, "id_scale": SCALE, "num_zero": 0,
+                                                       "ortho": "off"}).images[0]
+
+
+class Arc2FaceBaseline:
+    label = ("diffusers StableDiffusionPipeline.from_pretrained(SD1.5 folder, unet=Arc2Face UNet, "
+             "text_encoder=Arc2Face CLIPTextModel); per image the embedding in the 'id' token row of "
+             "'photo of a id person' through the encoder (project_face_embs) as prompt_embeds")
+
+    def __init__(self, ctx: Ctx):
+        import diffusers
+        from transformers import CLIPTextModel
+
+        self.ctx = ctx
+        folder = ctx.folders["arc2face"]
+        unet = diffusers.UNet2DConditionModel.from_pretrained(folder / "arc2face", torch_dtype=ctx.dtype,
+                                                              local_files_only=True)
+        encoder = CLIPTextModel.from_pretrained(folder / "encoder", dtype=ctx.dtype, local_files_only=True,
+                                                use_safetensors=True)
+        self.pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+            ctx.folders["sd15"], unet=unet, text_encoder=encoder, variant=ctx.sd15_variant,
+            torch_dtype=ctx.dtype, use_safetensors=True, local_files_only=True, safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)
+        from pipelines.samplers import SAMPLERS
+
+        cls_name, extra = SAMPLERS[SAMPLER]  # the engine's sampler in quality mode (a speed mode replaces it)
+        self.pipe.scheduler = getattr(diffusers, cls_name).from_config(self.pipe.scheduler.config, **extra)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe.to(ctx.device)
+        self.id_pos = _id_embedding(ctx).reshape(-1).float()
+
+    def _prompt_embeds(self):
+        import torch
+        import torch.nn.functional as F
+
+        tok, te = self.pipe.tokenizer, self.pipe.text_encoder
+        ids = tok("photo of a id person", padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(te.device)
+        row = ids[0] == tok.encode("id", add_special_tokens=False)[0]
+        padded = F.pad(self.id_pos, (0, te.config.hidden_size - self.id_pos.numel())).to(te.device)
+
+        def put(module, args, out):
+            out = out.clone()
+            out[:, row] = padded.to(out.dtype)
+            return out
+
+        handle = te.get_input_embeddings().register_forward_hook(put)
+        try:
+            with torch.no_grad():
+                return te(ids)[0]
+        finally:
+            handle.remove()
+
+    def __call__(self):
+        kw = self.ctx.call_kwargs()
+        kw.pop("prompt")
+        return self.pipe(prompt_embeds=self._prompt_embeds(), **kw).images[0]
+
+
+BASELINES = {"none": PlainSDXL, "faceid": FaceIDBaseline, "instantid": InstantIDBaseline, "pulid": PuLIDBaseline,
+             "arc2face": Arc2FaceBaseline}
 
 
 # ------------------------------------------------------------------- the run
@@ -364,7 +476,7 @@ def _ratio(a: float, b: float) -> float:
 def prepare(store, methods: list[str], use_fix_vae: bool, speeds=()) -> list[str]:
     """Build (demo mode) every model both sides load, before anything is timed."""
     from pipelines.identity import get_method_class
-    from pipelines.speed import SPEED_MODES
+    from pipelines.speed import SPEED_MODES, mode_for
 
     names = ["sdxl-base"] + (["sdxl-vae-fp16-fix"] if use_fix_vae else [])
     names += [SPEED_MODES[s].lora for s in speeds if SPEED_MODES[s].lora]
@@ -373,6 +485,9 @@ def prepare(store, methods: list[str], use_fix_vae: bool, speeds=()) -> list[str
             continue
         cls = get_method_class(m)
         names += list(cls.required_models) + [cls.recognizer]
+        if cls.base == "sd15":
+            names.append("sd15-base")
+        names += [mode_for(s, m).lora for s in speeds if mode_for(s, m).lora]
     names += ["buffalo_l", "antelopev2"] if any(m != "none" for m in methods) else []  # likeness scoring
     names = list(dict.fromkeys(names))
     for n in names:
@@ -386,9 +501,10 @@ def run(args) -> dict:
 
     from pipelines.engine import Engine
     from pipelines.errors import BadInput
+    from pipelines.identity import get_method_class
     from pipelines.requests import GenerateRequest
     from pipelines.settings import load_settings
-    from pipelines.speed import SPEED_MODES
+    from pipelines.speed import SPEED_MODES, mode_for
     from pipelines.stores import open_store
 
     if args.threads:
@@ -432,16 +548,27 @@ def run(args) -> dict:
             from pipelines.identity import instantid as iid
 
             files.update(instantid=store.ensure(iid.MODEL), instantid_weights=store.file_path(iid.MODEL, iid.ADAPTER))
+        if "pulid" in args.methods:
+            from pipelines.identity import pulid as pid
+
+            files.update(pulid_weights=store.file_path(pid.WEIGHTS, pid.WEIGHTS_FILE),
+                         eva_weights=store.file_path(pid.EVA, pid.EVA_FILE))
+        if "arc2face" in args.methods:
+            from pipelines.identity import arc2face as a2f
+
+            files.update(arc2face=store.ensure(a2f.MODEL), sd15=store.ensure("sd15-base"))
         ctx = Ctx(device=device, dtype=dtype, steps=args.steps, width=args.width, height=args.height, cfg=args.cfg,
                   sdxl_folder=store.ensure("sdxl-base"), variant=store.entry("sdxl-base").variant,
                   vae_folder=store.ensure("sdxl-vae-fp16-fix") if use_fix else None,
-                  photo=_photo(args, work), folders=files)
+                  photo=_photo(args, work), folders=files,
+                  sd15_variant=store.entry("sd15-base").variant if "sd15" in files else None)
 
         def request(method: str, speed: str = "quality", count: int = 1) -> GenerateRequest:
             tuned = dict(steps=args.steps, cfg=args.cfg, sampler=SAMPLER) if speed == "quality" else {}
+            scale = 1.0 if method == "arc2face" else SCALE  # Arc2Face has no strength: 1 = Arc2Face
             return GenerateRequest(photos=[str(ctx.photo)] if method != "none" else [], prompt=PROMPT, method=method,
                                    width=args.width, height=args.height, speed=speed, seed=SEED, count=count,
-                                   scale=SCALE, identitynet_scale=IDENTITYNET_SCALE, **tuned)
+                                   scale=scale, identitynet_scale=IDENTITYNET_SCALE, **tuned)
 
         _preload_imports()
         if device == "cuda":  # CUDA context and kernels outside every timed region
@@ -465,6 +592,7 @@ def run(args) -> dict:
         engine = holder["engine"]
 
         results: dict[str, dict] = {}
+        skipped: list[str] = []
         labels: dict[str, str] = {}
         base_load: dict[tuple, float] = {}
         peaks: dict[str, float | None] = {}
@@ -483,17 +611,28 @@ def run(args) -> dict:
                 timed(plain_here, device)  # warm-up
             samples_engine: dict[str, list[float]] = {}
             samples_base: dict[str, list[float]] = {}
+            own_modes: dict[str, dict] = {}
             for m in args.methods:
                 key = f"{s}/{m}"
+                # a method's own few-step mode where it has one (Arc2Face turbo: LCM-LoRA SD1.5)
+                mmode = mode_for(s, m)
+                family = get_method_class(m).base if m != "none" else "sdxl"
+                if mmode.lora is not None and mmode.family != family:
+                    skipped.append(f"{s}/{m}: no {s} mode for this method (the engine refuses it)")
+                    continue
+                mctx = speed_ctx(ctx, mmode)
+                mlora = store.file_path(mmode.lora, mmode.lora_file) if mmode.lora else None
+                if mmode is not mode:
+                    own_modes[m] = {"lora": mmode.lora, "sampler": mmode.sampler, "steps": mctx.steps, "cfg": mctx.cfg}
                 if m == "none":
                     base = plain_here
                 else:
                     holder.pop("base", None)
                     _free(device)
 
-                    def build(m=m):
-                        b = BASELINES[m](sctx)
-                        apply_speed(b.pipe, mode, lora)
+                    def build(m=m, mctx=mctx, mmode=mmode, mlora=mlora):
+                        b = BASELINES[m](mctx)
+                        apply_speed(b.pipe, mmode, mlora)
                         holder["base"] = b
 
                     base_load[(s, m)] = timed(build, device)
@@ -522,6 +661,7 @@ def run(args) -> dict:
                 "sampler": mode.sampler or SAMPLER,
                 "steps": sctx.steps,
                 "cfg": sctx.cfg,
+                "method_modes": own_modes,  # methods running their own few-step mode here
                 "plain_seconds": _round(plain_s),
                 "engine_seconds": {m: _round(v) for m, v in engine_s.items()},
                 "ratio": {m: _ratio(v, plain_s) for m, v in engine_s.items()},
@@ -573,6 +713,7 @@ def run(args) -> dict:
             "speeds": results,
             **extra,
             "baselines": labels,
+            "skipped": skipped,
             "cold_start_seconds": _round(engine_cold),
             "cold_start_method": first,
             "plain_cold_start_seconds": _round(plain_cold),

@@ -220,3 +220,47 @@ def test_arc2face_turbo_runs_lcm_with_the_lora_and_unload_restores_the_base(a2f_
     assert pipe.unet is base_unet and adapter not in (getattr(base_unet, "peft_config", None) or {})
     base_after = np.asarray(engine.generate(GenerateRequest(**plain)).images[0].image)
     assert np.array_equal(base_before, base_after)
+
+
+# ---- bench/generate.py: PuLID and Arc2Face against their hand-built diffusers baselines -------------------
+def test_bench_offers_pulid_and_arc2face_with_their_own_baselines(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from bench import generate as bench
+
+    args = bench.parse_args(["--methods", "none,pulid,arc2face"])
+    assert args.methods == ["none", "pulid", "arc2face"]
+    assert bench.BASELINES["pulid"] is bench.PuLIDBaseline and bench.BASELINES["arc2face"] is bench.Arc2FaceBaseline
+    assert bench.METHODS == ("none", "faceid", "instantid")  # the default run is unchanged
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--full-size", "--methods", "pulid"])
+    assert "no full-size random-weight packs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_reports_pulid_and_arc2face(tiny_models_dir, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("LIKENESS_MODELS_DIR", None)
+    proc = subprocess.run(
+        [sys.executable, str(repo / "bench" / "generate.py"), "--steps", "2", "--width", "64", "--height", "64",
+         "--repeats", "1", "--threads", "1", "--device", "cpu", "--dtype", "float32", "--speeds", "quality,fast,turbo",
+         "--batch", "0", "--no-step-costs", "--methods", "none,pulid,arc2face", "--models-dir", str(tiny_models_dir)],
+        capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(proc.stdout)
+    assert set(r["baselines"]) == {"none", "pulid", "arc2face"}
+    for s in ("quality", "turbo"):
+        v = r["speeds"][s]
+        for m in ("pulid", "arc2face"):
+            assert v["engine_seconds"][m] > 0 and v["baseline_seconds"][m] > 0
+            assert v["ratio_vs_baseline"][m] == pytest.approx(v["engine_seconds"][m] / v["baseline_seconds"][m],
+                                                              rel=2e-3, abs=2e-3)
+    assert r["speeds"]["turbo"]["method_modes"]["arc2face"] == {"lora": "lcm-lora-sdv1-5", "sampler": "lcm",
+                                                                "steps": 2, "cfg": 1.0}
+    assert "arc2face" not in r["speeds"]["fast"]["engine_seconds"]
+    assert any(x.startswith("fast/arc2face") for x in r["skipped"])
