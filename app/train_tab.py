@@ -50,11 +50,13 @@ def train_events(settings: Settings, holder: EngineHolder, cancels: CancelRegist
     ("done", (training set, result)). Frees the generation pipeline first: two
     SDXL bases do not fit a consumer GPU together."""
     from pipelines.lora.train import train_lora
+    from pipelines.stores import open_store
 
     def call(on_step, cancel):
         if holder.loaded:  # under the engine lock: no generation is running now
             holder.get().release_base()
-        return train_lora(settings, photos, config, options, callback=on_step, cancel=cancel, progress=False)
+        return train_lora(settings, photos, config, options, store=open_store(settings), callback=on_step,
+                          cancel=cancel, progress=False)
 
     cancel = cancels.begin(session)
     try:

@@ -104,9 +104,10 @@ def _photo(work: Path) -> Path:
 def tiny_ours(args) -> dict:
     from pipelines.lora.dataset import DatasetOptions
     from pipelines.lora.train import LoraTrainer, TrainConfig
+    from pipelines.stores import open_store
 
     settings = _settings(args)
-    trainer = LoraTrainer(settings)
+    trainer = LoraTrainer(settings, open_store(settings))
     tset = trainer.prepare([_photo(Path(args.work))], DatasetOptions(demo=True, framings=("close-up",)))
     res = trainer.train(tset, TrainConfig(name="bench", steps=args.warmup + args.steps, lr=1e-4,
                                           checkpoint_every=100_000, gradient_checkpointing=_checkpointing(args)),
@@ -126,10 +127,11 @@ def tiny_plain(args) -> dict:
 
     from pipelines.lora.dataset import DatasetOptions
     from pipelines.lora.train import LoraTrainer, load_base
+    from pipelines.stores import open_store
 
     settings = _settings(args)
     device = settings.resolve_device()
-    trainer = LoraTrainer(settings)
+    trainer = LoraTrainer(settings, open_store(settings))
     tset = trainer.prepare([_photo(Path(args.work))], DatasetOptions(demo=True, framings=("close-up",)))
     sample = tset.samples[0]
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from pipelines.errors import BadInput, Cancelled, UnsafePath
+from pipelines.stores import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(steps=2, width=64, height=64, cfg=5.0, sampler="euler", seed=3)
@@ -129,7 +130,7 @@ def test_dataset_reports_blur_tiny_unreadable_and_crops_upright(dirs, settings, 
     Image.fromarray(cv2.GaussianBlur(astro, (0, 0), 3)).save(tmp_path / "blurred.png")
     Image.fromarray(cv2.resize(astro, (240, 240), interpolation=cv2.INTER_AREA)).save(tmp_path / "tiny.png")
     (tmp_path / "broken.jpg").write_bytes(b"not an image at all")
-    trainer = LoraTrainer(settings)
+    trainer = LoraTrainer(settings, open_store(settings))
     with pytest.raises(BadInput) as exc:
         trainer.prepare([tmp_path], DatasetOptions(demo=True))
     msg = str(exc.value)
@@ -159,7 +160,7 @@ def test_resume_after_crash_and_cancel_equals_uninterrupted(trained, dirs, setti
     from pipelines.lora.dataset import DatasetOptions
     from pipelines.lora.train import LoraTrainer, TrainConfig
 
-    trainer = LoraTrainer(settings)
+    trainer = LoraTrainer(settings, open_store(settings))
     tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(demo=True))
     config = dict(name="again", steps=4, lr=0.01, checkpoint_every=2)
     events: list[dict] = []
@@ -218,7 +219,7 @@ def test_text_encoder_lora_trains_and_loads(dirs, settings, engine):
     from pipelines.lora.dataset import DatasetOptions
     from pipelines.lora.train import LoraTrainer, TrainConfig
 
-    trainer = LoraTrainer(settings)
+    trainer = LoraTrainer(settings, open_store(settings))
     tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(demo=True, framings=("close-up",)))
     result = trainer.train(tset, TrainConfig(name="te", steps=1, lr=0.01, text_encoder=True), progress=False)
     sd = tensors(result.path)
@@ -465,7 +466,7 @@ def test_one_bad_photo_is_left_out_not_an_abort(dirs, settings, tmp_path):
     shutil.copy(dirs["photos"] / "astronaut.png", tmp_path / "astronaut.png")
     Image.new("RGB", (1, 1), (120, 90, 80)).save(tmp_path / "dot.png")
     Image.new("RGB", (30000, 10), (120, 90, 80)).save(tmp_path / "strip.png")
-    tset = LoraTrainer(settings).prepare([tmp_path], DatasetOptions(demo=True))
+    tset = LoraTrainer(settings, open_store(settings)).prepare([tmp_path], DatasetOptions(demo=True))
     assert [Path(r.file).name for r in tset.used] == ["astronaut.png"]
     reasons = {Path(r.file).name: r.reason for r in tset.excluded}
     assert set(reasons) == {"dot.png", "strip.png"}
@@ -566,7 +567,7 @@ def test_disk_full_mid_run_keeps_the_last_checkpoint_and_resumes(dirs, tmp_path)
     with small_tmpfs(tmp_path / "disk", "8m") as disk:
         settings = load_settings(models_dir=dirs["models"], loras_dir=disk, outputs_dir=dirs["outputs"],
                                  device="cpu", dtype="float32", demo=True)
-        trainer = LoraTrainer(settings)
+        trainer = LoraTrainer(settings, open_store(settings))
         tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(demo=True))
         config = dict(name="full", steps=6, lr=0.01, checkpoint_every=2)
         filler: list[Path] = []
@@ -591,7 +592,7 @@ def test_failed_checkpoint_or_lora_write_is_one_clear_line(dirs, settings, monke
     from pipelines.lora.dataset import DatasetOptions
     from pipelines.lora.train import LoraTrainer
 
-    trainer = LoraTrainer(settings)
+    trainer = LoraTrainer(settings, open_store(settings))
     tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(demo=True, framings=("close-up",)))
     save = Checkpoints.save
 
@@ -632,5 +633,6 @@ def test_cancel_before_the_first_step_stops_between_phases(dirs, settings):
 
     with pytest.raises(Cancelled, match="after preparing the photos"):
         train_lora(settings, [dirs["photos"] / "astronaut.png"], TrainConfig(name="early", steps=2),
-                   DatasetOptions(demo=True), callback=callback, cancel=cancel, progress=False)
+                   DatasetOptions(demo=True), store=open_store(settings), callback=callback, cancel=cancel,
+                   progress=False)
     assert seen == ["dataset"] and not (dirs["loras"] / "early.safetensors").exists()

@@ -231,7 +231,7 @@ def test_train_tab_reports_progress_and_result(demo_settings, tmp_path, monkeypa
 
     seen = {}
 
-    def fake_train_lora(settings, photos, config, options, *, callback=None, cancel=None, progress=True):
+    def fake_train_lora(settings, photos, config, options, *, store=None, callback=None, cancel=None, progress=True):
         seen.update(photos=photos, name=config.name, steps=config.steps, trigger=options.trigger, demo=options.demo)
         callback({"phase": "dataset", "used": photos[:1], "warnings": [],
                   "excluded": [{"file": photos[1], "reason": "2 faces: a group photo"}]})

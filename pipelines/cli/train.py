@@ -62,6 +62,7 @@ def cmd_train(args, settings) -> int:
     from ..lora.manager import normalize_name
     from ..lora.train import TrainConfig, train_lora
     from ..requests import validate_request
+    from ..stores import open_store
 
     normalize_name(args.name, "--name")
     config = validate_request(TrainConfig, config_from_args(args), "train")
@@ -88,7 +89,7 @@ def cmd_train(args, settings) -> int:
         elif phase in ("resume", "load"):
             print(info.get("message", ""), file=sys.stderr)
 
-    tset, result = train_lora(settings, args.photos, config, options, callback=report)
+    tset, result = train_lora(settings, args.photos, config, options, store=open_store(settings), callback=report)
     if main:
         if result.preview is not None:
             print(f"preview of the training crops: {result.preview}", file=sys.stderr)

@@ -302,11 +302,11 @@ class TextTable:
 class LoraTrainer:
     """Prepares photos and trains a LoRA into `<loras_dir>/<name>.safetensors`."""
 
-    def __init__(self, settings, store=None):
-        from ..stores import open_store
-
+    def __init__(self, settings, store):
+        """`store`: the model store to load the base from (the front doors open it with
+        `pipelines.stores.open_store`, which gives it the demo packs in demo mode)."""
         self.settings = settings
-        self.store = store or open_store(settings)
+        self.store = store
         self._analyzer = None
 
     # ------------------------------------------------------------ dataset
@@ -735,7 +735,7 @@ def _key_diff(old: dict, new: dict) -> str:
     return "; ".join(parts) or "unknown difference"
 
 
-def train_lora(settings, photos, config: TrainConfig, options: DatasetOptions | None = None, *, store=None,
+def train_lora(settings, photos, config: TrainConfig, options: DatasetOptions | None = None, *, store,
                callback: TrainCallback | None = None, cancel: threading.Event | None = None,
                progress: bool = True) -> tuple[TrainingSet, TrainResult]:
     """Prepare `photos` and train; the one call the CLI and the UI make."""
