@@ -243,6 +243,13 @@ def test_subpackages_form_no_cycle():
     assert _cycles(_layer_graph(module_level_only=False, packages_only=True)) == []
 
 
+def test_the_model_layer_and_the_demo_packs_are_in_no_cycle():
+    """Counting imports inside functions too, neither the model store nor the demo packs that
+    are built for it can be reached back from what they reach."""
+    cycles = _cycles(_layer_graph(module_level_only=False))
+    assert [c for c in cycles if {"pipelines.models", "pipelines.tiny", "pipelines.stores"} & set(c)] == []
+
+
 def test_the_contract_checker_finds_every_kind_of_import(tmp_path):
     """The rules above would fail on the imports they forbid: relative, absolute, inside a
     function and under TYPE_CHECKING, each named with its file and line."""
