@@ -296,8 +296,8 @@ class PortraitTab:
                        concurrency_id=GPU, api_visibility="private")
         if "speed" in w.by_key:  # Performance: the mode's sampler/steps/cfg into their widgets
             tuned = [w.by_key[k] for k in ("sampler", "steps", "cfg")]
-            w.by_key["speed"].input(lambda s: self.updates(speed_widget_values(s)), w.by_key["speed"], tuned,
-                                    queue=False, api_visibility="private")
+            w.by_key["speed"].input(lambda s, m: self.updates(speed_widget_values(s, m)), [w.by_key["speed"], method],
+                                    tuned, queue=False, api_visibility="private")
         recipe_widgets = [w.by_key[k] for k in RECIPE_KEYS]
         method.input(self.switch_method, [method, *recipe_widgets], recipe_widgets, queue=False,
                      api_visibility="private")

@@ -90,12 +90,13 @@ _SIZE_RE = re.compile(r"^\s*(\d{2,4})\s*[x×]\s*(\d{2,4})\s*$")
 
 
 # ------------------------------------------------------------------------ speed
-def speed_widget_values(speed: str) -> dict[str, Any]:
-    """The sampler/steps/cfg widgets for a Performance choice: the mode's values
-    (pipelines/speed.py), or the request defaults for quality."""
-    from pipelines.speed import get_mode
+def speed_widget_values(speed: str, method: str | None = None) -> dict[str, Any]:
+    """The sampler/steps/cfg widgets for a Performance choice: the mode's values for
+    this method (a method may declare its own few-step mode, pipelines/speed.py
+    `mode_for`), or the request defaults for quality."""
+    from pipelines.speed import mode_for
 
-    mode = get_mode(speed)
+    mode = mode_for(speed, method)
     if mode.lora is None:
         return {k: _default(k) for k in ("sampler", "steps", "cfg")}
     return {"sampler": mode.sampler, "steps": mode.steps, "cfg": mode.cfg}

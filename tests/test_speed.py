@@ -257,6 +257,12 @@ def test_ui_performance_choice_maps_to_the_request():
     req = request_from_ui(values, demo=True)
     assert (req.speed, req.steps, req.sampler, req.cfg) == ("turbo", 4, "euler_trailing", 1.0)
     assert speed_widget_values("quality") == {"sampler": "dpmpp_2m_karras", "steps": 30, "cfg": 5.0}
+    # a method with its own few-step mode (Arc2Face: LCM-LoRA SD1.5, 2 steps, cfg 1) fills its values
+    from pipelines.speed import mode_for
+
+    own = mode_for("turbo", "arc2face")
+    assert speed_widget_values("turbo", "arc2face") == {"sampler": own.sampler, "steps": own.steps, "cfg": own.cfg}
+    assert own.sampler == "lcm" and own.steps == 2
     assert ui_from_fields({"speed": "fast"}, demo=True)["speed"] == "fast"  # recipe reuse sets the radio
 
 
