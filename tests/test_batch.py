@@ -292,7 +292,7 @@ def test_presets_resolve_through_load_preset(job_dir, monkeypatch):
     presets = {"studio-headshot": {"prompt": "studio headshot, soft light", "steps": 4, "cfg": 3.0},
                "broken": {"prompt": "x", "steps": 999}}
 
-    def load_preset(name, demo=False):
+    def load_preset(name, demo=False, user_dir=None):
         if name not in presets:
             raise BadInput(f"preset {name!r} does not exist.")
         return dict(presets[name])
