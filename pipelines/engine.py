@@ -15,19 +15,20 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import BadInput, ModelError
 from .identity import get_method_class, method_family
+from .identity.base import Conditioning, ControlUnit, IdentityMethod
 from .memory import free_memory
 from .models.bases import DEFAULT_BASE, base_family, dtype_kwargs, load_base_pipeline
-from .identity.base import Conditioning, ControlUnit, IdentityMethod
 from .requests import GenerateRequest
-from .samplers import SAMPLER_CALL_KWARGS, SDXL_BUCKETS, SD15_BUCKETS, demo_size, make_scheduler, nearest_bucket
-from .speed import apply_speed_defaults, check_speed, speed_lora, speed_recipe
+from .samplers import SAMPLER_CALL_KWARGS, SD15_BUCKETS, SDXL_BUCKETS, demo_size, make_scheduler, nearest_bucket
 from .settings import DEMO_BANNER, Settings
+from .speed import apply_speed_defaults, check_speed, speed_lora, speed_recipe
 
 StepCallback = Callable[[dict], None]
 SD15_FT_MSE_VAE = "sd-vae-ft-mse"

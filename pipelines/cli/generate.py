@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..identity import method_names
-from pathlib import Path
 
 
 def register(sub) -> None:

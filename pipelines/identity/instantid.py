@@ -187,13 +187,13 @@ class IdentityNetUnit(ControlUnit):
     face (`move_face`) and the keypoint image, the face mask and the recipe all
     follow."""
 
-    method: "InstantID | None" = None
+    method: InstantID | None = None
     recipe: dict = field(default_factory=dict)
     enhance: bool = True
     photo_kps: np.ndarray | None = None
     photo_box: np.ndarray | None = None
 
-    def place(self, placement: "FacePlacement", width: int, height: int) -> None:
+    def place(self, placement: FacePlacement, width: int, height: int) -> None:
         from ..pose.render import render_face_keypoints
 
         self.image = render_face_keypoints(placement.kps, width, height)
@@ -391,7 +391,7 @@ def _token_grid(height: int, width: int, n: int) -> tuple[int, int]:
     return h, w
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _region_class(base):
     """A subclass of a diffusers IP-Adapter attention processor that applies the
     face region to the IP part of its output. Binary mask: inside the face the
