@@ -14,7 +14,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli.main import run
+    from cli.main import run
 
     return run(sys.argv[1:] if argv is None else argv)
 

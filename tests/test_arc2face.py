@@ -209,7 +209,7 @@ def test_recogniser_pack_is_its_own_and_scored_independently(engine):
 
 # ------------------------------------------------------- front doors, eval
 def test_cli_needs_no_prompt_and_says_it_is_ignored(tiny_models_dir, photos_dir, tmp_path, capsys):
-    from pipelines.cli.main import run
+    from cli.main import run
 
     rc = run(["--demo", "--models-dir", str(tiny_models_dir), "--outputs-dir", str(tmp_path / "out"),
               "--device", "cpu", "--dtype", "float32", "generate", "--photo", str(photos_dir / "astronaut.png"),
@@ -224,7 +224,7 @@ def test_eval_runs_arc2face_beside_another_method(tiny_models_dir, photos_dir, t
     import csv
     import shutil
 
-    from pipelines.cli.main import run
+    from cli.main import run
 
     ids = tmp_path / "ids" / "astronaut"
     ids.mkdir(parents=True)

@@ -41,7 +41,7 @@ def test_import_launch_has_no_side_effects(tmp_path):
         "import sys, os\n"
         "before = set(os.listdir('.'))\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "import launch, pipelines, pipelines.cli.main\n"
+        "import launch, pipelines, cli.main\n"
         "assert set(os.listdir('.')) == before, 'files created at import'\n"
         "heavy = [m for m in ('torch', 'diffusers', 'gradio', 'insightface') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -54,10 +54,10 @@ def test_import_launch_has_no_side_effects(tmp_path):
 # Every rule reads every import statement with `ast` (module level, inside functions, under
 # TYPE_CHECKING), resolves relative imports, and fails naming file:line and the import.
 # The layers, from the bottom: errors/paths/types, the model store (pipelines/models), the
-# engine's parts and the identity methods, the engine, then the front doors: the web UI (app/)
-# and the command line (pipelines/cli, started by launch.py).
+# engine's parts and the identity methods, the engine (all of pipelines/), then the front
+# doors beside each other: the web UI (app/) and the command line (cli/, started by launch.py).
 
-FRONT_DOORS = ("app", "pipelines.cli")
+FRONT_DOORS = ("app", "cli")
 # what pipelines/models/ may import from the project besides itself: the foundation
 MODEL_LAYER_MAY_IMPORT = ("pipelines.errors", "pipelines.paths", "pipelines.types")
 # the interface every identity method implements (the one identity module a method may import)
@@ -123,14 +123,9 @@ def _pipelines_files(root: Path = REPO):
 
 
 def _engine_must_not_import(importer: str, target: str) -> bool:
-    """The engine (all of pipelines/ but the command line) never reaches up to a front door,
-    and nothing in pipelines/ imports gradio or the web UI. The command line may start the
-    web UI (`launch.py ui` runs app.ui), so it may import app; it still never imports gradio."""
-    if _within(target, "gradio"):
-        return True
-    if _within(importer, "pipelines.cli"):
-        return False
-    return any(_within(target, door) for door in FRONT_DOORS) or _within(target, "launch")
+    """The engine (all of pipelines/) never reaches up to a front door (app, cli, launch.py)
+    and never imports gradio."""
+    return any(_within(target, top) for top in (*FRONT_DOORS, "launch", "gradio"))
 
 
 def test_the_engine_imports_no_front_door_and_no_gradio():
@@ -334,7 +329,7 @@ def test_the_store_builds_demo_packs_only_through_what_it_is_given(tmp_path):
 def test_a_wrapped_library_error_keeps_its_cause_for_debug(tmp_path, capsys):
     """Project errors wrap library errors with `raise ... from exc`: the user reads one line,
     and --debug's traceback still shows the library's error as the direct cause."""
-    from pipelines.cli.main import run
+    from cli.main import run
 
     job = tmp_path / "job.json"
     job.write_text('{"identities": {,}', encoding="utf-8")

@@ -320,7 +320,7 @@ def test_presets_resolve_through_load_preset(job_dir, monkeypatch):
 
 
 def test_bad_job_file_exits_2_and_dry_run_writes_nothing(job_dir, tmp_path, capsys):
-    from pipelines.cli.main import run
+    from cli.main import run
 
     bad = write_job(job_dir, "items:\n  - prompt: p\n    sedes: [1]\n", "bad.yaml")
     out = tmp_path / "out"
@@ -570,7 +570,7 @@ def _check_six_item_outcome(job_path: Path, out: Path) -> None:
 
 
 def test_demo_engine_six_item_job_with_an_unreadable_photo(job_dir, tmp_path, demo_args, capsys):
-    from pipelines.cli.main import run
+    from cli.main import run
 
     job_path = write_job(job_dir, SIX_ITEMS)
     out = tmp_path / "out"
@@ -590,7 +590,7 @@ def test_demo_engine_six_item_job_with_an_unreadable_photo(job_dir, tmp_path, de
 
 @pytest.mark.slow
 def test_demo_engine_kill_9_midway_then_rerun(job_dir, tmp_path, demo_args):
-    from pipelines.cli.main import run
+    from cli.main import run
 
     job_path = write_job(job_dir, SIX_ITEMS)
     out = tmp_path / "out"

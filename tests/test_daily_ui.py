@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _help(*cmd: str) -> str:
-    from pipelines.cli.main import build_parser
+    from cli.main import build_parser
 
     buf = io.StringIO()
     parser = build_parser()
@@ -38,7 +38,7 @@ def test_generate_help_shows_request_defaults_and_ui_port_help():
 
 
 def test_step_progress_plain_lines_with_eta():
-    from pipelines.cli.generate import StepProgress
+    from cli.generate import StepProgress
 
     out, clock = io.StringIO(), iter(range(0, 1000))
     p = StepProgress(out, count=2, now=lambda: next(clock) * 0.5)  # every step takes 0.5 s

@@ -50,7 +50,7 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_eval_demo_writes_csv_markdown_and_chart(tiny_models_dir, eval_inputs, tmp_path, capsys):
-    from pipelines.cli.main import run
+    from cli.main import run
 
     out = tmp_path / "report"
     rc = run(["--demo", "--models-dir", str(tiny_models_dir), "--outputs-dir", str(tmp_path / "outputs"),

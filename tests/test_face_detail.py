@@ -104,8 +104,8 @@ def test_keep_better_keeps_the_image_with_the_higher_likeness(engine, photos_dir
 
 
 def test_engine_records_the_pass_and_cli_flags(engine, photos_dir, demo_settings):
-    from pipelines.cli.generate import request_from_args
-    from pipelines.cli.main import build_parser
+    from cli.generate import request_from_args
+    from cli.main import build_parser
 
     args = build_parser().parse_args(["generate", "--prompt", "p", "--photo", "x.png", "--face-detail",
                                       "--face-detail-strength", "0.5", "--face-detail-keep-better"])

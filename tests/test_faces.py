@@ -510,7 +510,7 @@ def test_identity_reports_and_keeps_the_chosen_face(analyzers, photos_dir, astro
 def test_cli_face_index_applies_to_the_photo_before_it(capsys):
     import argparse
 
-    from pipelines.cli import generate
+    from cli import generate
 
     parser = argparse.ArgumentParser()
     generate.register(parser.add_subparsers())
@@ -543,7 +543,7 @@ def engine(make_engine):
 
 
 def test_generate_with_a_chosen_face_reports_it_everywhere(engine, photos_dir, capsys):
-    from pipelines.cli.generate import cmd_generate, register
+    from cli.generate import cmd_generate, register
     from pipelines.metadata import read_recipe
     from pipelines.requests import GenerateRequest
 

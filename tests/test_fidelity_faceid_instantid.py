@@ -260,7 +260,7 @@ def test_without_a_size_instantid_uses_the_bucket_nearest_the_photo(engine, tall
 def test_cut_face_warning_reaches_the_recipe_and_the_command_line(engine, photos_dir, capsys):
     import argparse
 
-    from pipelines.cli.generate import cmd_generate, register
+    from cli.generate import cmd_generate, register
 
     photo = str(photos_dir / "astronaut.png")
     parser = argparse.ArgumentParser()
@@ -392,7 +392,7 @@ def test_pose_moves_the_keypoints_and_the_face_region(engine, photos_dir):
 def test_command_line_flags_reach_the_request(demo_settings):
     import argparse
 
-    from pipelines.cli.generate import register, request_from_args
+    from cli.generate import register, request_from_args
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import build_parser, run
 from pipelines import bundles
-from pipelines.cli.main import build_parser, run
 from pipelines.models.catalog import Catalog, load_catalog
 from pipelines.settings import load_settings
 from pipelines.stores import open_store
@@ -99,7 +99,7 @@ def collected_hints(tmp_path, photos_dir) -> list[str]:
 
 
 def test_every_suggested_command_parses_with_the_real_parser(tmp_path, photos_dir, capsys):
-    from pipelines.cli.models import resolve_download
+    from cli.models import resolve_download
 
     assert run(["models", "verify", "--models-dir", str(tmp_path / "empty")]) == 0
     cli_out = capsys.readouterr().out
@@ -245,7 +245,7 @@ def test_generate_without_models_names_every_missing_model_once(tmp_path, photos
         assert n in err
     cmd = HINT.search(err).group(1)
     args = build_parser().parse_args(shlex.split(cmd)[2:])
-    from pipelines.cli.models import resolve_download
+    from cli.models import resolve_download
 
     settings = real_settings(tmp_path, dtype="float16")
     assert set(resolve_download(args, settings, open_store(settings))) >= {"gfpgan-v1.4", "sdxl-vae-fp16-fix"}

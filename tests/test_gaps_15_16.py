@@ -88,9 +88,9 @@ def _real_settings(tmp_path, **kw):
 def test_upscale_bundle_holds_every_upscaler_and_needs_acceptance(tmp_path):
     import shlex
 
+    from cli.main import build_parser
+    from cli.models import resolve_download
     from pipelines import bundles
-    from pipelines.cli.main import build_parser
-    from pipelines.cli.models import resolve_download
     from pipelines.stores import open_store
     from pipelines.upscale import UPSCALERS
 
@@ -120,7 +120,7 @@ def test_request_models_name_the_requested_upscaler(tmp_path):
 
 
 def test_generate_with_upscale_without_models_names_the_upscaler_once(tmp_path, capsys):
-    from pipelines.cli.main import run
+    from cli.main import run
 
     code = run(["generate", "--prompt", "a portrait", "--method", "none", "--upscale", "2", "--upscaler",
                 "4x-ultrasharp", "--models-dir", str(tmp_path / "m"), "--device", "cpu", "--dtype", "float32",

@@ -197,7 +197,7 @@ def test_device_cuda_without_a_gpu_is_bad_input():
 
 
 def test_busy_ui_port_names_the_flag():
-    from pipelines.cli.ui import check_port_free
+    from cli.ui import check_port_free
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -263,7 +263,7 @@ def test_dry_run_checks_loras_base_models_poses_and_urls(job_dir, tmp_path):
 
 # ----------------------------------------------------------------- messages
 def test_lora_weights_one_parser_for_cli_and_jobs(job_dir):
-    from pipelines.cli.generate import _lora_spec
+    from cli.generate import _lora_spec
     from pipelines.requests import LoraSpec
 
     assert _lora_spec("base:-3") == {"name": "base", "weight": -3.0}
@@ -393,7 +393,7 @@ def _recipe_png(path: Path, recipe: dict) -> Path:
 
 
 def test_recipe_fields_only_the_local_user_sets_are_dropped(tmp_path):
-    from pipelines.cli.generate import recipe_request
+    from cli.generate import recipe_request
     from pipelines.settings import load_settings
 
     settings = load_settings(outputs_dir=tmp_path / "outputs")
@@ -436,7 +436,7 @@ def test_recipes_hold_no_local_paths_and_replay_by_name_and_hash(demo_settings, 
     outputs folder, or the photos beside a copied PNG, and makes the same pixels."""
     import shutil
 
-    from pipelines.cli.generate import recipe_request
+    from cli.generate import recipe_request
     from pipelines.engine import Engine
     from pipelines.metadata import read_recipe
     from pipelines.requests import GenerateRequest
@@ -525,7 +525,7 @@ _REQUEST_KEYS = ["prompt", "method", "count", "steps", "seed", "width", "loras",
                               _JSON | st.dictionaries(st.sampled_from(_REQUEST_KEYS), _JSON, max_size=6),
                               max_size=3))
 def test_property_random_recipes(tmp_path, recipe):
-    from pipelines.cli.generate import recipe_request
+    from cli.generate import recipe_request
     from pipelines.settings import load_settings
 
     try:

@@ -47,7 +47,7 @@ def settings(dirs):
 
 
 def cli(dirs, *args: str) -> tuple[int, str, str]:
-    from pipelines.cli.main import run
+    from cli.main import run
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -479,7 +479,7 @@ def _lines(err: str) -> list[str]:
 
 
 def _train_cli(dirs, loras: Path, *args: str) -> tuple[int, str, str]:
-    from pipelines.cli.main import run
+    from cli.main import run
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -130,7 +130,7 @@ def test_preview_cards_script(tmp_path):
 
 
 def test_presets_list_command(capsys):
-    from pipelines.cli.main import run
+    from cli.main import run
 
     assert run(["presets", "list"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -141,13 +141,13 @@ def test_presets_list_command(capsys):
 
 
 def _generate_args(argv):
-    from pipelines.cli.main import build_parser
+    from cli.main import build_parser
 
     return build_parser().parse_args(["generate", *argv])
 
 
 def test_generate_preset_fields_are_defaults_and_flags_override(demo_settings):
-    from pipelines.cli.generate import request_from_args
+    from cli.generate import request_from_args
 
     args = _generate_args(["--preset", "cinematic-noir", "--photo", "a.jpg", "--prompt", "a tall man",
                            "--steps", "3", "--cfg", "2.5"])

@@ -241,7 +241,7 @@ def test_eval_runs_pulid(tiny_models_dir, photos_dir, tmp_path, capsys):
     import csv
     import shutil
 
-    from pipelines.cli.main import run
+    from cli.main import run
 
     ids = tmp_path / "ids" / "astronaut"
     ids.mkdir(parents=True)
@@ -286,7 +286,7 @@ def test_num_zero_and_ortho_reach_the_processors_per_call(engine, photos_dir):
 def test_cli_flags_reach_the_request(demo_settings):
     import argparse
 
-    from pipelines.cli.generate import register, request_from_args
+    from cli.generate import register, request_from_args
     from pipelines.requests import GenerateRequest
 
     parser = argparse.ArgumentParser()

@@ -66,7 +66,7 @@ def test_fake_method_is_in_the_ui_choices_and_maps_to_its_base(registered):
 
 
 def test_fake_method_is_a_cli_choice(registered, capsys):
-    from pipelines.cli.main import build_parser
+    from cli.main import build_parser
 
     args = build_parser().parse_args(["generate", "--method", "fakeid", "--prompt", "p", "--photo", "me.jpg"])
     assert args.method == "fakeid"

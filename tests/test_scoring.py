@@ -138,7 +138,7 @@ def test_describe():
 
 # ------------------------------------------------------------ generate CLI
 def run_cli(argv, capsys):
-    from pipelines.cli.main import run
+    from cli.main import run
 
     rc = run(argv)
     cap = capsys.readouterr()
@@ -173,7 +173,7 @@ def test_generate_keep_best_of_n_in_demo_mode(tiny_models_dir, photos_dir, tmp_p
 
 
 def test_recipe_replay_of_a_best_of_n_image_makes_one_image(tmp_path):
-    from pipelines.cli.generate import request_from_args
+    from cli.generate import request_from_args
     from pipelines.metadata import save_png
     from pipelines.requests import GenerateRequest, validate_request
 

@@ -201,7 +201,7 @@ def test_sd15_method_in_turbo_is_a_clear_error(engine, photos_dir):
 def test_cli_speed_over_a_preset_lets_the_mode_fill_steps_sampler_cfg(settings):
     import argparse
 
-    from pipelines.cli.generate import register, request_from_args
+    from cli.generate import register, request_from_args
     from pipelines.requests import GenerateRequest
 
     parser = argparse.ArgumentParser()
@@ -287,7 +287,7 @@ def test_every_sdxl_feature_runs_in_turbo_and_fast(engine, photos_dir, settings)
 
 
 def test_turbo_image_replays_exactly_from_its_recipe(engine, settings):
-    from pipelines.cli.generate import recipe_request
+    from cli.generate import recipe_request
     from pipelines.requests import GenerateRequest
 
     res = engine.generate(GenerateRequest(prompt="a portrait", method="none", speed="turbo", count=2, **FAST))

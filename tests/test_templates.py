@@ -101,8 +101,8 @@ def test_users_add_their_own_templates(engine, photos_dir):
 
 
 def test_template_request_checks_and_cli_flags(demo_settings):
-    from pipelines.cli.generate import request_from_args
-    from pipelines.cli.main import build_parser
+    from cli.generate import request_from_args
+    from cli.main import build_parser
     from pipelines.requests import validate_request
 
     with pytest.raises(BadInput, match="template and pose"):

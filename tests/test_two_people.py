@@ -60,7 +60,7 @@ def test_each_region_is_conditioned_by_its_own_identity(engine, photos_dir):
 
 
 def test_likeness_per_person_and_exact_replay(engine, photos_dir):
-    from pipelines.cli.generate import recipe_request
+    from cli.generate import recipe_request
 
     req = GenerateRequest(**FAST, photos=[str(photos_dir / "astronaut.png")], photos_2=[str(photos_dir / "t1.jpg")],
                           face_index_2={str(photos_dir / "t1.jpg"): 2})
@@ -110,8 +110,8 @@ def test_more_people_than_the_layout_has_is_a_clear_error(engine, photos_dir, tm
 
 
 def test_request_checks_and_cli_flags(demo_settings):
-    from pipelines.cli.generate import request_from_args
-    from pipelines.cli.main import build_parser
+    from cli.generate import request_from_args
+    from cli.main import build_parser
     from pipelines.requests import validate_request
 
     with pytest.raises(BadInput, match="layout places two people"):

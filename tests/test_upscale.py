@@ -57,7 +57,7 @@ def test_tiles_bound_the_model_input_and_match_one_pass(engine):
 
 
 def test_engine_upscale_recipe_and_exact_replay(engine, photos_dir, tmp_path):
-    from pipelines.cli.generate import recipe_request
+    from cli.generate import recipe_request
 
     req = GenerateRequest(**FAST, method="faceid", photos=[str(photos_dir / "astronaut.png")], upscale=2)
     first = engine.generate(req).images[0]
@@ -116,8 +116,8 @@ def test_bad_upscale_fields_are_clear_errors():
 
 
 def test_cli_flags_reach_the_request(demo_settings):
-    from pipelines.cli.generate import request_from_args
-    from pipelines.cli.main import build_parser
+    from cli.generate import request_from_args
+    from cli.main import build_parser
 
     args = build_parser().parse_args(["generate", "--prompt", "p", "--method", "none", "--upscale", "4",
                                       "--upscaler", "4x-ultrasharp", "--hires", "--hires-strength", "0.25"])

@@ -131,8 +131,8 @@ def test_recipe_options_of_one_family_are_refused_on_the_other(engine):
 
 
 def test_cli_sets_only_the_fields_it_was_given(demo_settings):
-    from pipelines.cli.generate import request_from_args
-    from pipelines.cli.main import build_parser
+    from cli.generate import request_from_args
+    from cli.main import build_parser
     from pipelines.engine import apply_method_defaults
     from pipelines.identity import get_method_class
     from pipelines.requests import validate_request
@@ -159,7 +159,7 @@ def test_a_recipe_written_before_a_field_existed_replays_with_its_default(engine
     must not switch FreeU on although it is W+'s default today."""
     from PIL import Image
 
-    from pipelines.cli.generate import recipe_request
+    from cli.generate import recipe_request
     from pipelines.metadata import read_recipe, save_png
 
     res = engine.generate(GenerateRequest(**dict(FAST, method="wplus", photos=[str(photos_dir / "astronaut.png")],

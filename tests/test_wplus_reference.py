@@ -264,7 +264,7 @@ def test_unknown_edit_suggests_close_names(directions):
 
 
 def test_wplus_edits_command_lists_every_edit(tiny_models_dir, capsys):
-    from pipelines.cli.main import run
+    from cli.main import run
 
     rc = run(["--demo", "--models-dir", str(tiny_models_dir), "wplus", "edits"])
     out, err = capsys.readouterr()

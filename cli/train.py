@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from ..processes import is_main_process
+from pipelines.processes import is_main_process
 
 
 def register(sub) -> None:
@@ -58,11 +58,11 @@ def config_from_args(args) -> dict:
 
 
 def cmd_train(args, settings) -> int:
-    from ..lora.dataset import DatasetOptions
-    from ..lora.manager import normalize_name
-    from ..lora.train import TrainConfig, train_lora
-    from ..requests import validate_request
-    from ..stores import open_store
+    from pipelines.lora.dataset import DatasetOptions
+    from pipelines.lora.manager import normalize_name
+    from pipelines.lora.train import TrainConfig, train_lora
+    from pipelines.requests import validate_request
+    from pipelines.stores import open_store
 
     normalize_name(args.name, "--name")
     config = validate_request(TrainConfig, config_from_args(args), "train")

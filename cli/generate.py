@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..identity import method_names
+from pipelines.identity import method_names
 
 
 def register(sub) -> None:
@@ -102,7 +102,7 @@ def show_request_defaults(parser) -> None:
     """Append each request field's default to its option's help (the defaults
     live in `GenerateRequest`; a method's or a preset's recipe may fill an unset
     field differently, as the help of `--method` and `--preset` says)."""
-    from ..requests import GenerateRequest
+    from pipelines.requests import GenerateRequest
 
     fields = GenerateRequest.model_fields
     for action in parser._actions:
@@ -188,18 +188,18 @@ class FaceIndexAction(argparse.Action):
 
 
 def request_from_args(args, settings) -> dict:
-    from ..errors import BadInput
+    from pipelines.errors import BadInput
 
     data: dict = {}
     if args.out:
-        from ..outputs import check_output_dir
+        from pipelines.outputs import check_output_dir
 
         check_output_dir(args.out, "--out")
     if args.recipe:
         data.update(recipe_request(args.recipe, settings, need_identity=not (args.photo or args.identity)))
     preset = getattr(args, "preset", None)
     if preset:
-        from ..presets import load_preset, user_presets_dir
+        from pipelines.presets import load_preset, user_presets_dir
 
         data.update(load_preset(preset, subject=args.prompt, demo=settings.demo, user_dir=user_presets_dir(settings)))
     for arg, field in _FIELDS.items():
@@ -207,7 +207,7 @@ def request_from_args(args, settings) -> dict:
         if v is not None and not (preset and field == "prompt"):  # with a preset, --prompt is the subject
             data[field] = v
     if getattr(args, "speed", None):
-        from ..speed import switch_speed
+        from pipelines.speed import switch_speed
 
         given = {f for f in ("steps", "sampler", "cfg") if getattr(args, f, None) is not None}
         data = switch_speed(data, args.speed, given)
@@ -226,7 +226,7 @@ def request_from_args(args, settings) -> dict:
         data.pop("photos", None)
         data["identity_card"] = args.identity
     if isinstance(data.get("pose"), str) and data["pose"].lower().endswith(".json"):
-        from ..imageio import regular_file
+        from pipelines.imageio import regular_file
 
         regular_file(Path(data["pose"]).expanduser(), f"pose file {data['pose']}", max_bytes=5_000_000)
     if args.out:
@@ -248,7 +248,7 @@ def request_from_args(args, settings) -> dict:
 
 def _replaces_prompt(method: str | None) -> bool:
     """Whether `method` ignores the prompt (Arc2Face): --prompt is then optional."""
-    from ..identity import get_method_class
+    from pipelines.identity import get_method_class
 
     return method not in (None, "none") and get_method_class(method).replaces_prompt
 
@@ -263,10 +263,10 @@ def recipe_request(png, settings, need_identity: bool = True) -> dict:
     replay: fields only the local user may set are dropped, the count is 1 (more
     with -n), and the identity is found by name and content hash (see
     `outputs.find_recipe_identity`). A malformed recipe is a `BadInput`."""
-    from ..errors import BadInput
-    from ..metadata import read_recipe
-    from ..outputs import find_recipe_identity
-    from ..requests import GenerateRequest, validate_request
+    from pipelines.errors import BadInput
+    from pipelines.metadata import read_recipe
+    from pipelines.outputs import find_recipe_identity
+    from pipelines.requests import GenerateRequest, validate_request
 
     recipe = read_recipe(png)
 
@@ -304,7 +304,7 @@ def recipe_request(png, settings, need_identity: bool = True) -> dict:
         data.update({f"{k}_2": v for k, v in find_recipe_identity(png, second, settings).items()})
     pose = data.get("pose")
     if isinstance(pose, str) and "." in pose:  # a pose file, recorded by name: look beside the PNG first
-        from ..outputs import _matching, recipe_search_folders
+        from pipelines.outputs import _matching, recipe_search_folders
 
         found = _matching(recipe_search_folders(png, settings), pose, None)
         if found is not None:
@@ -315,8 +315,8 @@ def recipe_request(png, settings, need_identity: bool = True) -> dict:
 def _lora_spec(text: str) -> dict:
     from pydantic import ValidationError
 
-    from ..errors import BadInput
-    from ..requests import LoraSpec
+    from pipelines.errors import BadInput
+    from pipelines.requests import LoraSpec
 
     try:
         return LoraSpec.parse(text).model_dump()
@@ -327,9 +327,9 @@ def _lora_spec(text: str) -> dict:
 
 
 def cmd_generate(args, settings) -> int:
-    from ..engine import Engine
-    from ..errors import escape_controls  # file names are echoed, never interpreted by the terminal
-    from ..requests import GenerateRequest, validate_request
+    from pipelines.engine import Engine
+    from pipelines.errors import escape_controls  # file names are echoed, never interpreted by the terminal
+    from pipelines.requests import GenerateRequest, validate_request
 
     req = validate_request(GenerateRequest, request_from_args(args, settings), "generate")
     engine = Engine(settings)
@@ -344,11 +344,11 @@ def cmd_generate(args, settings) -> int:
         print(f"{choice.source}: {choice.note} (face box {choice.box_text()}); to use another, give "
               f"--face-index N (1-{choice.faces}) right after --photo {choice.source}", file=sys.stderr)
     if args.save_identity and result.identity is not None:
-        from ..faces.identity import save_card
+        from pipelines.faces.identity import save_card
 
         save_card(result.identity, args.save_identity)
         print(f"identity card: {args.save_identity}", file=sys.stderr)
-    from ..scoring import REJECTS_DIR, describe
+    from pipelines.scoring import REJECTS_DIR, describe
 
     if req.keep is not None and req.keep < req.count:
         where = f"moved to {REJECTS_DIR}/" if req.rejects else "deleted"

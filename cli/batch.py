@@ -23,18 +23,18 @@ def register(sub) -> None:
 
 
 def cmd_batch(args, settings) -> int:
-    from ..batch.jobfile import check_resources, load_job
-    from ..batch.runner import print_items, run_job
-    from ..outputs import check_output_dir
+    from pipelines.batch.jobfile import check_resources, load_job
+    from pipelines.batch.runner import print_items, run_job
+    from pipelines.outputs import check_output_dir
 
     if args.out:
         check_output_dir(args.out, "--out")
-    from ..presets import user_presets_dir
+    from pipelines.presets import user_presets_dir
 
     job = load_job(args.jobfile, demo=settings.demo, presets_dir=user_presets_dir(settings))
     check_resources(job, settings)  # in --dry-run too: it fails where the run would
     if args.dry_run:
-        from ..processes import is_main_process
+        from pipelines.processes import is_main_process
 
         if is_main_process():  # one listing under accelerate launch
             print_items(job, sys.stdout)

@@ -17,7 +17,7 @@ def register(sub) -> None:
 
 
 def cmd_list(args, settings) -> int:
-    from ..presets import all_presets, user_presets_dir
+    from pipelines.presets import all_presets, user_presets_dir
 
     rows = [("NAME", "METHOD", "SIZE", "STEPS", "CFG", "POSE", "RESTORE", "TITLE")]
     for p, mine in all_presets(user_presets_dir(settings)):
@@ -31,7 +31,7 @@ def cmd_list(args, settings) -> int:
 
 
 def cmd_show(args, settings) -> int:
-    from ..presets import load_preset, user_presets_dir
+    from pipelines.presets import load_preset, user_presets_dir
 
     print(json.dumps(load_preset(args.name, subject=args.subject, demo=settings.demo,
                                  user_dir=user_presets_dir(settings)), indent=2))

@@ -23,7 +23,7 @@ def check_port_free(host: str, port: int) -> None:
     import errno
     import socket
 
-    from ..errors import BadInput
+    from pipelines.errors import BadInput
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         # as a server binds it: a port in TIME_WAIT is free, a listening one is not

@@ -15,7 +15,7 @@ def register(sub) -> None:
 
 
 def cmd_list(args, settings) -> int:
-    from ..pose.templates import list_templates, user_poses_dir
+    from pipelines.pose.templates import list_templates, user_poses_dir
 
     templates = list_templates(user_poses_dir(settings))
     width = max(len(t.name) for t in templates)
@@ -26,10 +26,10 @@ def cmd_list(args, settings) -> int:
 
 
 def cmd_extract(args, settings) -> int:
-    from ..paths import check_name
-    from ..pose.extract import extract_pose
-    from ..pose.templates import save_template
-    from ..stores import open_store
+    from pipelines.paths import check_name
+    from pipelines.pose.extract import extract_pose
+    from pipelines.pose.templates import save_template
+    from pipelines.stores import open_store
 
     check_name(args.name, "--name")
     template = extract_pose(args.photo, open_store(settings), name=args.name)

@@ -27,8 +27,8 @@ def register(sub) -> None:
 
 def cmd_edits(args, settings) -> int:
     """One line per edit: the name --edit takes, its set, the W+ rows it moves."""
-    from ..stores import open_store
-    from ..wplus.edits import MAX_STRENGTH, edit_catalog, load_directions
+    from pipelines.stores import open_store
+    from pipelines.wplus.edits import MAX_STRENGTH, edit_catalog, load_directions
 
     store = open_store(settings)
     rows = edit_catalog(load_directions(store.ensure("wplus-directions")))
@@ -44,11 +44,11 @@ def cmd_edits(args, settings) -> int:
 
 
 def cmd_train_wplus(args, settings) -> int:
-    from ..errors import BadInput
-    from ..paths import check_name, confine
-    from ..stores import open_store
-    from ..wplus.adapter import load_adapter_file
-    from ..wplus.train import train_wplus
+    from pipelines.errors import BadInput
+    from pipelines.paths import check_name, confine
+    from pipelines.stores import open_store
+    from pipelines.wplus.adapter import load_adapter_file
+    from pipelines.wplus.train import train_wplus
 
     check_name(args.name, "--name")
     if not 1 <= args.steps <= 1_000_000:

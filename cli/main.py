@@ -8,20 +8,20 @@ import os
 import sys
 import traceback
 
-from ..errors import LikenessError
-from ..settings import DEMO_BANNER, load_settings
+from pipelines.errors import LikenessError
+from pipelines.settings import DEMO_BANNER, load_settings
 
 # command modules, registered in this order; each adds its own sub-commands
 COMMAND_MODULES = (
-    "pipelines.cli.ui",
-    "pipelines.cli.models",
-    "pipelines.cli.generate",
-    "pipelines.cli.poses",
-    "pipelines.cli.presets",
-    "pipelines.cli.train",
-    "pipelines.cli.batch",
-    "pipelines.cli.evaluate",
-    "pipelines.cli.wplus",
+    "cli.ui",
+    "cli.models",
+    "cli.generate",
+    "cli.poses",
+    "cli.presets",
+    "cli.train",
+    "cli.batch",
+    "cli.evaluate",
+    "cli.wplus",
 )
 
 

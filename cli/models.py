@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from ..settings import DEMO_BANNER
+from pipelines.settings import DEMO_BANNER
 
 
 def register(sub) -> None:
@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 
 def _store(settings):
-    from ..stores import open_store
+    from pipelines.stores import open_store
 
     return open_store(settings)
 
@@ -48,8 +48,8 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 
 def cmd_list(args, settings) -> int:
-    from ..bundles import bundle_rows, free_space
-    from ..models.catalog import human_size
+    from pipelines.bundles import bundle_rows, free_space
+    from pipelines.models.catalog import human_size
 
     store = _store(settings)
     rows = [("NAME", "KIND", "SOURCE", "SIZE", "LICENCE", "STATE")]
@@ -83,8 +83,8 @@ def _names(store, names: list[str]) -> list[str]:
 
 def resolve_download(args, settings, store) -> list[str]:
     """The models `models download` would fetch for these arguments (validated)."""
-    from ..bundles import bundle_choices, choice_models
-    from ..errors import BadInput
+    from pipelines.bundles import bundle_choices, choice_models
+    from pipelines.errors import BadInput
 
     names = _names(store, list(args.names or []))
     if args.bundle:
@@ -107,8 +107,8 @@ def _accept(plan, settings, args) -> bool:
 
 
 def cmd_download(args, settings) -> int:
-    from ..bundles import check_disk, plan
-    from ..errors import LicenseNotAccepted, LikenessError
+    from pipelines.bundles import check_disk, plan
+    from pipelines.errors import LicenseNotAccepted, LikenessError
 
     store = _store(settings)
     todo = plan(store, resolve_download(args, settings, store))
@@ -138,8 +138,8 @@ def cmd_download(args, settings) -> int:
 
 
 def cmd_verify(args, settings) -> int:
-    from ..bundles import choice_command
-    from ..errors import LikenessError
+    from pipelines.bundles import choice_command
+    from pipelines.errors import LikenessError
 
     store = _store(settings)
     names = _names(store, args.names) if args.names else [e.name for e in store.catalog]
@@ -169,8 +169,8 @@ def cmd_verify(args, settings) -> int:
 
 
 def cmd_register(args, settings) -> int:
-    from ..errors import BadInput
-    from ..models.external import found_checkpoints
+    from pipelines.errors import BadInput
+    from pipelines.models.external import found_checkpoints
 
     if bool(args.path) == bool(args.found):
         raise BadInput("models register: give a checkpoint PATH or --found (not both).")
@@ -186,7 +186,7 @@ def cmd_register(args, settings) -> int:
 
 def found_lines(store, settings) -> list[str]:
     """Other apps' checkpoints and LoRAs (extra_model_paths.yaml) and how to use them."""
-    from ..models.external import extra_paths_file, found_checkpoints, found_files
+    from pipelines.models.external import extra_paths_file, found_checkpoints, found_files
 
     source = extra_paths_file(settings)
     if source is None:

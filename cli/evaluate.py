@@ -25,9 +25,9 @@ def register(sub) -> None:
 
 
 def cmd_eval(args, settings) -> int:
-    from ..engine import Engine
-    from ..eval import EvalRequest, run_eval
-    from ..requests import validate_request
+    from pipelines.engine import Engine
+    from pipelines.eval import EvalRequest, run_eval
+    from pipelines.requests import validate_request
 
     data = dict(identities=args.identities, prompts=args.prompts, methods=args.methods.split(","),
                 seeds=args.seeds, seed=args.seed)
