@@ -344,7 +344,7 @@ def cmd_generate(args, settings) -> int:
         print(f"{choice.source}: {choice.note} (face box {choice.box_text()}); to use another, give "
               f"--face-index N (1-{choice.faces}) right after --photo {choice.source}", file=sys.stderr)
     if args.save_identity and result.identity is not None:
-        from pipelines.faces.identity import save_card
+        from pipelines.faces.person import save_card
 
         save_card(result.identity, args.save_identity)
         print(f"identity card: {args.save_identity}", file=sys.stderr)

@@ -176,11 +176,11 @@ class Engine:
                  faces: dict[str, int] | None = None):
         """An identity from photos (analysed once, cached by content and face choice)
         or a saved card. `faces`: photo -> face number to use (1 = the largest)."""
-        from .faces.identity import build_identity, load_card
+        from .faces.person import build_identity, load_card
         from .imageio import load_photo_array
 
         if card:
-            from .faces.identity import card_path
+            from .faces.person import card_path
             from .imageio import regular_file
 
             regular_file(card_path(card), f"identity card {card_path(card)}")  # no FIFO/device: never a hang

@@ -62,7 +62,7 @@ def identity_card_path(settings, identity) -> Path:
 def ensure_identity_card(settings, identity) -> Path:
     """Save the identity once beside the outputs so a recipe can be replayed
     without detecting faces again."""
-    from .faces.identity import card_path, save_card
+    from .faces.person import card_path, save_card
 
     path = card_path(identity_card_path(settings, identity))
     if not path.exists():
@@ -192,7 +192,7 @@ def find_recipe_identity(recipe_png: Path | str, ident: dict, settings) -> dict:
     """`{"identity_card": path}` or `{"photos": [paths]}` for a replay of a recipe's
     identity, found by name and content hash (see the module docstring). A card is
     used only when it also holds the recorded identity hash."""
-    from .faces.identity import load_card
+    from .faces.person import load_card
 
     folders = recipe_search_folders(recipe_png, settings)
     card_name = ident.get("card")

@@ -55,7 +55,7 @@ class FakeEngine:
     def identity(self, photos=None, card=None, packs=()):
         from PIL import Image
 
-        from pipelines.faces.identity import Identity, load_card
+        from pipelines.faces.person import Identity, load_card
 
         self.identity_calls.append((tuple(photos or ()), card, tuple(packs)))
         if card:
@@ -422,7 +422,7 @@ def test_bad_items_are_isolated_and_identities_analysed_once(job_dir, tmp_path, 
 
 
 def test_identity_cards_in_the_job(job_dir, tmp_path):
-    from pipelines.faces.identity import save_card
+    from pipelines.faces.person import save_card
 
     card = save_card(FakeEngine().identity(photos=[str(job_dir / "photos" / "t1.jpg")], packs=("buffalo_l",)),
                      job_dir / "carol.identity")

@@ -36,7 +36,7 @@ def test_same_seed_same_pixels_and_seed_per_image(engine, photos_dir):
 
 @pytest.mark.parametrize("method", ["faceid", "instantid"])
 def test_identity_conditions_the_output(engine, photos_dir, method):
-    from pipelines.faces.identity import load_card
+    from pipelines.faces.person import load_card
 
     _, res = gen(engine, photos_dir, method=method)
     ident = res.identity
@@ -53,7 +53,7 @@ def test_identity_conditions_the_output(engine, photos_dir, method):
             w = rng.standard_normal(v.shape).astype(np.float32)
             table[k] = w / np.linalg.norm(w) * np.linalg.norm(v)
     assert other.embeddings and ident.hash != other.hash
-    from pipelines.faces.identity import save_card
+    from pipelines.faces.person import save_card
 
     card = save_card(other, res.images[0].path.parent / "other")
     diff, _ = gen(engine, photos_dir, method=method, photos=[], identity_card=str(card))

@@ -226,7 +226,7 @@ def _save_card(identity, out_dir: Path) -> Path:
     the engine finds it there instead of writing a second copy."""
     from types import SimpleNamespace
 
-    from ..faces.identity import card_path, save_card
+    from ..faces.person import card_path, save_card
     from ..outputs import identity_card_path
 
     path = identity_card_path(SimpleNamespace(outputs_dir=out_dir), identity)

@@ -9,7 +9,7 @@ imported on first use.
 
 from .analysis import Face, FaceAnalyzer, box_crop, check_pack_folder, expected_files, rank_faces
 from .detectors import DetectedFace, FaceDetector, InsightFaceDetector, MtcnnDetector, Recognizer
-from .identity import (
+from .person import (
     FaceChoice,
     Identity,
     IdentityReport,
