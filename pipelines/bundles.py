@@ -194,9 +194,9 @@ def request_models(req, settings, store) -> list[str]:
         if Path(req.pose).suffix.lower() in PHOTO_SUFFIXES:  # a pose taken from a photo needs the annotator
             names.append(POSE_ANNOTATOR)
     if getattr(req, "speed", "quality") != "quality":  # fast/turbo: their distilled LoRA
-        from .speed import get_mode
+        from .speed import mode_for
 
-        names.append(get_mode(req.speed).lora)
+        names.append(mode_for(req.speed, req.method).lora)
     if getattr(req, "upscale", 1) != 1:  # the spandrel upscaler the request names
         names += upscale_models([req.upscaler])
     if req.restore != "none":

@@ -332,17 +332,17 @@ class Engine:
 
                 template = load_template(self, req)
                 width, height = self.resolve_size(req, family, template.image.size)
-            seed0 = req.seed if req.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
             people = None
             if req.photos_2 or req.identity_card_2:  # two people, each in a layout box (pipelines/multi_person.py)
                 from .multi_person import prepare_people
 
                 people = prepare_people(self, req, packs)
                 width, height = self.resolve_size(req, family, people.layout_size)
+            seed0 = req.seed if req.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
             cond = method.conditioning(pipe, identity, req, width, height) if method else Conditioning()
-            self._apply_loras(pipe, req, cond)
             if people is not None:
                 people.condition(self, pipe, method, cond, identity, req, width, height)
+            self._apply_loras(pipe, req, cond)
             from .prompts import prompt_conditioning
 
             prompt_conditioning(pipe, req, cond)  # (word:1.2) weighting and long prompts, when used

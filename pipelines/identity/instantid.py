@@ -59,8 +59,6 @@ class InstantID(IdentityMethod):
     name = "instantid"
     label = title = "InstantID"
     help = "face tokens + IdentityNet keypoint ControlNet (SDXL)"
-    label = title = "InstantID"
-    help = "face tokens + IdentityNet keypoint ControlNet (SDXL)"
     base = "sdxl"
     required_models = (MODEL,)
     recognizer = "antelopev2"
