@@ -34,7 +34,13 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
     "lcm": ("LCMScheduler", {}),
     # - TCD-LoRA (h1t/TCD-SDXL-LoRA card): TCDScheduler, gamma/eta 0.3 passed per call.
     "tcd": ("TCDScheduler", {}),
+    # k-diffusion's DPM++ 2M Karras (crowsonkb/k-diffusion sample_dpmpp_2m), as PuLID v1.1 samples
+    # (ToTheBeginning/PuLID pulid/utils.py): the project's own class, pipelines/kdiffusion.py
+    "kdpmpp_2m_karras": ("KDPMPP2MKarrasScheduler", {}),
 }
+
+# scheduler classes of this project (not in diffusers), by name
+LOCAL_SCHEDULERS = {"KDPMPP2MKarrasScheduler": "pipelines.kdiffusion"}
 
 # keyword arguments a sampler needs in the pipeline call (the authors' settings)
 SAMPLER_CALL_KWARGS: dict[str, dict] = {"tcd": {"eta": 0.3}}
@@ -52,6 +58,7 @@ SAMPLER_TITLES = {
     "dpmpp_2m_trailing": "DPM++ 2M (trailing)",
     "lcm": "LCM",
     "tcd": "TCD",
+    "kdpmpp_2m_karras": "DPM++ 2M Karras (k-diffusion)",
 }
 
 # SDXL training buckets (width, height), ~1 megapixel each
@@ -69,15 +76,28 @@ SDXL_BUCKETS: list[tuple[int, int]] = [
 SD15_BUCKETS: list[tuple[int, int]] = [(512, 512), (512, 768), (768, 512), (576, 448), (448, 576)]
 
 
-def make_scheduler(name: str, base_config):
+def scheduler_class(cls_name: str):
+    """The scheduler class named in SAMPLERS: diffusers', or this project's own."""
+    import importlib
+
     import diffusers
 
+    if cls_name in LOCAL_SCHEDULERS:
+        return getattr(importlib.import_module(LOCAL_SCHEDULERS[cls_name]), cls_name)
+    return getattr(diffusers, cls_name)
+
+
+def make_scheduler(name: str, base_config, dtype=None):
+    """The sampler's scheduler from the base's scheduler config. `dtype` (the
+    pipeline's torch dtype) matters to the k-diffusion samplers only: their
+    sigma -> timestep map rounds sigma to the latents' dtype, as the reference."""
     try:
         cls_name, extra = SAMPLERS[name]
     except KeyError:
         raise BadInput(f"sampler {name!r} is unknown; choose one of: {', '.join(SAMPLERS)}.") from None
-    cls = getattr(diffusers, cls_name)
-    return cls.from_config(base_config, **extra)
+    if cls_name in LOCAL_SCHEDULERS and dtype is not None:
+        extra = {**extra, "model_dtype": str(dtype).removeprefix("torch.")}
+    return scheduler_class(cls_name).from_config(base_config, **extra)
 
 
 def nearest_bucket(width: int, height: int, buckets=SDXL_BUCKETS) -> tuple[int, int]:

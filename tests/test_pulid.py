@@ -217,7 +217,7 @@ def test_method_conditions_with_the_reference_settings(engine, photos_dir):
     from pipelines.scoring import scorer_pack
 
     req = apply_method_defaults(GenerateRequest(method="pulid", photos=["x.png"], prompt="p"), get_method_class("pulid"))
-    assert (req.sampler, req.steps, req.cfg, req.negative) == ("dpmpp_2m_karras", 25, 7.0, REFERENCE_NEGATIVE)
+    assert (req.sampler, req.steps, req.cfg, req.negative) == ("kdpmpp_2m_karras", 25, 7.0, REFERENCE_NEGATIVE)
     assert scorer_pack("pulid") == "buffalo_l"  # it conditions on antelopev2
     res = engine.generate(GenerateRequest(method="pulid", photos=[str(photos_dir / "astronaut.png")], prompt="p",
                                           steps=2, width=64, height=64, sampler="euler", seed=2))

@@ -24,9 +24,15 @@ Deviations, and how to get the reference behaviour:
   (the reference may crop another person than the one it embeds), and where
   RetinaFace finds no face the identity's own landmarks are used with a
   warning (the reference stops). A one-face photo gives the reference's crop.
-- sampler: the reference samples with its own k-diffusion DPM++ 2M Karras port;
-  diffusers' `dpmpp_2m_karras` (the default here) has the same sigmas but maps
-  timesteps differently (max 0.15 on a fake model over 25 steps). Not bit-exact.
+- sampler: no deviation. The default, `kdpmpp_2m_karras` (`pipelines/kdiffusion.py`),
+  computes the reference's k-diffusion DPM++ 2M Karras port step for step
+  (sigmas, integer timesteps, input scaling, initial noise, update).
+  diffusers' `dpmpp_2m_karras` stays selectable; it maps timesteps differently
+  (max 0.15 on a fake model over 25 steps). The reference calls the UNet twice
+  (positive, negative); the engine's one batched CFG call is the same up to
+  float rounding. With fp16 latents the reference rounds sigma to fp16 before
+  the timestep map (which can move t by one); the scheduler does so when it is
+  made with the pipeline's dtype (`make_scheduler(..., dtype=torch.float16)`).
 - several photos: only the first photo's face features are used (v1.1 stacks
   all photos' tokens).
 - PuLID v1 (IDEncoder on the SDXL-Lightning 4-step UNet) is `PuLIDV1` below
@@ -62,8 +68,9 @@ class PuLID(IdentityMethod):
     required_models = (WEIGHTS, EVA, PARSER, DETECTOR)
     recognizer = "antelopev2"
     default_scale = 0.8
-    # app_v1_1.py, its full-step base (Juggernaut-XL-v9): DPM++ 2M Karras, 25 steps, cfg 7, its negative
-    recipe_defaults = {"sampler": "dpmpp_2m_karras", "steps": 25, "cfg": 7.0, "negative": REFERENCE_NEGATIVE}
+    # app_v1_1.py, its full-step base (Juggernaut-XL-v9): k-diffusion's DPM++ 2M Karras (pulid/utils.py),
+    # 25 steps, cfg 7, its negative
+    recipe_defaults = {"sampler": "kdpmpp_2m_karras", "steps": 25, "cfg": 7.0, "negative": REFERENCE_NEGATIVE}
     version = "v1.1"
     weights = (WEIGHTS, WEIGHTS_FILE)
 
