@@ -253,9 +253,9 @@ def list_models_data(settings) -> list[dict]:
 
 
 def list_loras_data(settings) -> list[dict]:
-    from pipelines.lora.manager import list_loras
+    from pipelines.lora.manager import user_lora_names
 
-    return [{"name": n} for n in list_loras(settings.loras_dir)]
+    return [{"name": n} for n in user_lora_names(settings)]
 
 
 # ------------------------------------------------------------------------- app

@@ -136,7 +136,7 @@ class PortraitTab:
             fields = load_preset(name, demo=self.settings.demo, user_dir=user_presets_dir(self.settings))
         except LikenessError as exc:
             raise user_error(exc) from exc
-        out = ui_from_fields(fields, self.settings.demo, lora_names(self.settings.loras_dir), include_prompt=False)
+        out = ui_from_fields(fields, self.settings.demo, lora_names(self.settings), include_prompt=False)
         out["preset"] = name
         return self.updates(out)
 
@@ -183,7 +183,7 @@ class PortraitTab:
         from .requests_map import loras_from_rows
 
         current = {lo["name"]: lo["weight"] for lo in loras_from_rows(rows)}
-        return lora_rows(lora_names(self.settings.loras_dir), current)
+        return lora_rows(lora_names(self.settings), current)
 
     def switch_method(self, method: str, *recipe_values):
         """Show the chosen method's reference recipe in the widgets the user has
@@ -271,7 +271,7 @@ class PortraitTab:
         fields = dict(recipe.get("request") or {})
         if not fields:
             raise gr.Error("This image has no Likeness recipe to reuse.")
-        out = ui_from_fields(fields, self.settings.demo, lora_names(self.settings.loras_dir),
+        out = ui_from_fields(fields, self.settings.demo, lora_names(self.settings),
                              edit_names=self.w.extra.get("edit_names"))
         if identity_card is not None:
             out["identity_card"] = identity_card

@@ -139,11 +139,12 @@ def size_value(width: int | None, height: int | None, demo: bool) -> str:
 
 
 # ------------------------------------------------------------------------ LoRAs
-def lora_names(loras_dir: Path | str) -> list[str]:
-    """LoRA files the user can pick (the LoRA manager's listing)."""
-    from pipelines.lora.manager import list_loras
+def lora_names(settings) -> list[str]:
+    """LoRA files the user can pick (the LoRA manager's listing: loras/, then
+    other apps' folders named in extra_model_paths.yaml)."""
+    from pipelines.lora.manager import user_lora_names
 
-    return list_loras(loras_dir)
+    return user_lora_names(settings)
 
 
 def lora_rows(names: Iterable[str], weights: dict[str, float] | None = None) -> list[list]:

@@ -232,7 +232,7 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
                                            label="Two-person layout (default two-side-by-side)", elem_id="layout")
         with gr.Row():
             by_key["loras"] = gr.Dataframe(
-                value=lora_rows(lora_names(settings.loras_dir)), headers=["LoRA", "weight"],
+                value=lora_rows(lora_names(settings)), headers=["LoRA", "weight"],
                 datatype=["str", "number"], type="array", interactive=True, column_count=2,
                 label=f"LoRAs from {settings.loras_dir} (weight 0 = off)", elem_id="loras",
             )

@@ -413,10 +413,10 @@ class Arc2FaceBaseline:
             ctx.folders["sd15"], unet=unet, text_encoder=encoder, variant=ctx.sd15_variant,
             torch_dtype=ctx.dtype, use_safetensors=True, local_files_only=True, safety_checker=None,
             feature_extractor=None, requires_safety_checker=False)
-        from pipelines.samplers import SAMPLERS
+        from pipelines.samplers import SAMPLERS, scheduler_class
 
         cls_name, extra = SAMPLERS[SAMPLER]  # the engine's sampler in quality mode (a speed mode replaces it)
-        self.pipe.scheduler = getattr(diffusers, cls_name).from_config(self.pipe.scheduler.config, **extra)
+        self.pipe.scheduler = scheduler_class(cls_name).from_config(self.pipe.scheduler.config, **extra)
         self.pipe.set_progress_bar_config(disable=True)
         self.pipe.to(ctx.device)
         self.id_pos = _id_embedding(ctx).reshape(-1).float()
@@ -751,9 +751,8 @@ def apply_speed(pipe, mode, lora_path) -> None:
     """Plain diffusers running a speed mode as the LoRA's model card shows:
     `load_lora_weights` (beside an adapter already there, e.g. FaceID's
     `faceid_0`), and the mode's scheduler class and config."""
-    import diffusers
 
-    from pipelines.samplers import SAMPLERS
+    from pipelines.samplers import SAMPLERS, scheduler_class
 
     if mode.lora is None:
         return
@@ -761,7 +760,7 @@ def apply_speed(pipe, mode, lora_path) -> None:
     names = list(dict.fromkeys([*pipe.get_active_adapters(), "speed"]))
     pipe.set_adapters(names, adapter_weights=[1.0] * len(names))
     cls_name, extra = SAMPLERS[mode.sampler]
-    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+    pipe.scheduler = scheduler_class(cls_name).from_config(pipe.scheduler.config, **extra)
 
 
 def _reset_peak(device: str) -> None:

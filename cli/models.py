@@ -198,5 +198,5 @@ def found_lines(store, settings) -> list[str]:
     lines.append(f"  {len(new)} SDXL checkpoint(s) not registered yet"
                  + (": `python launch.py models register --found`" if new else ""))
     lines += [f"    {p}" for p in new]
-    lines.append(f"  {len(loras)} LoRA file(s) (copy or link one into {settings.loras_dir} to use it)")
+    lines.append(f"  {len(loras)} LoRA file(s), usable by file name: --lora NAME[:WEIGHT] or <lora:NAME:WEIGHT>")
     return lines

@@ -60,28 +60,9 @@ def face_mask(size: tuple[int, int], box) -> Image.Image:
 
 
 def inpaint_pipe(engine, pipe, units):
-    """An inpaint view over the resident components (cached per unit set)."""
-    import diffusers
-
-    from .engine import _init_params
-
-    key = ("inpaint",) + tuple(id(u.model) for u in units)
-    cache = engine.__dict__.setdefault("_inpaint_pipes", {})
-    if key not in cache:
-        sdxl = getattr(pipe, "text_encoder_2", None) is not None
-        if units:
-            cls = (diffusers.StableDiffusionXLControlNetInpaintPipeline if sdxl
-                   else diffusers.StableDiffusionControlNetInpaintPipeline)
-        else:
-            cls = diffusers.StableDiffusionXLInpaintPipeline if sdxl else diffusers.StableDiffusionInpaintPipeline
-        comps = {k: v for k, v in pipe.components.items() if k in _init_params(cls)}
-        if units:
-            models = [u.model for u in units]
-            comps["controlnet"] = models[0] if len(models) == 1 else models
-        view = cls(**comps)
-        view.set_progress_bar_config(disable=True)
-        cache[key] = view
-    return cache[key]
+    """An inpaint view over the resident components (no copies), with the generation's
+    ControlNets when it had any (InstantID's IdentityNet); see `Engine.view`."""
+    return engine.view(pipe, "inpaint", units)
 
 
 def crop_box(mask, width: int, height: int) -> tuple[int, int, int, int]:
@@ -103,7 +84,7 @@ def inpaint_face(engine, ctx, image, mask, req, seed: int, kps=None, face_box=No
     from .samplers import make_scheduler
 
     run = inpaint_pipe(engine, ctx.pipe, ctx.units)
-    run.scheduler = make_scheduler(req.sampler, engine._base_scheduler_config)
+    run.scheduler = make_scheduler(req.sampler, engine._base_scheduler_config, dtype=engine.dtype)
     W, H = image.size
     kwargs = engine._call_kwargs(req, ctx.cond, ctx.units, ctx.width, ctx.height, seed, None, ctx.cancel, index)
     region, saved = None, None

@@ -68,7 +68,9 @@ class Engine:
         self._methods: dict[str, IdentityMethod] = {}
         self._analyzers: dict[str, Any] = {}
         self._identities: dict[str, Any] = {}
-        self._cn_pipes: dict[tuple, Any] = {}
+        self._views: dict[tuple, Any] = {}
+        self._upscalers: dict[str, Any] = {}  # pipelines/upscale.py, resident once loaded
+        self._identitynet_views: dict[int, Any] = {}  # pipelines/multi_person.py, per loaded IdentityNet
         self.load_count = 0  # how many times a base pipeline was loaded (tests/bench)
         self._loras = None  # LoraManager, made on the first request with a LoRA
         self._pose = None  # PoseControl, made on the first request with a pose
@@ -155,7 +157,7 @@ class Engine:
                 self._loras.forget(self._pipe)
             self._pipe = None
             self._base_name = None
-            self._cn_pipes.clear()
+            self._views.clear()
             free_memory()
 
     @staticmethod
@@ -224,7 +226,7 @@ class Engine:
             if self._method is not None:
                 self._method.unload(pipe)
                 self._method = None
-                self._cn_pipes.clear()
+                self._views.clear()
             if name == "none":
                 return None
             if name not in self._methods:
@@ -235,20 +237,31 @@ class Engine:
             return method
 
     def _controlnet_pipe(self, pipe, units: list[ControlUnit]):
+        return self.view(pipe, "txt2img", units)
+
+    def view(self, pipe, task: str, units: list[ControlUnit] = ()):
+        """A diffusers pipeline for `task` ("txt2img", "img2img", "inpaint") over the
+        resident components of `pipe`, with `units`' ControlNets when there are any.
+        Views hold no weight copies; they are cached per (task, ControlNets) and
+        dropped whenever the base or the identity method changes, so a view never
+        outlives the components it was built from."""
         import diffusers
 
-        key = tuple(id(u.model) for u in units)
-        if key not in self._cn_pipes:
-            family_sdxl = isinstance(pipe, diffusers.StableDiffusionXLPipeline)
-            cls = (diffusers.StableDiffusionXLControlNetPipeline if family_sdxl
-                   else diffusers.StableDiffusionControlNetPipeline)
-            models = [u.model for u in units]
-            comps = {k: v for k, v in pipe.components.items() if k in _init_params(cls)}
-            cn = models[0] if len(models) == 1 else models  # a list becomes MultiControlNetModel
-            cn_pipe = cls(**comps, controlnet=cn)
-            cn_pipe.set_progress_bar_config(disable=True)
-            self._cn_pipes[key] = cn_pipe
-        return self._cn_pipes[key]
+        if task == "txt2img" and not units:
+            return pipe
+        key = (task, *(id(u.model) for u in units))
+        with self._lock:
+            if key not in self._views:
+                sdxl = isinstance(pipe, diffusers.StableDiffusionXLPipeline)
+                cls = getattr(diffusers, _VIEW_CLASSES[task, sdxl, bool(units)])
+                comps = {k: v for k, v in pipe.components.items() if k in _init_params(cls)}
+                if units:
+                    models = [u.model for u in units]
+                    comps["controlnet"] = models[0] if len(models) == 1 else models  # a list: MultiControlNetModel
+                view = cls(**comps)
+                view.set_progress_bar_config(disable=True)
+                self._views[key] = view
+            return self._views[key]
 
     # ---------------------------------------------------------------- generate
     def resolve_size(self, req: GenerateRequest, family: str, photo_size=None) -> tuple[int, int]:
@@ -357,7 +370,7 @@ class Engine:
                 cond.recipe["pose"] = {"pose": req.pose, "scale": req.pose_scale,
                                        "start": req.pose_start, "end": req.pose_end}
             run = self._controlnet_pipe(pipe, units) if units else pipe
-            run.scheduler = make_scheduler(req.sampler, self._base_scheduler_config)
+            run.scheduler = make_scheduler(req.sampler, self._base_scheduler_config, dtype=self.dtype)
             set_freeu(run, req, cond)
             from .finishing import FinishingSteps
 
@@ -585,6 +598,21 @@ def _allow_compiled_variants() -> None:
     cfg = torch._dynamo.config
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
     setattr(cfg, name, max(getattr(cfg, name), COMPILED_VARIANTS))
+
+
+# (task, SDXL?, with ControlNets?) -> the diffusers pipeline class of a view
+_VIEW_CLASSES = {
+    ("txt2img", True, True): "StableDiffusionXLControlNetPipeline",
+    ("txt2img", False, True): "StableDiffusionControlNetPipeline",
+    ("img2img", True, False): "StableDiffusionXLImg2ImgPipeline",
+    ("img2img", False, False): "StableDiffusionImg2ImgPipeline",
+    ("img2img", True, True): "StableDiffusionXLControlNetImg2ImgPipeline",
+    ("img2img", False, True): "StableDiffusionControlNetImg2ImgPipeline",
+    ("inpaint", True, False): "StableDiffusionXLInpaintPipeline",
+    ("inpaint", False, False): "StableDiffusionInpaintPipeline",
+    ("inpaint", True, True): "StableDiffusionXLControlNetInpaintPipeline",
+    ("inpaint", False, True): "StableDiffusionControlNetInpaintPipeline",
+}
 
 
 def _init_params(cls) -> set[str]:

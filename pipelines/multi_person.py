@@ -262,7 +262,7 @@ class IdentityNetViews:
 
 def identitynet_views(engine, method) -> IdentityNetViews:
     """The engine's two views of `method`'s IdentityNet (made once per loaded net)."""
-    cache = engine.__dict__.setdefault("_identitynet_views", {})
+    cache = engine._identitynet_views
     key = id(method.identitynet)
     if key not in cache or cache[key].source is not method.identitynet:
         cache.clear()

@@ -9,12 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import BadInput
 from .identity import DEFAULT_METHOD, method_names
-from .samplers import SAMPLERS
+from .samplers import SAMPLER_TITLES, SAMPLERS
 
 MethodName = str  # a method of the registry (pipelines.identity) or "none"; checked below
 MAX_PHOTOS = 10  # photos of one person in a request (and an upload in the UI)
 LORA_WEIGHT_MAX = 5.0
 
+
+_SAMPLER_BY_TITLE = {title.lower(): name for name, title in SAMPLER_TITLES.items()}
 
 class LoraSpec(BaseModel):
     """A LoRA from the loras folder by name (file stem), with its weight."""
@@ -131,6 +133,7 @@ class GenerateRequest(BaseModel):
         # accept A1111 titles too: "DPM++ 2M Karras" -> dpmpp_2m_karras, "Euler a" -> euler_a
         key = v.strip().lower().replace("++", "pp").replace(" ", "_")
         key = {"euler_ancestral": "euler_a"}.get(key, key)
+        key = _SAMPLER_BY_TITLE.get(v.strip().lower(), key)  # our own titles, as recorded in infotext
         if key not in SAMPLERS:
             raise ValueError(f"unknown sampler {v!r}; choose one of: {', '.join(SAMPLERS)}")
         return key

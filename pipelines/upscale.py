@@ -175,7 +175,7 @@ class Upscaler:
 def get_upscaler(engine, name: str) -> Upscaler:
     """The resident upscaler `name` (loaded once per engine)."""
     spec = upscaler_spec(name)
-    cache = engine.__dict__.setdefault("_upscalers", {})
+    cache = engine._upscalers
     if name not in cache:
         cache[name] = Upscaler(spec, engine.store, engine.device, engine.dtype)
     return cache[name]
@@ -183,29 +183,9 @@ def get_upscaler(engine, name: str) -> Upscaler:
 
 # ------------------------------------------------------------------ hires pass
 def img2img_pipe(engine, pipe, units):
-    """An img2img view over the resident components (no copies): SDXL or SD1.5,
-    with the generation's ControlNets when it had any (InstantID's IdentityNet)."""
-    import diffusers
-
-    from .engine import _init_params
-
-    key = ("img2img",) + tuple(id(u.model) for u in units)
-    cache = engine.__dict__.setdefault("_img2img_pipes", {})
-    if key not in cache:
-        sdxl = getattr(pipe, "text_encoder_2", None) is not None
-        if units:
-            cls = (diffusers.StableDiffusionXLControlNetImg2ImgPipeline if sdxl
-                   else diffusers.StableDiffusionControlNetImg2ImgPipeline)
-        else:
-            cls = diffusers.StableDiffusionXLImg2ImgPipeline if sdxl else diffusers.StableDiffusionImg2ImgPipeline
-        comps = {k: v for k, v in pipe.components.items() if k in _init_params(cls)}
-        if units:
-            models = [u.model for u in units]
-            comps["controlnet"] = models[0] if len(models) == 1 else models
-        view = cls(**comps)
-        view.set_progress_bar_config(disable=True)
-        cache[key] = view
-    return cache[key]
+    """An img2img view over the resident components (no copies), with the generation's
+    ControlNets when it had any (InstantID's IdentityNet); see `Engine.view`."""
+    return engine.view(pipe, "img2img", units)
 
 
 def hires_pass(engine, ctx, image, req, seed: int, index: int = 0):
@@ -219,7 +199,7 @@ def hires_pass(engine, ctx, image, req, seed: int, index: int = 0):
     from .samplers import make_scheduler
 
     run = img2img_pipe(engine, ctx.pipe, ctx.units)
-    run.scheduler = make_scheduler(req.sampler, engine._base_scheduler_config)
+    run.scheduler = make_scheduler(req.sampler, engine._base_scheduler_config, dtype=engine.dtype)
     w, h = image.size
     kwargs = engine._call_kwargs(req, ctx.cond, ctx.units, w, h, seed, None, ctx.cancel, index)
     if ctx.units:

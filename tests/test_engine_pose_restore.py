@@ -40,7 +40,7 @@ def test_instantid_with_pose_uses_a_multi_controlnet(engine, photos_dir):
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
     run(engine, photos_dir, method="instantid", pose="head-tilt", pose_start=0.0, pose_end=0.5)
-    pipes = [p for p in engine._cn_pipes.values() if isinstance(p.controlnet, MultiControlNetModel)]
+    pipes = [p for p in engine._views.values() if isinstance(p.controlnet, MultiControlNetModel)]
     assert pipes and len(pipes[0].controlnet.nets) == 2
 
 

@@ -651,6 +651,19 @@ def test_other_apps_checkpoints_and_loras_are_listed_and_registered_in_place(tmp
     assert (sdxl.read_bytes(), sdxl.stat().st_mtime_ns) == before  # read in place, never modified
     assert run(["models", "list", *flags]) == 0
     assert "0 SDXL checkpoint(s) not registered yet" in capsys.readouterr().out
+    # the other app's LoRA is usable by name, read in place; a LoRA of the same name in loras/ wins
+    from pipelines.errors import BadInput
+    from pipelines.lora.manager import LoraManager, find_lora, user_lora_names
+
+    settings = real_settings(tmp_path)
+    lora = tmp_path / "webui/models/Lora/me.safetensors"
+    assert "me" in user_lora_names(settings) and find_lora(settings, "me") == lora
+    assert LoraManager(settings, store).path("me") == lora
+    (tmp_path / "loras").mkdir()
+    save_file({"lora_unet_x.lora_down.weight": torch.ones(2, 2)}, str(tmp_path / "loras/me.safetensors"))
+    assert find_lora(settings, "me") == tmp_path / "loras/me.safetensors" and user_lora_names(settings) == ["me"]
+    with pytest.raises(BadInput, match="not found"):
+        find_lora(settings, "nobody")
 
 
 def source_hints() -> list[str]:

@@ -64,7 +64,7 @@ def test_instantid_gets_the_template_faces_keypoints(engine, photos_dir, monkeyp
 
     make(engine, photos_dir, method="instantid")  # builds the views
     tpl = load_template(engine, GenerateRequest(**dict(FAST, method="none", template="astronaut")))
-    run = next(v for k, v in engine._inpaint_pipes.items() if len(k) > 1)
+    run = next(v for k, v in engine._views.items() if k[0] == "inpaint" and len(k) > 1)
     original = type(run).__call__
     seen = {}
 

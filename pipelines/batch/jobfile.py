@@ -784,7 +784,7 @@ def check_resources(job: Job, settings) -> None:
     in `--dry-run`): every LoRA file exists and is a safetensors file, every base
     model is in the catalog or registered, every pose template name exists. The
     error names the item and the line of the job file."""
-    from ..lora.manager import lora_path
+    from ..lora.manager import find_lora
     from ..models.catalog import load_catalog
     from ..pose.templates import load_template, user_poses_dir
 
@@ -798,7 +798,7 @@ def check_resources(job: Job, settings) -> None:
             if ("lora", spec.name) in checked:
                 continue
             try:
-                lora_path(settings.loras_dir, spec.name)
+                find_lora(settings, spec.name)
             except BadInput as exc:
                 raise errors.at(loc + ("loras",), str(exc)) from exc
             checked.add(("lora", spec.name))

@@ -358,6 +358,36 @@ def _drop_adapter(pipe, adapter: str) -> None:
     delete_adapter(_components(pipe).values(), adapter)
 
 
+def external_loras(settings) -> dict[str, Path]:
+    """LoRAs in other apps' folders (A1111, ComfyUI, Fooocus, named in
+    extra_model_paths.yaml): name (file stem) -> file, .safetensors only. They are
+    read in place and never modified; a name also in loras/ is the local one."""
+    from ..models.external import found_files
+
+    out: dict[str, Path] = {}
+    for path in found_files(settings, "loras"):
+        out.setdefault(path.stem, path)
+    return out
+
+
+def user_lora_names(settings) -> list[str]:
+    """Every LoRA a user can pick: loras/ first, then other apps' folders."""
+    local = list_loras(settings.loras_dir)
+    return local + sorted(n for n in external_loras(settings) if n not in local)
+
+
+def find_lora(settings, name: str) -> Path:
+    """The file of LoRA `name` in loras/ (see `lora_path`), else in other apps'
+    folders; the error is loras/'s when neither has it."""
+    try:
+        return lora_path(settings.loras_dir, name)
+    except BadInput:
+        other = external_loras(settings).get(normalize_ref(name))
+        if other is None or not other.is_file():
+            raise  # the loras/ message names what exists there
+        return other
+
+
 class LoraManager:
     """Loads user LoRAs into a pipeline and activates the requested ones."""
 
@@ -371,10 +401,10 @@ class LoraManager:
 
     # ------------------------------------------------------------ files
     def path(self, name: str) -> Path:
-        return lora_path(self.loras_dir, name)
+        return find_lora(self.settings, name)
 
     def available(self) -> list[str]:
-        return list_loras(self.loras_dir)
+        return user_lora_names(self.settings)
 
     def _read_checked(self, name: str, path: Path, pipe) -> dict:
         from safetensors.torch import load_file
