@@ -38,7 +38,7 @@ OPSET = 17
 IR_VERSION = 8  # readable by every onnxruntime that supports opset 17
 DET_SIZE = 640
 STRIDES = (8, 16, 32)
-ANCHORS_PER_CELL = 2
+CELL_ANCHOR_COUNT = 2
 EMBED_DIM = 512
 TINY_DET_SCORE = 0.87
 
@@ -91,10 +91,10 @@ def build_scrfd(dest: Path) -> None:
     centre_cell = DET_SIZE // 32 // 2
     for s in STRIDES:
         cells = DET_SIZE // s
-        n = cells * cells * ANCHORS_PER_CELL
+        n = cells * cells * CELL_ANCHOR_COUNT
         scores = np.full((n, 1), 0.01, np.float32)
         if s == 32:
-            scores[(centre_cell * cells + centre_cell) * ANCHORS_PER_CELL, 0] = TINY_DET_SCORE
+            scores[(centre_cell * cells + centre_cell) * CELL_ANCHOR_COUNT, 0] = TINY_DET_SCORE
         scale = 32.0 / s  # distances are in units of this level's stride
         box = np.asarray(_FACE_BOX, np.float32)[None] * scale
         kps = np.asarray(_FACE_KPS, np.float32).reshape(1, 10) * scale
