@@ -127,3 +127,45 @@ def make_engine(make_settings):
         return Engine(make_settings(name, **overrides))
 
     return make
+
+
+# a face in skimage's astronaut photo: eyes, nose, mouth corners (x, y)
+ASTRONAUT_KPS = [[177, 111], [209, 112], [195, 130], [180, 152], [208, 152]]
+
+
+@pytest.fixture(scope="session")
+def demo_store(tiny_models_dir):
+    """The model store over the session's tiny packs (research licences accepted)."""
+    from pipelines.settings import load_settings
+    from pipelines.stores import open_store
+
+    settings = load_settings(models_dir=tiny_models_dir, device="cpu", dtype="float32", demo=True,
+                             accept_research_licenses=True)
+    return open_store(settings)
+
+
+@pytest.fixture()
+def run_demo_eval(tiny_models_dir, photos_dir, tmp_path, capsys):
+    """`launch.py --demo eval` on the astronaut with one prompt, one seed, 2 steps
+    at 64 px for `methods`; returns the rows of images.csv."""
+    import csv
+    import shutil
+
+    from cli.main import run
+
+    def go(methods: str) -> list[dict]:
+        ids = tmp_path / "ids" / "astronaut"
+        ids.mkdir(parents=True, exist_ok=True)
+        shutil.copy(photos_dir / "astronaut.png", ids / "a.png")
+        (tmp_path / "prompts.txt").write_text("a portrait photo\n")
+        out = tmp_path / "report"
+        rc = run(["--demo", "--models-dir", str(tiny_models_dir), "--outputs-dir", str(tmp_path / "outputs"),
+                  "--device", "cpu", "--dtype", "float32", "eval", "--identities", str(tmp_path / "ids"),
+                  "--prompts", str(tmp_path / "prompts.txt"), "--methods", methods, "--seeds", "1",
+                  "--seed", "5", "--steps", "2", "--width", "64", "--height", "64", "--out", str(out)])
+        cap = capsys.readouterr()
+        assert rc == 0, cap.err
+        with open(out / "images.csv", newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    return go

@@ -220,24 +220,7 @@ def test_cli_needs_no_prompt_and_says_it_is_ignored(tiny_models_dir, photos_dir,
     assert len(list((tmp_path / "out").rglob("*.png"))) == 1
 
 
-def test_eval_runs_arc2face_beside_another_method(tiny_models_dir, photos_dir, tmp_path, capsys):
-    import csv
-    import shutil
-
-    from cli.main import run
-
-    ids = tmp_path / "ids" / "astronaut"
-    ids.mkdir(parents=True)
-    shutil.copy(photos_dir / "astronaut.png", ids / "a.png")
-    (tmp_path / "prompts.txt").write_text("a portrait photo\n")
-    out = tmp_path / "report"
-    rc = run(["--demo", "--models-dir", str(tiny_models_dir), "--outputs-dir", str(tmp_path / "outputs"),
-              "--device", "cpu", "--dtype", "float32", "eval", "--identities", str(tmp_path / "ids"),
-              "--prompts", str(tmp_path / "prompts.txt"), "--methods", "wplus,arc2face", "--seeds", "1",
-              "--seed", "5", "--steps", "2", "--width", "64", "--height", "64", "--out", str(out)])
-    cap = capsys.readouterr()
-    assert rc == 0, cap.err
-    with open(out / "images.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+def test_eval_runs_arc2face_beside_another_method(run_demo_eval):
+    rows = run_demo_eval("wplus,arc2face")
     assert {r["method"] for r in rows} == {"wplus", "arc2face"}
     assert {r["recognizer"] for r in rows if r["method"] == "arc2face"} == {"antelopev2"}

@@ -237,25 +237,8 @@ def test_method_conditions_with_the_reference_settings(engine, photos_dir):
     assert method.face_features(res.identity) is method.face_features(res.identity)
 
 
-def test_eval_runs_pulid(tiny_models_dir, photos_dir, tmp_path, capsys):
-    import csv
-    import shutil
-
-    from cli.main import run
-
-    ids = tmp_path / "ids" / "astronaut"
-    ids.mkdir(parents=True)
-    shutil.copy(photos_dir / "astronaut.png", ids / "a.png")
-    (tmp_path / "prompts.txt").write_text("a portrait photo\n")
-    out = tmp_path / "report"
-    rc = run(["--demo", "--models-dir", str(tiny_models_dir), "--outputs-dir", str(tmp_path / "outputs"),
-              "--device", "cpu", "--dtype", "float32", "eval", "--identities", str(tmp_path / "ids"),
-              "--prompts", str(tmp_path / "prompts.txt"), "--methods", "pulid", "--seeds", "1",
-              "--seed", "5", "--steps", "2", "--width", "64", "--height", "64", "--out", str(out)])
-    cap = capsys.readouterr()
-    assert rc == 0, cap.err
-    with open(out / "images.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+def test_eval_runs_pulid(run_demo_eval):
+    rows = run_demo_eval("pulid")
     assert [(r["method"], r["recognizer"]) for r in rows] == [("pulid", "buffalo_l")]
 
 

@@ -5,21 +5,17 @@ layouts."""
 
 from __future__ import annotations
 
+import conftest
 import numpy as np
 import pytest
 import torch
 
-ASTRONAUT_KPS = np.array([[177, 111], [209, 112], [195, 130], [180, 152], [208, 152]], dtype=np.float64)
+ASTRONAUT_KPS = np.array(conftest.ASTRONAUT_KPS, dtype=np.float64)
 
 
 @pytest.fixture(scope="module")
-def store(tiny_models_dir):
-    from pipelines.settings import load_settings
-    from pipelines.stores import open_store
-
-    settings = load_settings(models_dir=tiny_models_dir, device="cpu", dtype="float32", demo=True,
-                             accept_research_licenses=True)
-    return open_store(settings)
+def store(demo_store):
+    return demo_store
 
 
 @pytest.fixture(scope="module")
