@@ -77,12 +77,14 @@ def step_costs(engine, ctx, args, request, load_sdxl) -> dict:
 
     inpaint = load_sdxl(ctx, diffusers.StableDiffusionXLInpaintPipeline)
     photo = Image.open(ctx.photo).convert("RGB").resize((ctx.width * 2, ctx.height * 2))
-    gen(base_req.model_copy(update={"face_detail": True}))
-    steps_ctx = engine._finishing
-    faces = detect_faces(engine, photo)
-    if faces and int(ctx.steps * 0.4) < 1:
+    faces = []
+    if int(ctx.steps * 0.4) < 1:  # the pass would run no denoising step: the engine refuses it
         out["face_detail"] = out["template"] = f"skipped: {ctx.steps} steps x denoise 0.4 is no step"
-    elif faces:
+    else:
+        gen(base_req.model_copy(update={"face_detail": True}))
+        faces = detect_faces(engine, photo)
+    steps_ctx = engine._finishing
+    if faces:
         detail_req = base_req.model_copy(update={"face_detail": True})
         mask = face_mask(photo.size, faces[0].bbox)
 
