@@ -157,23 +157,8 @@ def lora_rows(names: Iterable[str], weights: dict[str, float] | None = None) -> 
 
 
 def loras_from_rows(rows) -> list[dict]:
-    if rows is None:
-        return []
-    if hasattr(rows, "values") and hasattr(rows, "columns"):  # a pandas frame
-        rows = rows.values.tolist()
-    out = []
-    for row in rows or []:
-        if not row or row[0] is None or not str(row[0]).strip():
-            continue
-        name = str(row[0]).strip()
-        raw = row[1] if len(row) > 1 else 1.0
-        try:
-            weight = float(raw) if raw not in (None, "") else 0.0
-        except (TypeError, ValueError) as exc:
-            raise BadInput(f"LoRA {name!r}: weight {raw!r} is not a number.") from exc
-        if weight != 0.0:
-            out.append({"name": name, "weight": weight})
-    return out
+    """The LoRA table's rows with a non-zero weight (a missing weight is 1)."""
+    return [{"name": n, "weight": w} for n, w in _table_rows(rows, "LoRA", "weight", 1.0) if w != 0.0]
 
 
 # ------------------------------------------------------------------ W+ edits
@@ -200,7 +185,9 @@ def edits_to_strengths(edits: Iterable[str]) -> dict[str, float]:
     return dict(parse_edit(e, field="edit") for e in edits or [])
 
 
-def _table_rows(rows):
+def _table_rows(rows, what: str = "edit", number: str = "strength", missing: float = 0.0):
+    """(name, number) pairs of a two-column table (a list of rows or a pandas
+    frame); blank names are skipped, an empty cell is 0, an absent one `missing`."""
     if rows is None:
         return []
     if hasattr(rows, "values") and hasattr(rows, "columns"):  # a pandas frame
@@ -209,11 +196,11 @@ def _table_rows(rows):
     for row in rows or []:
         if not row or row[0] is None or not str(row[0]).strip():
             continue
-        name, raw = str(row[0]).strip(), (row[1] if len(row) > 1 else 0.0)
+        name, raw = str(row[0]).strip(), (row[1] if len(row) > 1 else missing)
         try:
             out.append((name, float(raw) if raw not in (None, "") else 0.0))
         except (TypeError, ValueError) as exc:
-            raise BadInput(f"edit {name!r}: strength {raw!r} is not a number.") from exc
+            raise BadInput(f"{what} {name!r}: {number} {raw!r} is not a number.") from exc
     return out
 
 
