@@ -49,6 +49,21 @@ socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The request fields of a fast run on the tiny models: few steps, the smallest size,
+# Euler, a fixed seed. Test modules take them through `fast_request`, stating only
+# what they change.
+FAST_REQUEST = dict(steps=2, width=64, height=64, cfg=5.0, sampler="euler", prompt="a portrait", seed=3)
+
+
+def fast_request(*, without: tuple[str, ...] = (), **overrides) -> dict:
+    """A fresh dict of `FAST_REQUEST` with `overrides` applied; the fields named in
+    `without` are left out, so the request's own defaults apply to them."""
+    unknown = set(without) - FAST_REQUEST.keys()
+    if unknown:
+        raise KeyError(f"fast_request: without names no fast field: {sorted(unknown)}")
+    return {k: v for k, v in {**FAST_REQUEST, **overrides}.items() if k not in without}
+
+
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
     """One models dir per test session; tiny packs are built into its demo/ folder
@@ -142,6 +157,25 @@ def demo_store(tiny_models_dir):
     settings = load_settings(models_dir=tiny_models_dir, device="cpu", dtype="float32", demo=True,
                              accept_research_licenses=True)
     return open_store(settings)
+
+
+@pytest.fixture()
+def cli_generate(capsys):
+    """Runs the command line's `generate` (cli/generate.py) with `args` on `settings`,
+    asserts that it succeeds and returns what it wrote to stderr."""
+    import argparse
+
+    from cli.generate import cmd_generate, register
+
+    def run(settings, args: list[str]) -> str:
+        parser = argparse.ArgumentParser()
+        register(parser.add_subparsers())
+        parsed = parser.parse_args(["generate", *args])
+        capsys.readouterr()
+        assert cmd_generate(parsed, settings) == 0
+        return capsys.readouterr().err
+
+    return run
 
 
 @pytest.fixture()

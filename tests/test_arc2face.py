@@ -12,11 +12,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import fast_request
 
 from pipelines.errors import BadInput
 from pipelines.requests import GenerateRequest
 
-FAST = dict(method="arc2face", steps=2, width=64, height=64, cfg=3.0, sampler="euler", seed=3)
+FAST = fast_request(method="arc2face", cfg=3.0, prompt="a portrait photo")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def pipe(engine):
 
 
 def gen(engine, photos_dir, **kw):
-    data = dict(FAST, photos=[str(photos_dir / "astronaut.png")], prompt="a portrait photo")
+    data = dict(FAST, photos=[str(photos_dir / "astronaut.png")])
     data.update(kw)
     res = engine.generate(GenerateRequest(**data))
     return [np.asarray(i.image).astype(np.int16) for i in res.images], res

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import fast_request
 
 from pipelines.errors import BadInput, NoFaceFound
 from pipelines.requests import GenerateRequest
 
-FAST = dict(steps=2, width=64, height=64, cfg=5.0, sampler="euler")
+FAST = fast_request(prompt="a portrait photo", seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def engine(make_engine):
 
 
 def gen(engine, photos_dir, **kw):
-    data = dict(photos=[str(photos_dir / "astronaut.png")], prompt="a portrait photo", seed=7, **FAST)
+    data = dict(FAST, photos=[str(photos_dir / "astronaut.png")])
     data.update(kw)
     res = engine.generate(GenerateRequest(**data))
     return [np.asarray(i.image).astype(np.int16) for i in res.images], res
@@ -69,10 +70,7 @@ def test_scale_zero_equals_no_adapter(engine, photos_dir, method, extra):
     assert np.abs(plain[0] - on[0]).mean() > 0.5
 
 
-def test_switching_and_unloading_restore_the_base(engine, photos_dir, tiny_models_dir, tmp_path):
-    from pipelines.engine import Engine
-    from pipelines.settings import load_settings
-
+def test_switching_and_unloading_restore_the_base(engine, photos_dir, make_engine):
     before, _ = gen(engine, photos_dir, method="none", photos=[])
     gen(engine, photos_dir, method="faceid")
     gen(engine, photos_dir, method="instantid")
@@ -81,8 +79,7 @@ def test_switching_and_unloading_restore_the_base(engine, photos_dir, tiny_model
     assert (before[0] == after[0]).all()
     assert not engine.pipeline().unet.peft_config if hasattr(engine.pipeline().unet, "peft_config") else True
     assert engine.pipeline().unet.encoder_hid_proj is None
-    fresh = Engine(load_settings(models_dir=tiny_models_dir, outputs_dir=tmp_path, device="cpu",
-                                 dtype="float32", demo=True))
+    fresh = make_engine("engine-fresh")
     ref, _ = gen(fresh, photos_dir, method="none", photos=[])
     assert (ref[0] == after[0]).all()
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import fast_request
 from PIL import Image
 
 from pipelines.errors import BadInput
 from pipelines.requests import GenerateRequest
 
-FAST = dict(steps=2, width=64, height=64, cfg=5.0, sampler="euler", prompt="a portrait", seed=5)
+FAST = fast_request(seed=5)
 
 
 @pytest.fixture(scope="module")
