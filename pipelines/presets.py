@@ -2,7 +2,7 @@
 
 A preset is `assets/presets/<name>.json`: a prompt template, a negative prompt,
 the identity method and its scales, an optional pose template, a size bucket
-(by name, never pixels, so demo mode can shrink it), sampler, steps, CFG, face
+(by name, never pixels, so the run profile can shrink it), sampler, steps, CFG, face
 restore and optional style LoRAs, plus a title and two card colours for its
 preview card (`assets/presets/previews/<name>.png`).
 
@@ -11,6 +11,10 @@ person goes ("a woman with red hair"); without the placeholder the subject is
 put in front of the template. An unknown key, an out-of-range value or a bad
 file is a `BadInput` naming the file and the key; nothing is silently defaulted
 (Fooocus' silent fallback is what not to copy).
+
+Merging a preset with what the user gives has one home, `apply_preset`, used
+by every front door (the command line, the web UI's API, job files); its
+docstring names how they differ.
 
     python -m pipelines.presets --previews    # redraw the preview cards
 """
@@ -26,15 +30,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .errors import BadInput, UnsafePath
 from .identity import methods_for_family
 from .paths import check_name
+from .profile import (
+    DEMO_MAX_STEPS as DEMO_MAX_STEPS,  # the demo step cap, also read from here
+    RunProfile,
+    as_profile,
+)
 from .requests import LoraSpec
-from .samplers import SAMPLERS, SDXL_BUCKETS, demo_size
+from .samplers import SAMPLERS, SDXL_BUCKETS
 
 ASSETS_PRESETS = Path(__file__).resolve().parents[1] / "assets" / "presets"
 PREVIEWS_DIR = ASSETS_PRESETS / "previews"
 PRESET_SUFFIX = ".json"
 MAX_PRESET_BYTES = 64 * 1024
 DEFAULT_SUBJECT = "a person"
-DEMO_MAX_STEPS = 8  # demo models have random weights: more steps only cost time
 SUBJECT = "{subject}"
 
 # size buckets by name (SDXL training buckets); presets name one, never pixels
@@ -157,16 +165,16 @@ class Preset(BaseModel):
             return self.prompt.replace(SUBJECT, subject)
         return f"{subject}, {self.prompt}"
 
-    def request_fields(self, subject: str | None = None, demo: bool = False) -> dict:
+    def request_fields(self, subject: str | None = None, profile: RunProfile | None = None, *,
+                       demo: bool | None = None) -> dict:
         """The `GenerateRequest` fields this preset sets (the caller adds photos,
-        seed, count and anything the user overrides). `demo` shrinks the size
-        like the engine's demo default (1/8 per side) and caps the steps at
-        DEMO_MAX_STEPS, so a preset click takes seconds on the tiny models."""
-        w, h = self.width_height
-        steps = self.steps
-        if demo:
-            w, h = demo_size(w, h)
-            steps = min(steps, DEMO_MAX_STEPS)
+        seed, count and anything the user overrides). The run `profile` sizes the
+        bucket and caps the steps (demo: 1/8 per side, at most DEMO_MAX_STEPS
+        steps, so a preset click takes seconds on the tiny models). `demo=` is
+        the old boolean, still accepted in the profile's place."""
+        profile = as_profile(profile, demo)
+        w, h = profile.size(*self.width_height)
+        steps = profile.cap_steps(self.steps)
         fields: dict = {
             "prompt": self.format_prompt(subject),
             "negative": self.negative,
@@ -269,11 +277,56 @@ def get_preset(name: str, folder: Path | str | None = None, user_dir: Path | str
     raise BadInput(f"preset {name!r} does not exist; choose one of: {known}.")
 
 
-def load_preset(name: str, subject: str | None = None, demo: bool = False,
-                folder: Path | str | None = None, user_dir: Path | str | None = None) -> dict:
-    """The `GenerateRequest` fields of preset `name`; `subject` fills the
-    prompt's {subject}; `demo` shrinks size and steps for the tiny demo models."""
-    return get_preset(name, folder, user_dir).request_fields(subject=subject, demo=demo)
+def apply_preset(preset: str | Preset, profile: RunProfile | None = None, *, subject: str | None = None,
+                 overrides: dict | None = None, folder: Path | str | None = None,
+                 user_dir: Path | str | None = None) -> dict:
+    """The `GenerateRequest` fields of `preset` (a name, looked up in `folder`, the
+    shipped presets by default, then the user's `user_dir`; or a `Preset`) merged
+    with what the user gives. The one place where a preset meets user input:
+
+    1. The preset's fields, sized and capped by the run `profile`.
+    2. `subject` fills the prompt's {subject} (without the placeholder it goes in
+       front); None fills in DEFAULT_SUBJECT.
+    3. A speed in `overrides` other than the preset's drops the preset's steps,
+       sampler and cfg, which the new mode fills (`speed.switch_speed`), except
+       those `overrides` gives too. A speed that is not a known mode name is
+       left as given, for the request's validation to name where it came from.
+    4. `overrides` replace the fields they name, the prompt included: a prompt
+       in `overrides` replaces the whole template.
+
+    The front doors differ only in what they pass:
+
+    - command line (`generate --preset`): `--prompt` is the `subject`; the other
+      options and `--speed` are `overrides`;
+    - web UI API (`/generate`) and the Portrait tab's preset click: `prompt` is the
+      `subject`, no overrides (the API lays its own fields over the result; the
+      tab fills its widgets with it and leaves the prompt box to the subject);
+    - job files: no `subject`; the item's `prompt:` is an override that replaces
+      the template (a job file states whole prompts), over `defaults:` and the
+      item's `overrides:`, speed included.
+    """
+    profile = as_profile(profile)
+    if not isinstance(preset, Preset):
+        preset = get_preset(preset, folder, user_dir)
+    fields = preset.request_fields(subject, profile)
+    overrides = dict(overrides or {})
+    speed = overrides.get("speed")
+    if isinstance(speed, str):
+        from .speed import SPEED_NAMES, TUNED_FIELDS, switch_speed
+
+        if speed in SPEED_NAMES:
+            fields = switch_speed(fields, speed, {k for k in TUNED_FIELDS if k in overrides})
+    fields.update(overrides)
+    return fields
+
+
+def load_preset(name: str, subject: str | None = None, profile: RunProfile | None = None,
+                folder: Path | str | None = None, user_dir: Path | str | None = None, *,
+                demo: bool | None = None) -> dict:
+    """`apply_preset` without overrides: the `GenerateRequest` fields of preset
+    `name`, `subject` filling its {subject}. `demo=` (or a bool as `profile`) is
+    the old boolean, accepted from callers not yet passing the profile."""
+    return apply_preset(name, as_profile(profile, demo), subject=subject, folder=folder, user_dir=user_dir)
 
 
 # --------------------------------------------------------------------- the user's own presets
@@ -293,18 +346,21 @@ def all_presets(user_dir: Path | str | None = None) -> list[tuple[Preset, bool]]
     return [(p, False) for p in shipped] + [(p, True) for p in user if p.name not in names]
 
 
-def _bucket_name(width: int | None, height: int | None, demo: bool) -> SizeName:
-    """The size bucket nearest to the aspect of width x height (square when unset)."""
+def _bucket_name(width: int | None, height: int | None) -> SizeName:
+    """The size bucket nearest to the aspect of width x height (square when unset).
+    A demo size keeps its bucket's aspect, so the profile does not matter here."""
     if not width or not height:
         return "square"
     aspect = width / height
     return min(SIZE_BUCKETS, key=lambda k: abs(SIZE_BUCKETS[k][0] / SIZE_BUCKETS[k][1] - aspect))  # type: ignore
 
 
-def preset_from_request(name: str, title: str, fields: dict, demo: bool = False) -> Preset:
+def preset_from_request(name: str, title: str, fields: dict, profile: RunProfile | bool | None = None) -> Preset:
     """A preset holding the settings of `fields` (a GenerateRequest's, as the UI
     or a recipe has them). The prompt is kept whole (no {subject}: a subject given
-    later is put in front); the size becomes the nearest bucket by aspect."""
+    later is put in front); the size becomes the nearest bucket by aspect, for
+    real and demo sizes alike, so `profile` changes nothing (it is accepted for
+    callers that still pass it)."""
     from .requests import GenerateRequest
 
     d = {k: f.get_default(call_default_factory=True) for k, f in GenerateRequest.model_fields.items()
@@ -314,7 +370,7 @@ def preset_from_request(name: str, title: str, fields: dict, demo: bool = False)
             "prompt": d.get("prompt") or DEFAULT_SUBJECT, "negative": d["negative"], "method": d["method"],
             "scale": fields.get("scale"), "s_scale": d["s_scale"], "identitynet_scale": d["identitynet_scale"],
             "pose": d.get("pose"), "pose_scale": d["pose_scale"],
-            "size": _bucket_name(d.get("width"), d.get("height"), demo), "sampler": d["sampler"],
+            "size": _bucket_name(d.get("width"), d.get("height")), "sampler": d["sampler"],
             "steps": d["steps"], "cfg": d["cfg"], "speed": d["speed"], "restore": d["restore"],
             "restore_strength": d["restore_strength"], "codeformer_fidelity": d["codeformer_fidelity"],
             "loras": [lo if isinstance(lo, dict) else lo.model_dump() for lo in d.get("loras") or []]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .errors import BadInput
+from .profile import demo_bucket
 
 # name -> (scheduler class name, extra config); created from the base scheduler's config
 SAMPLERS: dict[str, tuple[str, dict]] = {
@@ -106,5 +107,7 @@ def nearest_bucket(width: int, height: int, buckets=SDXL_BUCKETS) -> tuple[int, 
 
 
 def demo_size(width: int, height: int) -> tuple[int, int]:
-    """The demo-mode stand-in for a bucket: 1/8 of each side (tiny models on CPU)."""
-    return max(64, (width // 8) // 8 * 8), max(64, (height // 8) // 8 * 8)
+    """The demo-mode stand-in for a bucket: 1/8 of each side (tiny models on CPU).
+    The rule lives in `pipelines.profile` (`RunProfile.size`); new code asks the
+    settings' profile, this name stays for the engine's size default."""
+    return demo_bucket(width, height)

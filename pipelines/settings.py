@@ -11,8 +11,9 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import BadInput
+from .profile import DEMO_NOTICE, RunProfile, profile_for
 
-DEMO_BANNER = "demo models: random weights"
+DEMO_BANNER = DEMO_NOTICE  # what the UI and the CLI show in demo mode (the profile's notice)
 
 
 def _default_home() -> Path:
@@ -56,6 +57,12 @@ class Settings(BaseSettings):
             raise ValueError(f"{probe} is a file, not a folder" if probe == p
                              else f"{p} cannot be a folder: {probe} is a file")
         return p
+
+    @property
+    def profile(self) -> RunProfile:
+        """The run profile of these settings: every rule demo mode changes
+        (pipelines/profile.py). Front doors pass this object on, not `demo`."""
+        return profile_for(self.demo)
 
     @property
     def demo_models_dir(self) -> Path:

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -287,36 +286,38 @@ def test_identity_schema_errors(job_dir):
         jf.load_job(p)
 
 
-def test_presets_resolve_through_load_preset(job_dir, monkeypatch):
-    mod = types.ModuleType("pipelines.presets")
-    presets = {"studio-headshot": {"prompt": "studio headshot, soft light", "steps": 4, "cfg": 3.0},
-               "broken": {"prompt": "x", "steps": 999}}
+def _user_preset(folder: Path, name: str, **fields) -> None:
+    data = {"name": name, "title": name, "prompt": "studio headshot of {subject}, soft light", "method": "faceid",
+            "size": "square", "sampler": "euler", "steps": 4, "cfg": 3.0, **fields}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(data))
 
-    def load_preset(name, demo=False, user_dir=None):
-        if name not in presets:
-            raise BadInput(f"preset {name!r} does not exist.")
-        return dict(presets[name])
 
-    mod.load_preset = load_preset
-    monkeypatch.setitem(sys.modules, "pipelines.presets", mod)
+def test_presets_resolve_through_apply_preset(job_dir, tmp_path):
+    """An item's preset is the user's own (or a shipped one), merged by
+    `presets.apply_preset`: overrides beat the preset; a bad preset file or an
+    unknown name is an error at the item's presets key and line."""
+    user = tmp_path / "my-presets"
+    _user_preset(user, "my-headshot")
+    _user_preset(user, "broken", steps=999)
     p = write_job(job_dir, """
         identities:
           alice: {photos: [photos/astronaut.png]}
         items:
           - identity: alice
-            presets: [studio-headshot]
+            presets: [my-headshot]
             seeds: [1, 2]
             overrides: {cfg: 4.0}
     """)
-    job = jf.load_job(p)
-    assert [it.request.prompt for it in job.items] == ["studio headshot, soft light"] * 2
+    job = jf.load_job(p, presets_dir=user)
+    assert [it.request.prompt for it in job.items] == ["studio headshot of a person, soft light"] * 2
     assert job.items[0].request.steps == 4 and job.items[0].request.cfg == 4.0  # override beats preset
-    p.write_text(p.read_text().replace("[studio-headshot]", "[broken]"))
-    with pytest.raises(BadInput, match=r"line 5: items\[0\]\.presets: preset 'broken': steps: .*less than or equal to 150"):
-        jf.load_job(p)
+    p.write_text(p.read_text().replace("[my-headshot]", "[broken]"))
+    with pytest.raises(BadInput, match=r"line 5: items\[0\]\.presets: preset 'broken': .*'steps'.*less than or equal to 150"):
+        jf.load_job(p, presets_dir=user)
     p.write_text(p.read_text().replace("[broken]", "[nope]"))
     with pytest.raises(BadInput, match=r"items\[0\]\.presets: preset 'nope': preset 'nope' does not exist"):
-        jf.load_job(p)
+        jf.load_job(p, presets_dir=user)
 
 
 def test_bad_job_file_exits_2_and_dry_run_writes_nothing(job_dir, tmp_path, capsys):
