@@ -17,7 +17,7 @@ a results list (seed, likeness, face found, file name per image).
 
 `job.cancel()` in gradio_client, or a dropped connection, stops the engine
 within a step: the endpoint is a generator that yields an empty update per step,
-where gradio can close it (see `app.jobs`)."""
+where gradio can close it (see `app.generate_loop`)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from pipelines.errors import BadInput, LikenessError
 from pipelines.requests import GenerateRequest, validate_request
 from pipelines.settings import Settings
 
-from .jobs import CancelRegistry, EngineHolder, run_job
+from .generate_loop import Step, session_job
+from .jobs import CancelRegistry, EngineHolder
 from .portrait import GPU, session_of, user_error
 from .requests_map import api_field_specs, api_overrides, caption, photo_paths
 
@@ -79,14 +80,12 @@ def _field_component(name: str, kind: str, default):
     return gr.Textbox(value=default, label=name)
 
 
-def build_api(settings: Settings, holder: EngineHolder, cancels: CancelRegistry) -> None:
-    """Hidden components + the `generate` endpoint (call inside the Blocks)."""
-
-    specs = api_field_specs()
+def generate_endpoint(settings: Settings, holder: EngineHolder, cancels: CancelRegistry, specs):
+    """The `/generate` endpoint's function: `(photos, prompt, preset, method, seed,
+    count, *fields, request, progress)` -> yields an empty update per step, then
+    (gallery, results). The request's fields after `count` follow `specs`."""
 
     def generate(*values):
-        from .progress import StepClock, describe_step
-
         photos, prompt, preset, method, seed, count, *extra, request, progress = values
 
         try:
@@ -94,26 +93,25 @@ def build_api(settings: Settings, holder: EngineHolder, cancels: CancelRegistry)
                               {name: v for (name, _, _), v in zip(specs, extra)})
         except LikenessError as exc:
             raise user_error(exc) from exc
-        session = session_of(request)
-        cancel = cancels.begin(session)
-        clock = None
-        try:
-            for ev in run_job(lambda on_step, c: holder.get().generate(req, on_step=on_step, cancel=c), cancel):
-                if ev.kind == "error":
-                    raise user_error(ev.data)
-                if ev.kind == "done":
-                    yield [(str(g.path), caption(g.recipe)) for g in ev.data.images], api_results(ev.data.images)
-                    return
-                info = ev.data
-                if clock is None or clock.steps != info["steps"]:
-                    clock = StepClock(req.count, info["steps"])
-                clock.tick(info["image_index"], info["step"])
-                progress((clock.done, clock.total), unit="steps",
-                         desc=describe_step(info["image_index"], req.count, info["step"], info["steps"], clock.eta()))
-                yield gr.skip(), gr.skip()  # here gradio can close a cancelled call
-        finally:
-            cancels.end(session, cancel)
-        raise gr.Error("the job ended without a result.")
+        with session_job(holder, cancels, session_of(request), req, progress) as updates:
+            for update in updates:
+                if isinstance(update, Step):
+                    yield gr.skip(), gr.skip()  # here gradio can close a cancelled call
+                elif update.error is not None:
+                    raise user_error(update.error)
+                else:
+                    images = update.result.images
+                    yield [(str(g.path), caption(g.recipe)) for g in images], api_results(images)
+
+    _api_signature(generate, specs)
+    return generate
+
+
+def build_api(settings: Settings, holder: EngineHolder, cancels: CancelRegistry) -> None:
+    """Hidden components + the `generate` endpoint (call inside the Blocks)."""
+
+    specs = api_field_specs()
+    generate = generate_endpoint(settings, holder, cancels, specs)
 
     with gr.Group(visible=False):
         photos = gr.File(file_count="multiple", type="filepath", label="photos")
@@ -126,7 +124,6 @@ def build_api(settings: Settings, holder: EngineHolder, cancels: CancelRegistry)
         images = gr.Gallery(label="images", format="png")
         results = gr.JSON(label="results")
         trigger = gr.Button("generate (API)")
-    _api_signature(generate, specs)
     trigger.click(generate, [photos, prompt, preset, method, seed, count, *extra], [images, results],
                   api_name="generate", concurrency_id=GPU, concurrency_limit=1)
     build_list_endpoints(settings)

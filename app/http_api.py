@@ -28,10 +28,9 @@ import hmac
 import shutil
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -41,6 +40,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from pipelines.errors import BadInput, Cancelled, LikenessError
 from pipelines.requests import GenerateRequest, validate_request
+
+if TYPE_CHECKING:
+    from .generate_loop import Step
 
 SERVER_ONLY = ("photos", "identity_card", "out_dir", "face_index",
                # the second person's files, and a template or layout, which may name a file on the server
@@ -107,19 +109,12 @@ class Job:
         self.progress = Progress(count=req.count)
         self.images: list[ImageInfo] = []
         self.error: str | None = None
-        self._times: list[float] = []
 
-    def on_step(self, info: dict) -> None:
-        now = time.monotonic()
-        self._times.append(now)
-        steps = int(info.get("steps") or 0)
-        idx, step = int(info.get("image_index") or 0), int(info.get("step") or 0)
-        done, total = idx * steps + step, max(1, self.req.count * steps)
-        eta = None
-        if len(self._times) >= 3:  # the first step pays for warm-up
-            per = (self._times[-1] - self._times[1]) / (len(self._times) - 2)
-            eta = round(max(0.0, per * (total - done)), 1)
-        self.progress = Progress(image=idx + 1, count=self.req.count, step=step, steps=steps, eta_seconds=eta)
+    def record(self, step: Step) -> None:
+        """Show a step of the running job (an `app.generate_loop.Step`) as its progress."""
+        eta = None if step.eta is None else round(step.eta, 1)
+        self.progress = Progress(image=step.image_index + 1, count=step.images, step=step.step, steps=step.steps,
+                                 eta_seconds=eta)
 
     def status(self) -> JobStatus:
         return JobStatus(id=self.id, state=self.state, progress=self.progress, images=self.images, error=self.error)
@@ -147,19 +142,19 @@ class JobStore:
         try:
             if job.cancel.is_set():
                 raise Cancelled("cancelled before it started.")
-            from pipelines.memory import free_memory
+            from .generate_loop import Step, generate_loop
 
-            from .jobs import ENGINE_LOCK
-
-            with ENGINE_LOCK:  # in turn with the UI's jobs
-                if job.cancel.is_set():
-                    raise Cancelled("cancelled before it started.")
-                engine = self.holder.get()
+            def running() -> None:
                 job.state = "running"
-                try:
-                    result = engine.generate(job.req, on_step=job.on_step, cancel=job.cancel)
-                finally:
-                    free_memory()
+
+            # the app's one generate loop: in turn with the UI's jobs (the engine lock), cancelled by job.cancel
+            for update in generate_loop(self.holder, job.req, job.cancel, on_start=running):
+                if isinstance(update, Step):
+                    job.record(update)
+                elif update.error is not None:
+                    raise update.error
+                else:
+                    result = update.result
             if job.cancel.is_set() and not result.images:
                 raise Cancelled("cancelled.")
             for g in result.images:

@@ -11,12 +11,13 @@ from typing import Any
 
 import gradio as gr
 
-from pipelines.errors import BadInput, Cancelled, LikenessError, ModelMissing
+from pipelines.errors import BadInput, LikenessError, ModelMissing
 from pipelines.identity import DEFAULT_METHOD, method_family, method_recognizer
 from pipelines.settings import Settings
 
-from .jobs import CancelRegistry, EngineHolder, run_job
-from .progress import StepClock, describe_step, format_seconds, step_preview
+from .generate_loop import Step, session_job
+from .jobs import CancelRegistry, EngineHolder
+from .progress import format_seconds, step_preview
 from .requests_map import (
     NONE,
     RECIPE_KEYS,
@@ -205,36 +206,27 @@ class PortraitTab:
         yield from self.run(req, request, progress)
 
     def run(self, req, request: gr.Request | None, progress):
+        """Stream one generation into the tab: status, a live preview at most every
+        `PREVIEW_EVERY` seconds, then the results, or "Stopped" after a cancel."""
         w = self.w
-        session = session_of(request)
-        cancel = self.cancels.begin(session)
         family = method_family(req.method)
-        clock = StepClock(req.count, req.steps)
-        progress(0, desc="loading models…")
-        yield {w.status: "Loading models and analysing the photos…", w.preview: None}
-        last_preview = 0.0
-        try:
-            engine = self.holder.get()
-            for ev in run_job(lambda on_step, c: engine.generate(req, on_step=on_step, cancel=c), cancel):
-                if ev.kind == "step":
-                    info = ev.data
-                    clock.tick(info["image_index"], info["step"])
-                    text = describe_step(info["image_index"], req.count, info["step"], info["steps"], clock.eta())
-                    progress((clock.done, clock.total), desc=text, unit="steps")
+        with session_job(self.holder, self.cancels, session_of(request), req, progress) as updates:
+            progress(0, desc="loading models…")
+            yield {w.status: "Loading models and analysing the photos…", w.preview: None}
+            last_preview = 0.0
+            for update in updates:
+                if isinstance(update, Step):
                     now = time.monotonic()
-                    if info.get("latents") is not None and now - last_preview >= PREVIEW_EVERY:
+                    if update.info.get("latents") is not None and now - last_preview >= PREVIEW_EVERY:
                         last_preview = now
-                        yield {w.status: text, w.preview: step_preview(info, family)}
-                elif ev.kind == "error":
-                    if isinstance(ev.data, Cancelled):
-                        yield {w.status: f"**Stopped**: {ev.data} Memory freed; images already written "
-                                         "are in the History tab."}
-                        return
-                    raise user_error(ev.data)
+                        yield {w.status: update.text, w.preview: step_preview(update.info, family)}
+                elif update.cancelled:
+                    yield {w.status: f"**Stopped**: {update.error} Memory freed; images already written "
+                                     "are in the History tab."}
+                elif update.error is not None:
+                    raise user_error(update.error)
                 else:
-                    yield self.finished(ev.data)
-        finally:
-            self.cancels.end(session, cancel)
+                    yield self.finished(update.result)
 
     def finished(self, result) -> dict:
         w = self.w
