@@ -3,11 +3,13 @@ to a non-loopback address fails the test."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,6 +66,35 @@ def fast_request(*, without: tuple[str, ...] = (), **overrides) -> dict:
     return {k: v for k, v in {**FAST_REQUEST, **overrides}.items() if k not in without}
 
 
+# bench/generate.py on the tiny models: the smallest run that exercises every row
+BENCH_GENERATE_FAST = ["--steps", "2", "--width", "64", "--height", "64", "--repeats", "1", "--threads", "1",
+                       "--device", "cpu", "--dtype", "float32"]
+
+
+def run_bench(script: str, args: list[str], models_dir: Path, cwd: Path, timeout: int = 900) -> tuple[dict, str]:
+    """Runs bench/`script` with `args` on `models_dir` in a subprocess, with one
+    OpenMP thread (CPU cores here are shared, and spinning threads are slow); asserts
+    that it succeeds and returns the one JSON object it prints and its stderr."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("LIKENESS_MODELS_DIR", None)
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args, "--models-dir", str(models_dir)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout), proc.stderr
+
+
+def generate_on_astronaut(engine, photos_dir: Path, fields: dict, **kw):
+    """`engine.generate` of the request made of `fields`, the astronaut photo and
+    `kw` (which wins over both)."""
+    from pipelines.requests import GenerateRequest
+
+    return engine.generate(GenerateRequest(**{**fields, "photos": [str(photos_dir / "astronaut.png")], **kw}))
+
+
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
     """One models dir per test session; tiny packs are built into its demo/ folder
@@ -117,14 +148,15 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="session")
 def make_settings(tiny_models_dir, tmp_path_factory):
-    """Settings factory: demo mode on the session's tiny models, CPU, float32, a
-    fresh outputs folder named `name` (LoRAs in its loras/); `overrides` go to
+    """Settings factory: demo mode on the session's tiny models, CPU, float32, in a
+    fresh folder named `name` holding outputs/ and loras/ side by side (as a user's
+    install: LoRAs are never inside the served outputs); `overrides` go to
     `load_settings`."""
     from pipelines.settings import load_settings
 
     def make(name: str = "out", **overrides):
-        out = tmp_path_factory.mktemp(name)
-        kw = dict(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras", device="cpu",
+        root = tmp_path_factory.mktemp(name)
+        kw = dict(models_dir=tiny_models_dir, outputs_dir=root / "outputs", loras_dir=root / "loras", device="cpu",
                   dtype="float32", demo=True)
         return load_settings(**{**kw, **overrides})
 
@@ -145,7 +177,17 @@ def make_engine(make_settings):
 
 
 # a face in skimage's astronaut photo: eyes, nose, mouth corners (x, y)
-ASTRONAUT_KPS = [[177, 111], [209, 112], [195, 130], [180, 152], [208, 152]]
+ASTRONAUT_KPS = np.array([[177, 111], [209, 112], [195, 130], [180, 152], [208, 152]], dtype=np.float64)
+
+
+def aligned_astronaut(size: int = 256) -> np.ndarray:
+    """The astronaut's face (`ASTRONAUT_KPS`) in the FFHQ alignment the W+ path uses
+    (pipelines/wplus/align.py), as a `size`² RGB crop."""
+    from skimage import data
+
+    from pipelines.wplus.align import align_face
+
+    return align_face(data.astronaut(), ASTRONAUT_KPS, size=size).image
 
 
 @pytest.fixture(scope="session")
@@ -157,6 +199,23 @@ def demo_store(tiny_models_dir):
     settings = load_settings(models_dir=tiny_models_dir, device="cpu", dtype="float32", demo=True,
                              accept_research_licenses=True)
     return open_store(settings)
+
+
+@pytest.fixture(scope="module")
+def e4e(demo_store):
+    """The tiny e4e encoder pack (pipelines/wplus/e4e.py), loaded: (encoder, latent_avg)."""
+    from pipelines.wplus.e4e import load_e4e
+
+    demo_store.ensure("e4e-ffhq")
+    return load_e4e(demo_store.file_path("e4e-ffhq", "e4e_ffhq_encode.pt"))
+
+
+@pytest.fixture(scope="module")
+def wplus_directions(demo_store):
+    """The tiny W+ edit directions pack (pipelines/wplus/edits.py), loaded."""
+    from pipelines.wplus.edits import load_directions
+
+    return load_directions(demo_store.ensure("wplus-directions"))
 
 
 @pytest.fixture()
@@ -203,3 +262,92 @@ def run_demo_eval(tiny_models_dir, photos_dir, tmp_path, capsys):
             return list(csv.DictReader(fh))
 
     return go
+
+
+# ------------------------------------------------------------ the web UI and chromium
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium, never a downloaded browser
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc) -> None:
+    """Terminates `proc` (a `subprocess.Popen`), killing it if it has not exited after 20 s."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def demo_ui_process(models_dir: Path, folder: Path, *, stdout=None, **env):
+    """`launch.py ui` in demo mode on a free port, on the CPU with one OpenMP thread,
+    outputs in `folder`/outputs, LoRAs in `folder`/loras, run in `folder`; `env` is
+    added to its environment and its stderr is a pipe (stdout: `stdout`, default
+    discarded). Yields (the process, its port) and stops it on exit."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    full_env = {**os.environ, "LIKENESS_DEMO": "1", "LIKENESS_MODELS_DIR": str(models_dir),
+                "LIKENESS_OUTPUTS_DIR": str(folder / "outputs"), "LIKENESS_LORAS_DIR": str(folder / "loras"),
+                "LIKENESS_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", **env}
+    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "ui", "--port", str(port), "--no-browser"],
+                            cwd=folder, env=full_env, stdout=subprocess.DEVNULL if stdout is None else stdout,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc, port
+    finally:
+        stop_process(proc)
+
+
+def wait_for_port(port: int, proc, timeout: float = 120) -> None:
+    """Waits until `proc` listens on 127.0.0.1:`port`; fails with its stderr if it exits first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the UI exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"the UI did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
+@pytest.fixture()
+def ui_server(tiny_models_dir, tmp_path):
+    """The demo web UI in a subprocess, once it listens: (its URL, its outputs folder)."""
+    # GRADIO_SERVER_NAME must be ignored: the app binds 127.0.0.1
+    with demo_ui_process(tiny_models_dir, tmp_path, GRADIO_SERVER_NAME="0.0.0.0") as (proc, port):
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}", tmp_path / "outputs"
+
+
+@contextlib.contextmanager
+def chromium_page(url: str, width: int = 1400, height: int = 1600):
+    """A page of headless chromium (driven by playwright) at `url`, with a
+    `width` x `height` viewport; the browser is closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).is_file(), "install Debian's chromium first (make browser)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()

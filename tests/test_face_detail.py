@@ -8,11 +8,12 @@ import functools
 
 import numpy as np
 import pytest
+from conftest import fast_request
 from PIL import Image
 
 from pipelines.requests import GenerateRequest
 
-FAST = dict(steps=3, width=128, height=128, cfg=5.0, sampler="euler", prompt="a portrait", seed=3)
+FAST = fast_request(steps=3, width=128, height=128)
 
 
 @pytest.fixture(scope="module")

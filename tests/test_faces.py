@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fast_request
 from PIL import Image
 
 from pipelines.errors import BadInput, FaceQualityError, ModelMissing, NoFaceFound
@@ -542,13 +543,12 @@ def engine(make_engine):
     return make_engine("faces-engine")
 
 
-def test_generate_with_a_chosen_face_reports_it_everywhere(engine, photos_dir, capsys):
-    from cli.generate import cmd_generate, register
+def test_generate_with_a_chosen_face_reports_it_everywhere(engine, photos_dir, cli_generate):
     from pipelines.metadata import read_recipe
     from pipelines.requests import GenerateRequest
 
     t1 = str(photos_dir / "t1.jpg")
-    fast = dict(prompt="a portrait", method="faceid", steps=2, width=64, height=64, seed=3, sampler="euler")
+    fast = fast_request(method="faceid")
     first = engine.generate(GenerateRequest(photos=[t1], **fast))
     fourth = engine.generate(GenerateRequest(photos=[t1], face_index={t1: 4}, **fast))
     assert first.identity.hash != fourth.identity.hash  # another person
@@ -559,16 +559,9 @@ def test_generate_with_a_chosen_face_reports_it_everywhere(engine, photos_dir, c
     assert "face_index" not in recipe["request"]  # the card holds the choice; the request names no local file
     assert read_recipe(first.images[0].path)["identity"]["faces"][0]["note"] == "6 faces, used the largest"
     # the command line says so, with the face's box and how to choose another
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(["generate", "--photo", t1, "--face-index", "4", "--prompt", "a portrait",
-                              "--steps", "2", "--width", "64", "--height", "64", "--seed", "3",
-                              "--out", str(engine.settings.outputs_dir / "cli")])
-    capsys.readouterr()
-    assert cmd_generate(args, engine.settings) == 0
-    err = capsys.readouterr().err
+    err = cli_generate(engine.settings, ["--photo", t1, "--face-index", "4", "--prompt", "a portrait", "--steps", "2",
+                                         "--width", "64", "--height", "64", "--seed", "3",
+                                         "--out", str(engine.settings.outputs_dir / "cli")])
     x1, y1, x2, y2 = (int(round(v)) for v in entry["bbox"])
     assert f"t1.jpg: 6 faces, used face 4 (face box x {x1}-{x2}, y {y1}-{y2})" in err
     assert "--face-index N (1-6)" in err
@@ -665,7 +658,7 @@ def test_replay_from_the_photos_uses_the_recorded_face(engine, photos_dir, tmp_p
     from pipelines.requests import GenerateRequest
 
     t1 = str(photos_dir / "t1.jpg")
-    fast = dict(prompt="a portrait", method="faceid", steps=2, width=64, height=64, seed=3, sampler="euler")
+    fast = fast_request(method="faceid")
     made = engine.generate(GenerateRequest(photos=[t1], face_index={t1: 4}, **fast))
     # the PNG shared with its photo but without the identity card
     folder = tmp_path / "shared"

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import torch
+from conftest import fast_request
 
 from pipelines.identity import method_names
 from pipelines.requests import GenerateRequest
 
 METHODS = method_names()
-FAST = dict(steps=2, width=64, height=64, cfg=5.0, sampler="euler", prompt="a portrait photo", seed=7)
+FAST = fast_request(prompt="a portrait photo", seed=7)
 # request fields that switch a method off besides `scale` (InstantID's IdentityNet has its own)
 OFF = {"instantid": {"identitynet_scale": 0.0}}
 
@@ -214,6 +215,15 @@ def _faceid_uncond(engine, pipe, seen: Seen) -> None:
         torch.testing.assert_close(uncond, ref.expand_as(uncond).to(uncond.dtype), atol=1e-4, rtol=1e-4)
 
 
+def assert_uncond_half_is(ref: torch.Tensor, batches: list[torch.Tensor]) -> None:
+    """Each classifier-free-guidance batch (uncond half first): its uncond half is
+    `ref` (1, tokens, dim) for every image, and its cond half differs from it."""
+    for x in batches:
+        half = x.shape[0] // 2
+        torch.testing.assert_close(x[:half], ref.expand(half, -1, -1).to(x.dtype), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(x[half:], x[:half])
+
+
 def _instantid_uncond(engine, pipe, seen: Seen) -> None:
     """InstantID (InstantX/InstantID pipeline_stable_diffusion_xl_instantid.py,
     _encode_prompt_image_emb): the uncond face embedding is zeros, and the uncond
@@ -226,11 +236,7 @@ def _instantid_uncond(engine, pipe, seen: Seen) -> None:
     with torch.no_grad():
         ref = resampler(torch.zeros(1, 1, seen.projection_in[0].shape[-1]))
     assert seen.controlnet
-    for call in seen.controlnet:
-        states = call["states"]
-        half = states.shape[0] // 2
-        torch.testing.assert_close(states[:half], ref.expand(half, -1, -1).to(states.dtype), atol=1e-5, rtol=1e-5)
-        assert not torch.allclose(states[half:], states[:half])
+    assert_uncond_half_is(ref, [call["states"] for call in seen.controlnet])
 
 
 def _wplus_uncond(engine, pipe, seen: Seen) -> None:
@@ -255,11 +261,7 @@ def _arc2face_uncond(engine, pipe, seen: Seen) -> None:
     with torch.no_grad():
         ref = pipe.text_encoder(ids)[0]
     assert pipe.text_encoder.config.hidden_size > 512  # the swapped-in Arc2Face encoder
-    for call in seen.unet:
-        text = call["text"]
-        half = text.shape[0] // 2
-        torch.testing.assert_close(text[:half], ref.expand(half, -1, -1).to(text.dtype), atol=1e-5, rtol=1e-5)
-        assert not torch.allclose(text[half:], text[:half])
+    assert_uncond_half_is(ref, [call["text"] for call in seen.unet])
 
 
 def _pulid_uncond(engine, pipe, seen: Seen) -> None:

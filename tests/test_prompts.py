@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import fast_request
 
 from pipelines.errors import BadInput, UnsafePath
 
-FAST = dict(steps=2, width=64, height=64, seed=3, method="none")
+FAST = fast_request(method="none", without=("sampler", "prompt"))  # the request's default sampler
 
 
 def test_attention_syntax_follows_a1111():
@@ -74,16 +75,13 @@ def test_lora_hashes_infotext_value():
 
 
 @pytest.fixture(scope="module")
-def sdxl(tmp_path_factory):
+def sdxl(make_settings):
     import torch
 
     from pipelines.lora.train import load_base
-    from pipelines.settings import load_settings
     from pipelines.stores import open_store
 
-    d = tmp_path_factory.mktemp("p")
-    settings = load_settings(models_dir=d / "models", loras_dir=d / "loras", outputs_dir=d / "out",
-                             device="cpu", dtype="float32", demo=True, accept_research_licenses=True)
+    settings = make_settings("p", accept_research_licenses=True)
     pipe = load_base(open_store(settings), "sdxl-base", torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return settings, pipe

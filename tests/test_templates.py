@@ -9,22 +9,18 @@ import functools
 
 import numpy as np
 import pytest
+from conftest import fast_request
 from PIL import Image
 
 from pipelines.errors import BadInput
 from pipelines.requests import GenerateRequest
 
-FAST = dict(steps=3, width=128, height=128, cfg=5.0, sampler="euler", prompt="a portrait", seed=9)
+FAST = fast_request(steps=3, width=128, height=128, seed=9)
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models_dir, tmp_path_factory):
-    from pipelines.engine import Engine
-    from pipelines.settings import load_settings
-
-    out = tmp_path_factory.mktemp("tpl-out")
-    return Engine(load_settings(models_dir=tiny_models_dir, outputs_dir=out / "outputs", loras_dir=out / "loras",
-                                device="cpu", dtype="float32", demo=True))
+def engine(make_engine):
+    return make_engine("tpl-out")
 
 
 def make(engine, photos_dir, photo="t1.jpg", **kw):

@@ -8,23 +8,18 @@ import json
 
 import numpy as np
 import pytest
+from conftest import fast_request
 from PIL import Image
 
 from pipelines.errors import BadInput
 from pipelines.requests import GenerateRequest
 
-FAST = dict(steps=2, width=128, height=96, cfg=5.0, sampler="euler", prompt="two friends", seed=4,
-            method="faceid")
+FAST = fast_request(width=128, height=96, prompt="two friends", seed=4, method="faceid")
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models_dir, tmp_path_factory):
-    from pipelines.engine import Engine
-    from pipelines.settings import load_settings
-
-    out = tmp_path_factory.mktemp("two-out")
-    return Engine(load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
-                                device="cpu", dtype="float32", demo=True))
+def engine(make_engine):
+    return make_engine("two-out")
 
 
 def first_attn2_output(engine, req) -> np.ndarray:
