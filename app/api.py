@@ -35,13 +35,13 @@ from .requests_map import api_field_specs, api_overrides, caption, photo_paths
 
 def api_request(settings: Settings, photos, prompt, preset, method, seed, count,
                 fields: dict | None = None) -> GenerateRequest:
-    from pipelines.presets import load_preset, user_presets_dir
+    from pipelines.presets import apply_preset, user_presets_dir
 
     data: dict = {}
     preset = (preset or "").strip()
     prompt = (prompt or "").strip()
     if preset:
-        data.update(load_preset(preset, subject=prompt, demo=settings.demo, user_dir=user_presets_dir(settings)))
+        data.update(apply_preset(preset, settings.profile, subject=prompt, user_dir=user_presets_dir(settings)))
     elif prompt:
         data["prompt"] = prompt
     else:

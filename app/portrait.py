@@ -131,10 +131,10 @@ class PortraitTab:
 
     # ---------------------------------------------------------------- presets
     def preset_fields(self, name: str) -> dict:
-        from pipelines.presets import load_preset, user_presets_dir
+        from pipelines.presets import apply_preset, user_presets_dir
 
         try:
-            fields = load_preset(name, demo=self.settings.demo, user_dir=user_presets_dir(self.settings))
+            fields = apply_preset(name, self.settings.profile, user_dir=user_presets_dir(self.settings))
         except LikenessError as exc:
             raise user_error(exc) from exc
         out = ui_from_fields(fields, self.settings.demo, lora_names(self.settings), include_prompt=False)
