@@ -65,7 +65,7 @@ def uses_fp16(settings) -> bool:
 
 
 def _default_base(family: str) -> str:
-    from .engine import DEFAULT_BASE  # the base a method runs on when a request names none
+    from .models.bases import DEFAULT_BASE  # the base a method runs on when a request names none
 
     return DEFAULT_BASE[family]
 

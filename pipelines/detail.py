@@ -27,6 +27,10 @@ full canvas (the pipeline crops them with the same box), and its face region
 processed crop. Deviation from ADetailer: a pose ControlNet stays on (ADetailer
 turns ControlNet units off unless "passthrough") because it is the same unit
 list the generation ran with; `--pose-scale 0` removes its effect.
+
+The pass is given the engine as `EngineServices` (pipelines/types.py) and the
+generation's `FinishingSteps` (pipelines/finishing.py) as `ctx`; it imports
+neither module, and two people are scored through `ctx.people_likeness`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import contextlib
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .types import EngineServices
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -59,7 +65,7 @@ def face_mask(size: tuple[int, int], box) -> Image.Image:
     return Image.fromarray(soft, "L")
 
 
-def inpaint_pipe(engine, pipe, units):
+def inpaint_pipe(engine: EngineServices, pipe, units):
     """An inpaint view over the resident components (no copies), with the generation's
     ControlNets when it had any (InstantID's IdentityNet); see `Engine.view`."""
     return engine.view(pipe, "inpaint", units)
@@ -73,7 +79,7 @@ def crop_box(mask, width: int, height: int) -> tuple[int, int, int, int]:
     return tuple(int(v) for v in VaeImageProcessor.get_crop_region(mask, width, height, pad=CROP_PADDING))
 
 
-def inpaint_face(engine, ctx, image, mask, req, seed: int, kps=None, face_box=None, strength: float | None = None,
+def inpaint_face(engine: EngineServices, ctx, image, mask, req, seed: int, kps=None, face_box=None, strength: float | None = None,
                  index: int = 0):
     """One masked re-generation of `image` (PIL) under `mask` at the generation
     size with the generation's conditioning. `kps`/`face_box` (image pixels):
@@ -81,12 +87,11 @@ def inpaint_face(engine, ctx, image, mask, req, seed: int, kps=None, face_box=No
     import inspect
 
     from .pose.render import render_face_keypoints
-    from .samplers import make_scheduler
 
     run = inpaint_pipe(engine, ctx.pipe, ctx.units)
-    run.scheduler = make_scheduler(req.sampler, engine._base_scheduler_config, dtype=engine.dtype)
+    run.scheduler = engine.scheduler(req.sampler)
     W, H = image.size
-    kwargs = engine._call_kwargs(req, ctx.cond, ctx.units, ctx.width, ctx.height, seed, None, ctx.cancel, index)
+    kwargs = engine.call_kwargs(req, ctx.cond, ctx.units, ctx.width, ctx.height, seed, None, ctx.cancel, index)
     region, saved = None, None
     if ctx.units:
         images = kwargs.pop("image")
@@ -121,7 +126,7 @@ def _box_in_crop(box, crop, width: int, height: int):
     return ((x1 - cx1) * sx, (y1 - cy1) * sy, (x2 - cx1) * sx, (y2 - cy1) * sy)
 
 
-def detect_faces(engine, image):
+def detect_faces(engine: EngineServices, image):
     """The faces of `image` with the first SCRFD pack on disk (the restore stage's choice)."""
     from .restore.stage import DETECTOR_PACKS
 
@@ -153,9 +158,7 @@ def face_detail_pass(ctx, image, req, recipe: dict):
                                    "crop": list(crop_box(mask, ctx.width, ctx.height)),
                                    **({"person": person} if person else {})})
     if getattr(ctx, "people", None) is not None:  # two people: per person, compared by their mean
-        from .multi_person import score_people
-
-        lists = [score_people(engine, im, ctx.people, req.method) for im in (before, image)]
+        lists = [ctx.people_likeness(im, req.method) for im in (before, image)]
         entry["likeness_before"], entry["likeness_after"] = [
             {"people": people, "mean": _people_mean(people)} for people in lists]
         if req.face_detail_keep_better and _mean(entry["likeness_before"]) > _mean(entry["likeness_after"]):

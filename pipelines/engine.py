@@ -29,19 +29,12 @@ from .requests import GenerateRequest
 from .samplers import SAMPLER_CALL_KWARGS, SD15_BUCKETS, SDXL_BUCKETS, demo_size, make_scheduler, nearest_bucket
 from .settings import DEMO_BANNER, Settings
 from .speed import apply_speed_defaults, check_speed, speed_lora, speed_recipe
+from .types import GeneratedImage
 
 StepCallback = Callable[[dict], None]
 SD15_FT_MSE_VAE = "sd-vae-ft-mse"
 # csxmli2016/w-plus-adapter w_plus_adapter.py generate_idnoise(use_freeu=True)
 FREEU_SD15 = {"s1": 0.6, "s2": 0.4, "b1": 1.1, "b2": 1.2}
-
-
-@dataclass
-class GeneratedImage:
-    path: Path
-    seed: int
-    image: Any  # PIL.Image
-    recipe: dict
 
 
 @dataclass
@@ -53,6 +46,9 @@ class GenerateResult:
 
 
 class Engine:
+    """The facade (see the module docstring). It provides `EngineServices`
+    (pipelines/types.py), the part of it that its steps are given."""
+
     def __init__(self, settings: Settings, store=None):
         from .stores import open_store
 
@@ -69,8 +65,7 @@ class Engine:
         self._analyzers: dict[str, Any] = {}
         self._identities: dict[str, Any] = {}
         self._views: dict[tuple, Any] = {}
-        self._upscalers: dict[str, Any] = {}  # pipelines/upscale.py, resident once loaded
-        self._identitynet_views: dict[int, Any] = {}  # pipelines/multi_person.py, per loaded IdentityNet
+        self._resident: dict[str, dict] = {}  # kind -> key -> what a step keeps resident (see `resident`)
         self.load_count = 0  # how many times a base pipeline was loaded (tests/bench)
         self._loras = None  # LoraManager, made on the first request with a LoRA
         self._pose = None  # PoseControl, made on the first request with a pose
@@ -370,7 +365,7 @@ class Engine:
                 cond.recipe["pose"] = {"pose": req.pose, "scale": req.pose_scale,
                                        "start": req.pose_start, "end": req.pose_end}
             run = self._controlnet_pipe(pipe, units) if units else pipe
-            run.scheduler = make_scheduler(req.sampler, self._base_scheduler_config, dtype=self.dtype)
+            run.scheduler = self.scheduler(req.sampler)
             set_freeu(run, req, cond)
             from .finishing import FinishingSteps
 
@@ -381,13 +376,14 @@ class Engine:
 
                 run = template_run(self, req, run, pipe, method, cond, units, identity, width, height, template,
                                    cancel)
-            from .imageloop import run_images
+            from .imageloop import run_images, should_batch
 
             self._preview_family = family
+            self.last_batched = should_batch(self, req, method, width, height)
             # denoise (one call per image, or one batched call), restore, and score/write on a
             # worker thread so image k's likeness score overlaps image k+1's denoising
             images = run_images(self, run, pipe, method, req, cond, units, identity, width, height, seed0,
-                                on_step, cancel)
+                                on_step, cancel, batched=self.last_batched)
             images = self._keep_best(images, req)
             excluded = [{"file": f, "reason": r} for f, r in (identity.excluded if identity else [])]
             return GenerateResult(images=images, identity=identity, excluded=excluded,
@@ -472,15 +468,9 @@ class Engine:
             self._pose = PoseControl(self.store, self.device, self.dtype, self.settings)
         return self._pose.unit(req, family, width, height)
 
-    def _postprocess(self, image, req, identity, recipe: dict):
-        """Face restore, then the likeness score (both recorded in the recipe)."""
-        image = self._restore(image, req, recipe)
-        if identity is not None:
-            recipe["likeness"] = self.scorer().score(image, identity, req.method)
-        return image
-
-    def _restore(self, image, req, recipe: dict):
-        """Face restore (recorded in the recipe); the image unchanged with restore none."""
+    def finish_image(self, image, req, recipe: dict):
+        """The current request's face-detail pass, face restore, then upscale and hires
+        pass (each recorded in the recipe); the image unchanged when it asks for none."""
         finishing = self._finishing
         if finishing is not None:  # face-detail pass (before restore and the likeness score)
             image = finishing.before_restore(image, req, recipe)
@@ -499,6 +489,24 @@ class Engine:
         from .scoring import keep_best
 
         return keep_best(self.settings, images, req.keep, rejects=req.rejects)
+
+    def scheduler(self, sampler: str):
+        """A new scheduler `sampler` from the resident base's own scheduler config."""
+        return make_scheduler(sampler, self._base_scheduler_config, dtype=self.dtype)
+
+    def resident(self, kind: str, key, build, fits=None):
+        """The resident `kind` object `key` (an upscaler by name, the two-person
+        IdentityNet views), built with `build()` the first time and kept by the
+        engine; built again when `fits(kept)` is false (the views of an unloaded net)."""
+        with self._lock:
+            slot = self._resident.setdefault(kind, {})
+            if key not in slot or (fits is not None and not fits(slot[key])):
+                slot[key] = build()
+            return slot[key]
+
+    def call_kwargs(self, req, cond: Conditioning, units, width, height, seed, on_step, cancel, index):
+        """The keyword arguments of one pipeline call (built by `_call_kwargs`)."""
+        return self._call_kwargs(req, cond, units, width, height, seed, on_step, cancel, index)
 
     def _call_kwargs(self, req, cond: Conditioning, units, width, height, seed, on_step, cancel, index):
         import torch

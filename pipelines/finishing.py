@@ -11,6 +11,11 @@ pipeline, the identity conditioning, the ControlNet units, the identity); the
 engine makes one per `generate` call. Each step writes what it did into the
 image's recipe, and every setting is a request field, so the recipe's request
 replays the same steps with the same seeds.
+
+The steps are given the engine as `EngineServices` (pipelines/types.py) and
+import nothing of `engine.py`; the step modules import each other downwards only
+(finishing -> detail, upscale, multi_person; multi_person -> detail), so the
+face-detail pass scores two people through `people_likeness` here.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BadInput
+from .types import EngineServices
 
 
 @dataclass
 class FinishingSteps:
-    engine: Any
+    engine: EngineServices
     run: Any  # the pipeline that denoised (base, or a ControlNet view over it)
     pipe: Any  # the resident base pipeline
     method: Any  # the loaded IdentityMethod, or None
@@ -36,7 +42,7 @@ class FinishingSteps:
     people: Any = None  # pipelines/multi_person.People: the likeness is scored per person
 
     @classmethod
-    def for_request(cls, engine, req, run, pipe, method, cond, units, identity, width: int, height: int,
+    def for_request(cls, engine: EngineServices, req, run, pipe, method, cond, units, identity, width: int, height: int,
                     cancel=None, people=None) -> FinishingSteps | None:
         """The steps of `req`, or None when it asks for none. Sizes are checked here,
         before any denoising (an upscale over the pixel cap is a BadInput)."""
@@ -66,10 +72,14 @@ class FinishingSteps:
     def after_restore(self, image, req, recipe: dict):
         image = self._upscale(image, req, recipe)
         if self.people is not None:
-            from .multi_person import score_people
-
-            recipe["likeness_people"] = score_people(self.engine, image, self.people, req.method)
+            recipe["likeness_people"] = self.people_likeness(image, req.method)
         return image
+
+    def people_likeness(self, image, method: str) -> list[dict]:
+        """Likeness per person of a two-person image (`multi_person.score_people`)."""
+        from .multi_person import score_people
+
+        return score_people(self.engine, image, self.people, method)
 
     def _upscale(self, image, req, recipe: dict):
         if req.upscale == 1:
@@ -96,7 +106,7 @@ def check_denoise_steps(steps: int, strength: float, field: str) -> None:
                        f"(int(steps x strength) = 0); raise steps or {field}.")
 
 
-def _model_sha(engine, name: str) -> str | None:
+def _model_sha(engine: EngineServices, name: str) -> str | None:
     from .outputs import model_hash
     from .upscale import upscaler_spec
 

@@ -20,6 +20,9 @@ no faster than a loop), with no model offload, when the method supports a batch
 (`supports_batch`; its `prepare_batch(pipe, n)` repeats what diffusers does not
 repeat itself), and when the free VRAM covers the estimate below.
 `Engine.batch_images` = "on"/"off" forces it (tests, the bench).
+
+The loop is given the engine as `EngineServices` (pipelines/types.py) and
+imports nothing of `engine.py`.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from .errors import Cancelled
+from .types import EngineServices, GeneratedImage
 
 # activations per 1024² SDXL image per CFG branch, float16, with an adapter: a
 # conservative estimate for the batch decision, not a measurement
 GB_PER_MEGAPIXEL_BRANCH = 1.2
 
 
-def batch_fits(engine, req, width: int, height: int, free_gb: float | None) -> bool:
+def batch_fits(engine: EngineServices, req, width: int, height: int, free_gb: float | None) -> bool:
     if free_gb is None:
         return False
     branches = 2 if req.cfg > 1 else 1
@@ -43,8 +47,8 @@ def batch_fits(engine, req, width: int, height: int, free_gb: float | None) -> b
     return free_gb >= need + 2.0  # and a margin for the VAE decode and fragmentation
 
 
-def should_batch(engine, req, method, width: int, height: int) -> bool:
-    mode = getattr(engine, "batch_images", "auto")
+def should_batch(engine: EngineServices, req, method, width: int, height: int) -> bool:
+    mode = engine.batch_images
     if req.count < 2 or mode == "off":
         return False
     supported = method is None or getattr(method, "supports_batch", False)
@@ -53,16 +57,17 @@ def should_batch(engine, req, method, width: int, height: int) -> bool:
         return False
     if mode == "on":
         return True
-    if engine.device != "cuda" or getattr(engine, "placement", None) is None or engine.placement.offload != "none":
+    if engine.device != "cuda" or engine.placement is None or engine.placement.offload != "none":
         return False
     from .vram import free_vram_gb
 
     return batch_fits(engine, req, width, height, free_vram_gb(engine.device))
 
 
-def run_images(engine, run, pipe, method, req, cond, units, identity, width: int, height: int, seed0: int,
-               on_step: Callable | None, cancel) -> list:
-    """Denoise, restore, score and write `req.count` images; `GeneratedImage`s in seed order."""
+def run_images(engine: EngineServices, run, pipe, method, req, cond, units, identity, width: int, height: int,
+               seed0: int, on_step: Callable | None, cancel, batched: bool = False) -> list[GeneratedImage]:
+    """Denoise, restore, score and write `req.count` images; `GeneratedImage`s in seed
+    order. `batched` (the engine's `should_batch`): all in one pipeline call."""
     from .outputs import RecipeContext, build_recipe
 
     seeds = [(seed0 + i) % 2**32 for i in range(req.count)]
@@ -71,8 +76,6 @@ def run_images(engine, run, pipe, method, req, cond, units, identity, width: int
         from .scoring import prepare_scorer
 
         scorer = prepare_scorer(engine, identity, req.method)
-    batched = should_batch(engine, req, method, width, height)
-    engine.last_batched = batched
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="likeness-score")
     pending: list[Future] = []
     try:
@@ -81,16 +84,15 @@ def run_images(engine, run, pipe, method, req, cond, units, identity, width: int
             if pending:
                 pending[-1].result()  # restore below shares the face detector with the score
             recipe = build_recipe(RecipeContext(engine.settings, engine.store, engine.device, engine.dtype),
-                                  engine._method, req, cond, identity, seed, width, height)
-            image = engine._restore(image, req, recipe)
+                                  method, req, cond, identity, seed, width, height)
+            image = engine.finish_image(image, req, recipe)
             pending.append(pool.submit(_finish, engine, req, image, recipe, scorer, seed, index))
         return [f.result() for f in pending]
     finally:
         pool.shutdown(wait=True)
 
 
-def _finish(engine, req, image, recipe: dict, scorer, seed: int, index: int):
-    from .engine import GeneratedImage
+def _finish(engine: EngineServices, req, image, recipe: dict, scorer, seed: int, index: int) -> GeneratedImage:
     from .outputs import write_image
 
     if scorer is not None:
@@ -105,13 +107,13 @@ def _denoised(engine, run, pipe, method, req, cond, units, width, height, seeds,
 
     if not batched:
         for i, seed in enumerate(seeds):
-            kwargs = engine._call_kwargs(req, cond, units, width, height, seed, on_step, cancel, i)
+            kwargs = engine.call_kwargs(req, cond, units, width, height, seed, on_step, cancel, i)
             out = run(**kwargs)
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"cancelled after {i} of {req.count} images.")
             yield i, seed, out.images[0]
         return
-    kwargs: dict[str, Any] = engine._call_kwargs(req, cond, units, width, height, seeds[0], on_step, cancel, 0)
+    kwargs: dict[str, Any] = engine.call_kwargs(req, cond, units, width, height, seeds[0], on_step, cancel, 0)
     kwargs["generator"] = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     kwargs["num_images_per_prompt"] = len(seeds)
     prepare = getattr(method, "prepare_batch", None)

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import BadInput
 from .pose.templates import ASSETS_POSES, FaceKeypoints
+from .types import ControlUnit, EngineServices
 
 ASSETS_LAYOUTS = ASSETS_POSES / "layouts"
 DEFAULT_LAYOUT = "two-side-by-side"
@@ -140,7 +141,7 @@ class People:
         """A (w, h) with the layout's aspect, for the nearest size bucket."""
         return int(round(1000 * self.layout.aspect)), 1000
 
-    def condition(self, engine, pipe, method, cond, identity, req, width: int, height: int) -> None:
+    def condition(self, engine: EngineServices, pipe, method, cond, identity, req, width: int, height: int) -> None:
         self.identities = [identity, *self.identities[-1:]]
         if req.method == "instantid":
             instantid_two_person(engine, pipe, method, cond, identity, self.identities[1], self.layout, req,
@@ -150,7 +151,7 @@ class People:
                                     width, height)
 
 
-def prepare_people(engine, req, packs) -> People:
+def prepare_people(engine: EngineServices, req, packs) -> People:
     """The request's layout (checked against the number of people and the method)
     and its second identity (photos_2 or identity_card_2)."""
     layout = load_layout(req.layout or DEFAULT_LAYOUT)
@@ -159,7 +160,7 @@ def prepare_people(engine, req, packs) -> People:
     return People(layout, [second])
 
 
-def two_person_conditioning(engine, pipe, method, cond, identity_a, identity_b, layout: Layout, req,
+def two_person_conditioning(engine: EngineServices, pipe, method, cond, identity_a, identity_b, layout: Layout, req,
                             width: int, height: int):
     """Turn person 1's `cond` into the two-person conditioning (FaceID Plus v2)."""
     import torch
@@ -192,7 +193,7 @@ def two_person_conditioning(engine, pipe, method, cond, identity_a, identity_b, 
     return cond
 
 
-def _ip_masks(layout: Layout, engine, width: int, height: int):
+def _ip_masks(layout: Layout, engine: EngineServices, width: int, height: int):
     """`ip_adapter_masks` for one adapter and two people: [1, 2, H, W], 0/1."""
     from diffusers.image_processor import IPAdapterMaskProcessor
     from PIL import Image
@@ -260,23 +261,20 @@ class IdentityNetViews:
         return hook
 
 
-def identitynet_views(engine, method) -> IdentityNetViews:
-    """The engine's two views of `method`'s IdentityNet (made once per loaded net)."""
-    cache = engine._identitynet_views
-    key = id(method.identitynet)
-    if key not in cache or cache[key].source is not method.identitynet:
-        cache.clear()
-        cache[key] = IdentityNetViews(method.identitynet)
-    return cache[key]
+def identitynet_views(engine: EngineServices, method) -> IdentityNetViews:
+    """The engine's two views of `method`'s IdentityNet (made once per loaded net; the
+    views of a net that was unloaded are replaced, never kept beside the new ones)."""
+    net = method.identitynet
+    return engine.resident("identitynet-views", "two-person", lambda: IdentityNetViews(net),
+                           fits=lambda views: views.source is net)
 
 
-def instantid_two_person(engine, pipe, method, cond, identity_a, identity_b, layout: Layout, req,
+def instantid_two_person(engine: EngineServices, pipe, method, cond, identity_a, identity_b, layout: Layout, req,
                          width: int, height: int):
     """Turn person 1's InstantID `cond` into the two-person conditioning."""
     import torch
 
     from .pose.render import render_face_keypoints
-    from .types import ControlUnit
 
     if any(p.face is None for p in layout.people[:2]):
         raise BadInput(f"layout {layout.name!r}: InstantID needs face points for each person's box.")
@@ -307,7 +305,7 @@ def instantid_two_person(engine, pipe, method, cond, identity_a, identity_b, lay
     return cond
 
 
-def _identity_entry(engine, identity) -> dict:
+def _identity_entry(engine: EngineServices, identity) -> dict:
     """Person 2's identity card (saved beside the outputs), by name and sha256, as the
     recipe records person 1's, so a replay finds it again."""
     from .outputs import _stat_sha256, ensure_identity_card
@@ -316,7 +314,7 @@ def _identity_entry(engine, identity) -> dict:
     return {"hash": identity.hash, "card": card.name, "card_sha256": _stat_sha256(card)}
 
 
-def score_people(engine, image, people: People, method: str) -> list[dict]:
+def score_people(engine: EngineServices, image, people: People, method: str) -> list[dict]:
     """Likeness per person: the output's face whose centre lies in the person's box
     (the largest such), against that person's photos."""
     from .detail import detect_faces

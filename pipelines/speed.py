@@ -50,36 +50,13 @@ Why these two LoRAs (licence, then public evidence with identity adapters):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from .errors import BadInput
+from .types import SpeedMode  # the type sits below the identity methods, which declare their own modes
 
 SpeedName = Literal["quality", "fast", "turbo"]
 SPEED_NAMES: tuple[str, ...] = ("quality", "fast", "turbo")
-SPEED_ADAPTER_PREFIX = "speed_"  # peft adapter names; user LoRAs are "user_*"
-
-
-@dataclass(frozen=True)
-class SpeedMode:
-    name: str
-    title: str
-    help: str
-    lora: str | None = None  # catalog entry (SDXL) holding the distilled LoRA
-    lora_file: str | None = None  # its file in the entry
-    steps: int | None = None
-    steps_range: tuple[int, int] = (1, 150)
-    sampler: str | None = None
-    samplers: tuple[str, ...] = ()  # the samplers the LoRA was distilled for
-    cfg: float | None = None
-    cfg_range: tuple[float, float] = (0.0, 30.0)
-    family: str = "sdxl"  # the base family the LoRA was distilled on
-    adapter_id: str | None = None  # peft adapter suffix when `name` is shared with another family's mode
-
-    @property
-    def adapter(self) -> str | None:
-        return SPEED_ADAPTER_PREFIX + (self.adapter_id or self.name) if self.lora else None
-
 
 SPEED_MODES: dict[str, SpeedMode] = {
     "quality": SpeedMode("quality", "Quality", "the sampler, steps and cfg you choose (25-32 steps in the presets)"),

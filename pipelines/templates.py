@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadInput
+from .types import EngineServices
 
 ASSETS_TEMPLATES = Path(__file__).resolve().parents[1] / "assets" / "templates"
 TEMPLATE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -112,7 +113,7 @@ class Template:
                 "box": [int(round(v)) for v in self.box]}
 
 
-def load_template(engine, req) -> Template:
+def load_template(engine: EngineServices, req) -> Template:
     """The request's template with its chosen face; errors name the file."""
     from PIL import Image
 
@@ -139,7 +140,7 @@ class TemplateRun:
     """Stands in for the pipeline in the engine's image loop: each call inpaints
     the template's face with the call's seed (one image per generator)."""
 
-    def __init__(self, engine, ctx, template: Template, req):
+    def __init__(self, engine: EngineServices, ctx, template: Template, req):
         self.engine, self.ctx, self.template, self.req = engine, ctx, template, req
 
     def __call__(self, **kwargs):
@@ -160,7 +161,7 @@ class _Output:
     images: list
 
 
-def template_run(engine, req, run, pipe, method, cond, units, identity, width: int, height: int, template,
+def template_run(engine: EngineServices, req, run, pipe, method, cond, units, identity, width: int, height: int, template,
                  cancel=None) -> TemplateRun:
     """The runner for `req` (records the template in the method details)."""
     from .finishing import FinishingSteps

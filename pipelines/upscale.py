@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInput, ModelError
+from .types import EngineServices
 
 UPSCALE_FACTORS = (1.0, 1.5, 2.0, 4.0)
 DEFAULT_TILE = 256  # input pixels per tile side
@@ -172,23 +173,20 @@ class Upscaler:
         self.descriptor = None
 
 
-def get_upscaler(engine, name: str) -> Upscaler:
+def get_upscaler(engine: EngineServices, name: str) -> Upscaler:
     """The resident upscaler `name` (loaded once per engine)."""
     spec = upscaler_spec(name)
-    cache = engine._upscalers
-    if name not in cache:
-        cache[name] = Upscaler(spec, engine.store, engine.device, engine.dtype)
-    return cache[name]
+    return engine.resident("upscaler", name, lambda: Upscaler(spec, engine.store, engine.device, engine.dtype))
 
 
 # ------------------------------------------------------------------ hires pass
-def img2img_pipe(engine, pipe, units):
+def img2img_pipe(engine: EngineServices, pipe, units):
     """An img2img view over the resident components (no copies), with the generation's
     ControlNets when it had any (InstantID's IdentityNet); see `Engine.view`."""
     return engine.view(pipe, "img2img", units)
 
 
-def hires_pass(engine, ctx, image, req, seed: int, index: int = 0):
+def hires_pass(engine: EngineServices, ctx, image, req, seed: int, index: int = 0):
     """img2img over the upscaled `image` at `req.hires_strength`, with the
     generation's prompt, identity conditioning, sampler and seed. ControlNet
     images (keypoints, pose) are resized to the new size."""
@@ -196,12 +194,10 @@ def hires_pass(engine, ctx, image, req, seed: int, index: int = 0):
 
     from PIL import Image
 
-    from .samplers import make_scheduler
-
     run = img2img_pipe(engine, ctx.pipe, ctx.units)
-    run.scheduler = make_scheduler(req.sampler, engine._base_scheduler_config, dtype=engine.dtype)
+    run.scheduler = engine.scheduler(req.sampler)
     w, h = image.size
-    kwargs = engine._call_kwargs(req, ctx.cond, ctx.units, w, h, seed, None, ctx.cancel, index)
+    kwargs = engine.call_kwargs(req, ctx.cond, ctx.units, w, h, seed, None, ctx.cancel, index)
     if ctx.units:
         imgs = kwargs.pop("image")
 

@@ -2,6 +2,7 @@
 
 import ast
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +18,23 @@ def _all_pipeline_modules():
     return [m.name for m in pkgutil.walk_packages(pipelines.__path__, "pipelines.")]
 
 
+def _run_python(lines: list[str], cwd: Path, timeout: int) -> None:
+    """Run `lines` as the program of a fresh interpreter in `cwd`; fail with its stderr."""
+    r = subprocess.run([sys.executable, "-c", "\n".join(lines)], cwd=cwd, capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_pipelines_never_imports_gradio():
     mods = _all_pipeline_modules()
-    code = (
-        "import importlib, sys\n"
-        f"for m in {mods!r}:\n"
-        "    importlib.import_module(m)\n"
-        "bad = [m for m in sys.modules if m == 'gradio' or m.startswith('gradio.')]\n"
-        "assert not bad, bad\n"
-        "print(len(sys.modules))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    _run_python([
+        "import importlib, sys",
+        f"for m in {mods!r}:",
+        "    importlib.import_module(m)",
+        "bad = [m for m in sys.modules if m == 'gradio' or m.startswith('gradio.')]",
+        "assert not bad, bad",
+        "print(len(sys.modules))",
+    ], cwd=REPO, timeout=300)
     # and no module of pipelines mentions gradio in an import statement
     for path in (REPO / "pipelines").rglob("*.py"):
         for line in path.read_text().splitlines():
@@ -37,17 +43,15 @@ def test_pipelines_never_imports_gradio():
 
 
 def test_import_launch_has_no_side_effects(tmp_path):
-    code = (
-        "import sys, os\n"
-        "before = set(os.listdir('.'))\n"
-        f"sys.path.insert(0, {str(REPO)!r})\n"
-        "import launch, pipelines, cli.main\n"
-        "assert set(os.listdir('.')) == before, 'files created at import'\n"
-        "heavy = [m for m in ('torch', 'diffusers', 'gradio', 'insightface') if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
+    _run_python([
+        "import sys, os",
+        "before = set(os.listdir('.'))",
+        f"sys.path.insert(0, {str(REPO)!r})",
+        "import launch, pipelines, cli.main",
+        "assert set(os.listdir('.')) == before, 'files created at import'",
+        "heavy = [m for m in ('torch', 'diffusers', 'gradio', 'insightface') if m in sys.modules]",
+        "assert not heavy, heavy",
+    ], cwd=tmp_path, timeout=120)
 
 
 # ---- the import contract ----------------------------------------------------------------------
@@ -245,6 +249,118 @@ def test_the_model_layer_and_the_demo_packs_are_in_no_cycle():
     assert [c for c in cycles if {"pipelines.models", "pipelines.tiny", "pipelines.stores"} & set(c)] == []
 
 
+# A registry that imports its entries by name (importlib) names them in strings such as
+# "pipelines.identity.faceid:FaceIDPlusV2"; the module graph counts those as imports.
+_MODULE_NAME_STRING = re.compile(r"pipelines(\.\w+)+(:\w+)?")
+
+# The cycles among pipelines' modules that are by design, each with its reason: a cycle is
+# allowed when every module in it lies within the names of one entry. Any other cycle fails.
+ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
+    ("pipelines.tiny",): (
+        "a plugin registry: tiny/__init__.py imports its builder modules by name on first use, "
+        "and each builder registers itself with the registry's `pack` decorator; builders never "
+        "import each other"
+    ),
+    ("pipelines.restore.base", "pipelines.restore.spandrel_restorer"): (
+        "restore/base.py's factory `get_restorer` builds the one implementation on first use, "
+        "and the implementation reads the interface's constants (FACE_SIZE, RestorerSpec)"
+    ),
+}
+
+
+def _module_graph(root: Path = REPO) -> dict[str, set[str]]:
+    """Edges between pipelines' modules (one node per file, a package by its
+    __init__), counting every import: at module level, inside functions and under
+    TYPE_CHECKING, plus the modules a registry imports by name. An import of a name
+    from a module is an edge to that module (`from pkg import sub` to pkg.sub)."""
+    files = _pipelines_files(root)
+    modules = {_module_name(path, root) for path in files}
+
+    def node(name: str) -> str | None:
+        parts = name.split(".")
+        while parts:
+            if ".".join(parts) in modules:
+                return ".".join(parts)
+            parts.pop()
+        return None
+
+    graph: dict[str, set[str]] = {}
+    for path in files:
+        src = _module_name(path, root)
+        targets = [t for t, _ in _imports(path, root)]
+        targets += [n.value.partition(":")[0] for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                    if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                    and _MODULE_NAME_STRING.fullmatch(n.value)]
+        for target in targets:
+            dst = node(target)
+            if dst is not None and dst != src:
+                graph.setdefault(src, set()).add(dst)
+    return graph
+
+
+def _cycle_path(graph: dict[str, set[str]], members: list[str]) -> str:
+    """One closed import path through a strongly connected component, for the message."""
+    inside = set(members)
+    start = members[0]
+    path, seen = [start], {start}
+    while True:
+        nxt = sorted(graph[path[-1]] & inside)
+        back = [m for m in nxt if m == start]
+        if back and len(path) > 1:
+            return " -> ".join([*path, start])
+        fresh = [m for m in nxt if m not in seen]
+        if not fresh:  # the way back to `start` passes a module already on the path
+            target = next(m for m in nxt if m in seen)
+            return " -> ".join([*path[path.index(target):], target])
+        path.append(fresh[0])
+        seen.add(fresh[0])
+
+
+def _disallowed_cycles(graph: dict[str, set[str]]) -> list[str]:
+    out = []
+    for members in _cycles(graph):
+        if any(all(any(_within(m, p) for p in names) for m in members) for names in ALLOWED_CYCLES):
+            continue
+        out.append(f"{len(members)} modules in a cycle, e.g. {_cycle_path(graph, members)}")
+    return out
+
+
+def test_no_module_of_pipelines_is_in_an_import_cycle():
+    """Counting imports inside functions too, no module of pipelines/ imports, directly
+    or through others, a module that imports it, except the few cycles in
+    ALLOWED_CYCLES. The steps (finishing, face detail, upscale, templates, the image
+    loop, two people) are below the engine, and the identity methods below speed.py."""
+    assert _disallowed_cycles(_module_graph()) == []
+
+
+def test_the_allowed_cycles_still_exist():
+    """An allow-list entry whose cycle is gone is removed, so the list stays small."""
+    cycles = _cycles(_module_graph())
+    for names in ALLOWED_CYCLES:
+        assert any(all(any(_within(m, p) for p in names) for m in c) for c in cycles), names
+
+
+def test_the_engine_sits_above_its_steps_and_speed_above_the_methods():
+    """The two cycles that were broken stay broken, module by module: no step and no
+    identity method reaches `engine.py` or `speed.py`, even through other modules."""
+    graph = _module_graph()
+
+    def reach(src: str) -> set[str]:
+        seen, todo = set(), [src]
+        while todo:
+            for dst in graph.get(todo.pop(), ()):
+                if dst not in seen:
+                    seen.add(dst)
+                    todo.append(dst)
+        return seen
+
+    steps = ("finishing", "upscale", "detail", "templates", "imageloop", "multi_person", "bundles")
+    for step in steps:
+        assert "pipelines.engine" not in reach(f"pipelines.{step}"), step
+    for method in ("faceid", "instantid", "wplus", "arc2face", "pulid"):
+        assert "pipelines.speed" not in reach(f"pipelines.identity.{method}"), method
+
+
 def test_the_contract_checker_finds_every_kind_of_import(tmp_path):
     """The rules above would fail on the imports they forbid: relative, absolute, inside a
     function and under TYPE_CHECKING, each named with its file and line."""
@@ -285,6 +401,16 @@ def test_the_contract_checker_finds_every_kind_of_import(tmp_path):
         "typing", "typing.TYPE_CHECKING", "pipelines.errors", "pipelines.errors.BadInput",
     ]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    # the module graph counts an import inside a function and a registry's module name
+    (pkg / "speed.py").write_text("def mode():\n    from .identity import get_method_class\n")
+    (pkg / "identity" / "__init__.py").write_text('_METHODS = {"arc2face": "pipelines.identity.arc2face:Arc2Face"}\n')
+    (pkg / "identity" / "arc2face.py").write_text("from ..speed import SpeedMode\n")
+    graph = _module_graph(tmp_path)
+    assert graph["pipelines.identity"] == {"pipelines.identity.arc2face"}
+    assert _disallowed_cycles(graph) == [
+        "3 modules in a cycle, e.g. pipelines.identity -> pipelines.identity.arc2face -> pipelines.speed "
+        "-> pipelines.identity"
+    ]
 
 
 def test_the_store_builds_demo_packs_only_through_what_it_is_given(tmp_path):

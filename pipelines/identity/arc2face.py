@@ -47,7 +47,7 @@ Licence: MIT (code and weights); the insightface detector makes it research-only
 from __future__ import annotations
 
 from ..errors import BadInput, ModelError
-from ..speed import SpeedMode
+from ..types import SpeedMode
 from .base import Conditioning, IdentityMethod
 
 MODEL = "arc2face"
