@@ -32,6 +32,8 @@ def uploads_of(settings: Settings, photos):
 
 
 def load_uploaded_job(settings: Settings, path: str | None, photos):
+    """The job as both "Check (dry run)" and "Run" see it: one loader, with the
+    settings' run profile, so the listing names the items the run makes."""
     from pipelines.batch.jobfile import load_job
 
     if not path:
@@ -39,7 +41,7 @@ def load_uploaded_job(settings: Settings, path: str | None, photos):
     try:
         from pipelines.presets import user_presets_dir
 
-        return load_job(path, demo=settings.demo, uploads=uploads_of(settings, photos),
+        return load_job(path, settings.profile, uploads=uploads_of(settings, photos),
                         presets_dir=user_presets_dir(settings))
     except LikenessError as exc:
         raise user_error(exc) from exc

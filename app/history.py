@@ -124,7 +124,7 @@ class HistoryTab:
             updates = self.portrait.recipe_updates(data, identity_card=self.identity_card(data))
             what = "its Likeness recipe"
         else:
-            fields = ui_from_fields(data, self.settings.demo, lora_names(self.settings))
+            fields = ui_from_fields(data, self.settings.profile, lora_names(self.settings))
             updates = self.portrait.updates(fields)
             what = "its A1111 parameters (" + ", ".join(k for k in data if k != "prompt") + ")"
         updates[self.drop_info] = f"Filled in the settings of **{name}** from {what}."

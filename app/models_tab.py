@@ -70,7 +70,7 @@ def licence_text(settings: Settings, name: str | None) -> str:
     if e.research_only:
         note = ("**Research / non-commercial use only.** Tick the box to accept the licence before "
                 "downloading.")
-        if settings.demo:
+        if settings.profile.builds_models:
             note += " (Demo mode builds random-weight stand-ins; no licence applies to them.)"
         return f"{e.name}: licence *{e.license}*{where}. {note}"
     return f"{e.name}: licence *{e.license}*{where}."
@@ -91,7 +91,7 @@ def download_model(settings: Settings, name: str | None, accept: bool, progress=
             names = todo.names
         else:
             names = [store.entry(name).name]
-        if not settings.demo:
+        if not settings.profile.builds_models:
             for n in names:  # every licence before the first byte
                 store.check_license(store.entry(n), accept_license=bool(accept))
         folder = None
@@ -165,7 +165,7 @@ def card_text(settings: Settings, choice: tuple[str, ...]) -> tuple[str, bool, s
     """(markdown, visible, button label) of the first-run card for `choice`."""
     from pipelines.bundles import plan
 
-    if settings.demo:  # demo mode builds its tiny packs locally on first use: nothing to download
+    if settings.profile.builds_models:  # demo mode builds its tiny packs locally on first use: nothing to download
         return "", False, "Download"
     store = _store(settings)
     todo = plan(store, needed_models(settings, choice))
@@ -318,7 +318,7 @@ class FirstRunCard:
         fetched = self.start.click(self.download, [method, preset, self.accept],
                                    [self.progress, self.box, self.info, self.start, self.done],
                                    concurrency_id="download", concurrency_limit=1, api_visibility="private")
-        if gallery is not None and not self.settings.demo:  # each preset card: what it would still download
+        if gallery is not None and not self.settings.profile.builds_models:  # each preset card: what it would still download
             items = lambda: preset_gallery_items(self.settings)  # noqa: E731
             load(items, None, gallery, queue=False, api_visibility="private")
             fetched.then(items, None, gallery, queue=False, api_visibility="private")

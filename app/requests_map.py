@@ -6,8 +6,12 @@ handler receives `{key: value}` and `request_from_ui` turns it into a validated
 keys that stand for several fields or need converting:
 
 - `preset`: a preset name; the prompt box then describes the subject;
-- `size`: a bucket name (scaled down in demo mode) or "WIDTHxHEIGHT";
+- `size`: a bucket name (sized by the run profile: scaled down in demo mode)
+  or "WIDTHxHEIGHT";
 - `photos`: the uploaded files.
+
+The functions that size things take the settings' run profile
+(`settings.profile`); a bool in its place, or `demo=`, is the old flag.
 
 No positional lists anywhere, and no gradio here (testable alone)."""
 
@@ -21,9 +25,9 @@ from typing import Any
 from pipelines.errors import BadInput
 from pipelines.identity import DEFAULT_METHOD, method_family, method_info
 from pipelines.models.bases import DEFAULT_BASE
-from pipelines.presets import SIZE_BUCKETS, get_preset
+from pipelines.presets import SIZE_BUCKETS, apply_preset
+from pipelines.profile import RunProfile, as_profile
 from pipelines.requests import MAX_PHOTOS, GenerateRequest, validate_request
-from pipelines.samplers import demo_size
 
 NONE = "(none)"
 SIZE_AUTO = "auto"
@@ -103,37 +107,42 @@ def speed_widget_values(speed: str, method: str | None = None) -> dict[str, Any]
 
 
 # ------------------------------------------------------------------------ sizes
-def size_choices(demo: bool) -> list[tuple[str, str]]:
+def size_choices(profile: RunProfile | bool | None = None, *, demo: bool | None = None) -> list[tuple[str, str]]:
+    profile = as_profile(profile, demo)
     out = [("auto (model default)", SIZE_AUTO)]
     for name, (w, h) in SIZE_BUCKETS.items():
         label = f"{name} {w}×{h}"
-        if demo:
-            dw, dh = demo_size(w, h)
+        if profile.demo:
+            dw, dh = profile.size(w, h)
             label += f" (demo: {dw}×{dh})"
         out.append((label, name))
     return out
 
 
-def parse_size(value: str | None, demo: bool) -> tuple[int | None, int | None]:
+def parse_size(value: str | None, profile: RunProfile | bool | None = None, *,
+               demo: bool | None = None) -> tuple[int | None, int | None]:
     """A size widget value -> (width, height); (None, None) = the engine's default."""
+    profile = as_profile(profile, demo)
     value = (value or SIZE_AUTO).strip()
     if value == SIZE_AUTO:
         return None, None
     if value in SIZE_BUCKETS:
-        w, h = SIZE_BUCKETS[value]
-        return demo_size(w, h) if demo else (w, h)
+        return profile.size(*SIZE_BUCKETS[value])
     m = _SIZE_RE.match(value)
     if not m:
         raise BadInput(f"size {value!r}: choose a size bucket or type WIDTHxHEIGHT, e.g. 896x1152.")
     return int(m.group(1)), int(m.group(2))
 
 
-def size_value(width: int | None, height: int | None, demo: bool) -> str:
-    """The size widget value for a request's width/height (a bucket name when it is one)."""
+def size_value(width: int | None, height: int | None, profile: RunProfile | bool | None = None, *,
+               demo: bool | None = None) -> str:
+    """The size widget value for a request's width/height (a bucket name when it is
+    one, at full size or at the profile's size)."""
+    profile = as_profile(profile, demo)
     if width is None or height is None:
         return SIZE_AUTO
     for name, (w, h) in SIZE_BUCKETS.items():
-        if (width, height) == (w, h) or (demo and (width, height) == demo_size(w, h)):
+        if (width, height) in ((w, h), profile.size(w, h)):
             return name
     return f"{width}x{height}"
 
@@ -255,15 +264,19 @@ def _seed(value) -> int | None:
     return None if seed < 0 else seed
 
 
-def request_data(values: dict[str, Any], demo: bool, presets_dir: Path | str | None = None) -> dict:
+def request_data(values: dict[str, Any], profile: RunProfile | bool | None = None,
+                 presets_dir: Path | str | None = None, *, demo: bool | None = None) -> dict:
     """Widget values by key -> `GenerateRequest` fields (unvalidated). A preset
-    is looked up among the shipped ones, then the user's in `presets_dir`."""
+    is looked up among the shipped ones, then the user's in `presets_dir`; its
+    other fields are in the widgets already (a preset click filled them), so
+    only its prompt template is taken, with the prompt box as the subject."""
+    profile = as_profile(profile, demo)
     v = {**UI_DEFAULTS, **{k: x for k, x in values.items() if x is not None}}
     data: dict[str, Any] = {k: (int(v[k]) if k in _INTS else v[k]) for k in _PLAIN}
     prompt = str(v.get("prompt") or "").strip()
     preset = v.get("preset") or NONE
     if preset != NONE:
-        data["prompt"] = get_preset(preset, user_dir=presets_dir).format_prompt(prompt)
+        data["prompt"] = apply_preset(preset, profile, subject=prompt, user_dir=presets_dir)["prompt"]
     elif prompt:
         data["prompt"] = prompt
     else:
@@ -296,7 +309,7 @@ def request_data(values: dict[str, Any], demo: bool, presets_dir: Path | str | N
         data["photos_2"] = photos_2
         if (v.get("layout") or NONE) != NONE:
             data["layout"] = v["layout"]
-    data["width"], data["height"] = parse_size(v.get("size"), demo)
+    data["width"], data["height"] = parse_size(v.get("size"), profile)
     data["loras"] = loras_from_rows(v.get("loras"))
     if method_family(data["method"]) == "sd15":  # an SD1.5 method runs on the SD1.5 base
         data["base_model"] = DEFAULT_BASE["sd15"]
@@ -306,16 +319,19 @@ def request_data(values: dict[str, Any], demo: bool, presets_dir: Path | str | N
     return data
 
 
-def request_from_ui(values: dict[str, Any], demo: bool, presets_dir: Path | str | None = None) -> GenerateRequest:
+def request_from_ui(values: dict[str, Any], profile: RunProfile | bool | None = None,
+                    presets_dir: Path | str | None = None, *, demo: bool | None = None) -> GenerateRequest:
     """Widget values by key -> a validated request (BadInput names the field)."""
-    return validate_request(GenerateRequest, request_data(values, demo, presets_dir), "request")
+    return validate_request(GenerateRequest, request_data(values, as_profile(profile, demo), presets_dir), "request")
 
 
 # ------------------------------------------------------------------ request -> UI
-def ui_from_fields(fields: dict[str, Any], demo: bool, lora_on_disk: Iterable[str] = (),
-                   include_prompt: bool = True, edit_names: Iterable[str] | None = None) -> dict[str, Any]:
+def ui_from_fields(fields: dict[str, Any], profile: RunProfile | bool | None = None, lora_on_disk: Iterable[str] = (),
+                   include_prompt: bool = True, edit_names: Iterable[str] | None = None, *,
+                   demo: bool | None = None) -> dict[str, Any]:
     """`GenerateRequest` fields (a preset's, or a recipe's `request`) -> widget
     values by key. Keys the fields do not mention are left out (unchanged)."""
+    profile = as_profile(profile, demo)
     out: dict[str, Any] = {}
     for k in _PLAIN:
         if k in fields and fields[k] is not None:
@@ -336,7 +352,7 @@ def ui_from_fields(fields: dict[str, Any], demo: bool, lora_on_disk: Iterable[st
     if "layout" in fields:
         out["layout"] = fields["layout"] or NONE
     if "width" in fields or "height" in fields:
-        out["size"] = size_value(fields.get("width"), fields.get("height"), demo)
+        out["size"] = size_value(fields.get("width"), fields.get("height"), profile)
     if "loras" in fields:
         weights = {lo["name"]: lo.get("weight", 1.0) for lo in fields["loras"] or []}
         out["loras"] = lora_rows(lora_on_disk, weights)

@@ -24,8 +24,9 @@ from .widgets import PHOTO_TYPES
 MAX_TRAIN_PHOTOS = 50
 
 
-def train_inputs(name, steps, rank, trigger, class_word, flip, resume, overwrite, demo: bool):
-    """Widget values by name -> (TrainConfig, DatasetOptions), validated."""
+def train_inputs(name, steps, rank, trigger, class_word, flip, resume, overwrite, profile):
+    """Widget values by name -> (TrainConfig, DatasetOptions), validated; `profile`
+    is the settings' run profile (it sizes the training buckets)."""
     from pipelines.lora.dataset import DatasetOptions
     from pipelines.lora.manager import normalize_name
     from pipelines.lora.train import TrainConfig
@@ -36,7 +37,7 @@ def train_inputs(name, steps, rank, trigger, class_word, flip, resume, overwrite
     if steps and int(steps) > 0:
         data["steps"] = int(steps)
     config = validate_request(TrainConfig, data, "train")
-    opts = {"demo": demo, "flip": bool(flip)}
+    opts = {"profile": profile, "flip": bool(flip)}
     if (trigger or "").strip():
         opts["trigger"] = trigger.strip()
     if (class_word or "").strip():
@@ -120,7 +121,7 @@ class TrainTab:
             if len(paths) > MAX_TRAIN_PHOTOS:
                 raise BadInput(f"photos: at most {MAX_TRAIN_PHOTOS} photos (got {len(paths)}).")
             config, options = train_inputs(name, steps, rank, trigger, class_word, flip, resume, overwrite,
-                                           self.settings.demo)
+                                           self.settings.profile)
         except LikenessError as exc:
             raise user_error(exc) from exc
         yield {self.status: "Preparing the photos…", self.preview: None}
@@ -178,7 +179,7 @@ def build_train_api(settings: Settings, holder: EngineHolder, cancels: CancelReg
             paths = [str(p) for p in photos or []]
             if not paths:
                 raise BadInput("photos: give 3 to 50 photos of the person.")
-            config, options = train_inputs(name, steps, 4, "", "", False, False, overwrite, settings.demo)
+            config, options = train_inputs(name, steps, 4, "", "", False, False, overwrite, settings.profile)
         except LikenessError as exc:
             raise user_error(exc) from exc
         for ev in train_events(settings, holder, cancels, session_of(request), paths, config, options):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines.settings import DEMO_BANNER, Settings
+from pipelines.settings import Settings
 
 from .api import build_api
 from .history import HistoryTab
@@ -27,11 +27,12 @@ def build_app(settings: Settings, holder: EngineHolder | None = None) -> gr.Bloc
     one is made here and the `Engine` inside it on first use."""
     holder = holder or EngineHolder(settings)
     cancels = CancelRegistry()
-    title = "Likeness" + (f" — {DEMO_BANNER}" if settings.demo else "")
+    notice = settings.profile.notice  # the demo models say so, once, on every tab
+    title = "Likeness" + (f" — {notice}" if notice else "")
     with gr.Blocks(title=title) as demo:
         gr.Markdown("# Likeness")
-        if settings.demo:  # once, above the tabs: seen from every tab
-            gr.Markdown(f"**{DEMO_BANNER}.** Images show the wiring, not quality.", elem_id="demo-banner")
+        if notice:  # once, above the tabs: seen from every tab
+            gr.Markdown(f"**{notice}.** Images show the wiring, not quality.", elem_id="demo-banner")
         with gr.Tabs() as tabs:
             with gr.Tab("Portrait", id=PORTRAIT_TAB):
                 first_run = FirstRunCard(settings)  # what the chosen method/preset still needs

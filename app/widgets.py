@@ -96,7 +96,7 @@ def pose_cards(settings: Settings | None = None):
 
 
 def build_portrait(settings: Settings) -> PortraitWidgets:
-    demo = settings.demo
+    profile = settings.profile
     d = UI_DEFAULTS
     by_key: dict[str, Any] = {}
     cards = preset_cards(settings)
@@ -156,7 +156,7 @@ def build_portrait(settings: Settings) -> PortraitWidgets:
                 save_preset = gr.Button("Save preset", size="sm", scale=1, elem_id="save-preset")
     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
         with gr.Row():
-            by_key["size"] = gr.Dropdown(size_choices(demo), value=d["size"], label="Size bucket",
+            by_key["size"] = gr.Dropdown(size_choices(profile), value=d["size"], label="Size bucket",
                                          allow_custom_value=True, elem_id="size")
             by_key["sampler"] = gr.Dropdown([(t, k) for k, t in SAMPLER_TITLES.items()], value=d["sampler"],
                                             label="Sampler")

@@ -31,7 +31,7 @@ def cmd_batch(args, settings) -> int:
         check_output_dir(args.out, "--out")
     from pipelines.presets import user_presets_dir
 
-    job = load_job(args.jobfile, demo=settings.demo, presets_dir=user_presets_dir(settings))
+    job = load_job(args.jobfile, settings.profile, presets_dir=user_presets_dir(settings))
     check_resources(job, settings)  # in --dry-run too: it fails where the run would
     if args.dry_run:
         from pipelines.processes import is_main_process

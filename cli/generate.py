@@ -197,20 +197,25 @@ def request_from_args(args, settings) -> dict:
         check_output_dir(args.out, "--out")
     if args.recipe:
         data.update(recipe_request(args.recipe, settings, need_identity=not (args.photo or args.identity)))
+    given = {field: v for arg, field in _FIELDS.items() if (v := getattr(args, arg, None)) is not None}
+    speed = getattr(args, "speed", None)
     preset = getattr(args, "preset", None)
+    from pipelines.speed import TUNED_FIELDS, switch_speed
+
     if preset:
-        from pipelines.presets import load_preset, user_presets_dir
+        from pipelines.presets import apply_preset, user_presets_dir
 
-        data.update(load_preset(preset, subject=args.prompt, demo=settings.demo, user_dir=user_presets_dir(settings)))
-    for arg, field in _FIELDS.items():
-        v = getattr(args, arg, None)
-        if v is not None and not (preset and field == "prompt"):  # with a preset, --prompt is the subject
-            data[field] = v
-    if getattr(args, "speed", None):
-        from pipelines.speed import switch_speed
-
-        given = {f for f in ("steps", "sampler", "cfg") if getattr(args, f, None) is not None}
-        data = switch_speed(data, args.speed, given)
+        given.pop("prompt", None)  # with a preset, --prompt is the subject
+        if speed:
+            given["speed"] = speed
+        fields = apply_preset(preset, settings.profile, subject=args.prompt, overrides=given,
+                              user_dir=user_presets_dir(settings))
+        # the preset's steps/sampler/cfg replace a replayed recipe's, also those its speed switch dropped
+        data = {k: v for k, v in data.items() if k not in TUNED_FIELDS} | fields
+    else:
+        data.update(given)
+        if speed:  # a replayed recipe (or the defaults) moved to another speed
+            data = switch_speed(data, speed, {f for f in TUNED_FIELDS if f in given})
     if args.photo:
         data.pop("identity_card", None)
         data["photos"] = list(args.photo)

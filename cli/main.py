@@ -9,7 +9,7 @@ import sys
 import traceback
 
 from pipelines.errors import LikenessError
-from pipelines.settings import DEMO_BANNER, load_settings
+from pipelines.settings import load_settings
 
 # command modules, registered in this order; each adds its own sub-commands
 COMMAND_MODULES = (
@@ -113,8 +113,8 @@ def run(argv: list[str]) -> int:
         args = parser.parse_args([*argv, "ui"])
     try:
         settings = settings_from_args(args)
-        if settings.demo:
-            print(f"[{DEMO_BANNER}]", file=sys.stderr)
+        if settings.profile.notice:
+            print(f"[{settings.profile.notice}]", file=sys.stderr)
         return int(args.func(args, settings) or 0)
     except LikenessError as exc:
         if args.debug:

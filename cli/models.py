@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import sys
 
-from pipelines.settings import DEMO_BANNER
-
 
 def register(sub) -> None:
     p = sub.add_parser("models", help="list, download and verify models")
@@ -68,8 +66,8 @@ def cmd_list(args, settings) -> int:
     print(f"free disk space in {store.root}: {human_size(free_space(store.root))} (~ = estimated size)")
     for line in found_lines(store, settings):
         print(line)
-    if settings.demo:
-        print(f"({DEMO_BANNER}; folder {store.root})")
+    if settings.profile.notice:
+        print(f"({settings.profile.notice}; folder {store.root})")
     return 0
 
 
@@ -112,7 +110,7 @@ def cmd_download(args, settings) -> int:
 
     store = _store(settings)
     todo = plan(store, resolve_download(args, settings, store))
-    if not settings.demo:  # demo packs are built locally: nothing to plan or accept
+    if not settings.profile.builds_models:  # demo packs are built locally: nothing to plan or accept
         for n in todo.present:
             print(f"{n}: already here")
         if not todo.items:
@@ -147,7 +145,7 @@ def cmd_verify(args, settings) -> int:
     checked = 0
     for name in names:
         try:
-            if settings.demo:
+            if settings.profile.builds_models:
                 store.ensure(name)
             elif not args.names and not store.status(name).present:
                 continue

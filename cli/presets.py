@@ -33,6 +33,6 @@ def cmd_list(args, settings) -> int:
 def cmd_show(args, settings) -> int:
     from pipelines.presets import load_preset, user_presets_dir
 
-    print(json.dumps(load_preset(args.name, subject=args.subject, demo=settings.demo,
+    print(json.dumps(load_preset(args.name, subject=args.subject, profile=settings.profile,
                                  user_dir=user_presets_dir(settings)), indent=2))
     return 0

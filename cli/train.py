@@ -66,7 +66,7 @@ def cmd_train(args, settings) -> int:
 
     normalize_name(args.name, "--name")
     config = validate_request(TrainConfig, config_from_args(args), "train")
-    opts = {"demo": settings.demo, "flip": bool(args.flip)}
+    opts = {"profile": settings.profile, "flip": bool(args.flip)}
     if args.trigger is not None:
         opts["trigger"] = args.trigger
     if args.class_word is not None:

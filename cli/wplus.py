@@ -48,6 +48,7 @@ def cmd_train_wplus(args, settings) -> int:
     from pipelines.paths import check_name, confine
     from pipelines.stores import open_store
     from pipelines.wplus.adapter import load_adapter_file
+    from pipelines.wplus.align import MIN_FACE_PX
     from pipelines.wplus.train import train_wplus
 
     check_name(args.name, "--name")
@@ -55,7 +56,7 @@ def cmd_train_wplus(args, settings) -> int:
         raise BadInput(f"--steps {args.steps} is out of range 1-1000000.")
     out_dir = settings.models_dir / "wplus-trained"
     out = confine(out_dir, f"{args.name}.safetensors", "--name")
-    min_px = args.min_face_px if args.min_face_px is not None else (64 if settings.demo else 160)
+    min_px = args.min_face_px if args.min_face_px is not None else settings.profile.training_face_px(MIN_FACE_PX)
     result = train_wplus(args.faces, args.base, args.steps, out, open_store(settings), settings,
                          lr=args.lr, seed=args.seed, min_face_px=min_px,
                          progress=lambda d: print(f"step {d.get('step')}/{d.get('steps')} loss {d.get('loss', 0):.4f}",

@@ -30,13 +30,13 @@ from . import __version__
 from .errors import BadInput, UnreadableImage
 from .imageio import DEFAULT_MAX_PIXELS, pil_decoding_limits, read_user_file
 from .paths import atomic_path
+from .profile import DEMO_NOTICE as DEMO_NOTICE  # what an image made with the demo models says
 
 PARAMETERS_KEY = "parameters"
 RECIPE_KEY = "likeness"
 XMP_KEY = "XML:com.adobe.xmp"
 COMMENT_KEY = "Comment"
 SOFTWARE_KEY = "Software"
-DEMO_NOTICE = "demo models: random weights"
 AI_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 _IPTC_EXT_NS = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
 
@@ -175,18 +175,23 @@ def save_png(
     *,
     parameters: str,
     recipe: Mapping[str, Any],
-    demo: bool,
+    notice: str | None = None,
+    demo: bool | None = None,
 ) -> Path:
     """Write `image` to `path` (atomically: the file appears whole or not at all)
     with the A1111 parameters, the JSON recipe and the AI-generated marker.
-    With `demo`, the recipe gains `"demo": DEMO_NOTICE` and a Comment chunk says
-    the same. The caller confines `path` to the outputs folder."""
+    With a `notice` (the run profile's, `settings.profile.notice`: demo models
+    say "demo models: random weights") the recipe gains `"demo": notice` and a
+    Comment chunk says the same. `demo=True` is the old boolean for DEMO_NOTICE.
+    The caller confines `path` to the outputs folder."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise BadInput(f"output file {path} must end in .png.")
+    if demo and notice is None:
+        notice = DEMO_NOTICE
     stored = dict(recipe)
-    if demo:
-        stored["demo"] = DEMO_NOTICE
+    if notice:
+        stored["demo"] = notice
     # Serialise before touching the disk: an unserialisable recipe is a bug, and
     # must not leave a half-written file behind.
     recipe_json = json.dumps(stored, ensure_ascii=False, sort_keys=True, allow_nan=False)
@@ -196,8 +201,8 @@ def save_png(
     info.add_itxt(RECIPE_KEY, recipe_json)
     info.add_itxt(XMP_KEY, xmp_packet())  # XMP readers expect it uncompressed
     info.add_text(SOFTWARE_KEY, f"Likeness {__version__}")
-    if demo:
-        info.add_text(COMMENT_KEY, DEMO_NOTICE)
+    if notice:
+        info.add_text(COMMENT_KEY, notice)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
     return path

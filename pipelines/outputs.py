@@ -20,8 +20,8 @@ from typing import Any
 from . import __version__
 from .errors import BadInput
 from .paths import sanitize_name
+from .profile import profile_of
 from .samplers import SAMPLER_TITLES
-from .settings import DEMO_BANNER
 
 RECIPE_VERSION = 1
 
@@ -99,7 +99,7 @@ def build_recipe(ctx: RecipeContext, method, req, cond, identity, seed: int, wid
         "app_version": __version__,
         "recipe_version": RECIPE_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "demo": settings.demo,
+        "demo": profile_of(settings).demo,
         "method": req.method,
         "seed": seed,
         "sampler": req.sampler,
@@ -116,8 +116,8 @@ def build_recipe(ctx: RecipeContext, method, req, cond, identity, seed: int, wid
         "dtype": str(ctx.dtype).replace("torch.", ""),
         "request": request,
     }
-    if settings.demo:
-        recipe["note"] = DEMO_BANNER
+    if profile_of(settings).notice:
+        recipe["note"] = profile_of(settings).notice
     if identity is not None:
         card = ensure_identity_card(settings, identity)
         recipe["identity"] = {
@@ -285,5 +285,5 @@ def write_image(settings, req, image, recipe: dict, index: int) -> Path:
                "Likeness method": recipe["method"], **{f"Likeness {k}": v for k, v in recipe["method_details"].items()}},
     )
     path = output_path(settings, req, recipe["seed"], index)
-    save_png(image, path, parameters=params, recipe=recipe, demo=settings.demo)
+    save_png(image, path, parameters=params, recipe=recipe, notice=profile_of(settings).notice)
     return path

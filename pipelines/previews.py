@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import threading
 
+from .profile import profile_of
+
 PREVIEW_MODELS = {"sdxl": "taesdxl", "sd15": "taesd"}
 
 
@@ -30,7 +32,7 @@ class PreviewDecoder:
         name = PREVIEW_MODELS.get(family)
         if name is None:
             return False
-        if self.settings.demo:
+        if profile_of(self.settings).builds_models:
             return True  # the tiny pack is built on first use
         return self.store.status(name).present
 

@@ -11,6 +11,8 @@ says so. Each of those rules lives here, as a method of `RunProfile`:
 - `train_steps(photos)`: a LoRA's default steps (FaceChain: 200 per photo, at
   most 800; demo: 10 per photo, at most 40);
 - `train_resolution(default)`: the W+ trainer's default resolution (64 in demo);
+- `training_face_px(default)`: the smallest face the W+ trainer keeps from the
+  command line (64 in demo, where the test photos are small);
 - `notice`: the line every screen and file shows ("demo models: random
   weights"), None for real models;
 - `builds_models`: whether models are built locally (the demo packs) rather than
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 DEMO_NOTICE = "demo models: random weights"
 DEMO_MAX_STEPS = 8  # demo models have random weights: more steps only cost time
 DEMO_TRAIN_RESOLUTION = 64
+DEMO_TRAINING_FACE_PX = 64
 
 
 def demo_bucket(width: int, height: int) -> tuple[int, int]:
@@ -69,6 +72,10 @@ class RunProfile:
     def train_resolution(self, default: int) -> int:
         """The W+ trainer's resolution when none is given."""
         return DEMO_TRAIN_RESOLUTION if self.demo else default
+
+    def training_face_px(self, default: float) -> float:
+        """The smallest face (px) the W+ trainer keeps when none is given."""
+        return DEMO_TRAINING_FACE_PX if self.demo else default
 
 
 REAL = RunProfile(demo=False)

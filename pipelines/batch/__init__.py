@@ -3,7 +3,9 @@ runner generates them through one resident `Engine`, resumably and with each
 bad item isolated; a manifest records what happened (one shard per process
 under `accelerate launch`, merged at the end).
 
-    jobfile.py   schema, line-numbered errors, expansion into `BatchItem`s
+    jobfile.py   `load_job`: a job file -> a `Job` of validated `BatchItem`s, through
+                 jobspec.py (schema), jobread.py (bounded reading, line-numbered errors),
+                 uploads.py (web UI jobs), expansion.py (axes, presets, ids), resources.py
     manifest.py  atomic JSONL appends, torn-line tolerant reads, shard merge
     runner.py    ordering, identities, execution, progress, summary
 """

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..paths import atomic_path, atomic_write_text
+from ..profile import profile_of
 
 
 def method_title(method: str) -> str:
@@ -158,9 +159,10 @@ def markdown(rows: list[SummaryRow], meta: dict) -> str:
 
 
 # -------------------------------------------------------------------- chart
-def write_chart(rows: list[SummaryRow], dest: Path, demo: bool = False) -> Path:
+def write_chart(rows: list[SummaryRow], dest: Path, notice: str | None = None) -> Path:
     """Four bar panels (Face Sim with the calibration levels, CLIP-T, face rate,
-    seconds per image). Uses the Agg canvas directly: no global backend switch."""
+    seconds per image); the title carries the run profile's `notice` (demo
+    models say so). Uses the Agg canvas directly: no global backend switch."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -193,7 +195,7 @@ def write_chart(rows: list[SummaryRow], dest: Path, demo: bool = False) -> Path:
             ax.set_ylim(0, 1.05)
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle("Likeness evaluation" + (" (demo: random-weight models)" if demo else ""))
+    fig.suptitle("Likeness evaluation" + (f" ({notice})" if notice else ""))
     fig.tight_layout()
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png")
@@ -207,13 +209,14 @@ def write_reports(report, req, settings, prompts: list[str], identities: list) -
     size = f"{req.width}x{req.height}" if req.width and req.height else "default"
     import datetime as _dt
 
-    meta = dict(demo=bool(settings.demo), identities=len(identities), prompts=len(prompts), seeds=req.seeds,
+    profile = profile_of(settings)
+    meta = dict(demo=profile.demo, identities=len(identities), prompts=len(prompts), seeds=req.seeds,
                 steps=steps, size=size, device=getattr(settings, "device", "?"),
                 date=_dt.datetime.now().isoformat(timespec="seconds"), failures=report.failures)
     files = {
         "summary_csv": atomic_write_text(out / "summary.csv", summary_csv(report.rows)),
         "images_csv": atomic_write_text(out / "images.csv", images_csv(report.records)),
         "markdown": atomic_write_text(out / "summary.md", markdown(report.rows, meta)),
-        "chart": write_chart(report.rows, out / "summary.png", demo=bool(settings.demo)),
+        "chart": write_chart(report.rows, out / "summary.png", notice=profile.notice),
     }
     return {k: Path(v) for k, v in files.items()}

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput, FaceQualityError, ModelError, ModelMissing, NoFaceFound
+from ..profile import profile_of
 from .detectors import (
     BoxGeometry,
     DetectedFace,
@@ -170,7 +171,7 @@ class FaceAnalyzer:
         self.pack = pack
         self.min_face_px = int(min_face_px)
         self.min_det_score = float(min_det_score)
-        self.demo = bool(getattr(settings, "demo", False))
+        self.demo = profile_of(settings).demo  # demo: MTCNN finds faces (the tiny SCRFD has random weights)
         self._app = None
         self._detector: FaceDetector | None = None
         self._recognizer: Recognizer | None = None

@@ -10,7 +10,8 @@ Rules (FaceChain's, plus the app's own photo checks):
   reason and the measured value; exact duplicates are left out too;
 - each used photo gives an upright crop (eyes levelled) in two framings,
   close-up (square bucket) and head-and-shoulders (portrait bucket), resized to
-  an SDXL training bucket (1/8 of it in demo mode, so tiny models stay fast),
+  an SDXL training bucket (sized by the run profile: 1/8 of it in demo mode,
+  so tiny models stay fast),
   optionally also mirrored;
 - every crop is captioned "photo of <trigger> person[, <class word>]".
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
-from ..samplers import demo_size
+from ..profile import RunProfile, as_profile
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MAX_PHOTOS = 200
@@ -51,9 +52,13 @@ class DatasetOptions:
     group_ratio: float = 0.33
     flip: bool = False
     framings: tuple[str, ...] = ("close-up", "head-and-shoulders")
-    demo: bool = False
+    profile: RunProfile | None = None  # the settings' run profile (sizes the buckets); None: real models
+    # the old boolean: accepted in the profile's place (DatasetOptions(demo=True)), then the profile's
+    demo: bool | None = None
 
     def __post_init__(self):
+        self.profile = as_profile(self.profile, self.demo)
+        self.demo = self.profile.demo
         if not self.trigger or any(c in self.trigger for c in ",\n\x00") or len(self.trigger) > 40:
             raise BadInput(f"trigger {self.trigger!r} must be one short word without commas (e.g. lkns).")
         if len(self.class_word) > 60 or any(c in self.class_word for c in "\n\x00"):
@@ -71,7 +76,7 @@ class DatasetOptions:
 
     def bucket(self, framing: str) -> tuple[int, int]:
         w, h = FRAMINGS[framing][0]
-        return demo_size(w, h) if self.demo else (w, h)
+        return self.profile.size(w, h)
 
 
 @dataclass

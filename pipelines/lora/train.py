@@ -2,7 +2,7 @@
 
 Defaults follow FaceChain v3's face LoRA (modelscope/facechain training defaults): rank 4, alpha 32,
 lr 1.5e-4 with a cosine schedule, steps = min(200 × photos, 800); demo mode
-(tiny random models) uses min(10 × photos, 40) steps. `--steps/--rank/--lr`
+(tiny random models) uses min(10 × photos, 40) steps (`RunProfile.train_steps`). `--steps/--rank/--lr`
 override. One optimizer step = one crop per process (batch 1, as FaceChain and
 kohya's defaults); with N processes (`accelerate launch`) each step sees N crops
 and DDP averages their gradients.
@@ -51,6 +51,7 @@ from ..memory import free_memory
 from ..models.bases import check_family, ensure_base, load_base_pipeline
 from ..paths import confine
 from ..processes import main_process_first
+from ..profile import RunProfile, as_profile, profile_of
 from . import kohya
 from .checkpoints import Checkpoints, write_error
 from .dataset import DatasetOptions, TrainingSet, prepare_dataset, preview_grid
@@ -70,9 +71,11 @@ SPACE_MARGIN = 1 << 20  # bytes kept free beyond the estimate (metadata, preview
 RESUME_HINT = "free some space, then train again with --resume (the Resume box in the UI)"
 
 
-def default_steps(photos: int, demo: bool = False) -> int:
-    """FaceChain: 200 steps per photo, at most 800 (demo: 10 per photo, at most 40)."""
-    return min(10 * photos, 40) if demo else min(200 * photos, 800)
+def default_steps(photos: int, profile: RunProfile | bool | None = None, *, demo: bool | None = None) -> int:
+    """FaceChain: 200 steps per photo, at most 800 (demo: 10 per photo, at most 40):
+    the run profile's `train_steps`. `demo` (a bool, in the profile's place or as
+    `demo=`) is the old boolean."""
+    return as_profile(profile, demo).train_steps(photos)
 
 
 class TrainConfig(BaseModel):
@@ -119,8 +122,11 @@ class Plan:
                                                  "text_encoder", "base_model")}
 
 
-def make_plan(config: TrainConfig, photos: int, demo: bool) -> Plan:
-    steps = config.steps or default_steps(photos, demo)
+def make_plan(config: TrainConfig, photos: int, profile: RunProfile | bool | None = None, *,
+              demo: bool | None = None) -> Plan:
+    """`config` with every default resolved for `photos` photos under the run
+    `profile` (`demo=`, or a bool in its place, is the old boolean)."""
+    steps = config.steps or as_profile(profile, demo).train_steps(photos)
     every = config.checkpoint_every or min(100, max(1, steps // 4))
     warmup = config.warmup_steps if config.warmup_steps is not None else min(50, steps // 20)
     return Plan(
@@ -318,7 +324,7 @@ class LoraTrainer:
         return self._analyzer
 
     def prepare(self, photos, options: DatasetOptions | None = None) -> TrainingSet:
-        opts = options or DatasetOptions(demo=self.settings.demo)
+        opts = options or DatasetOptions(profile=profile_of(self.settings))
         with main_process_first(cpu=self.settings.resolve_device() == "cpu"):  # it fetches/builds the face models
             analyzer = self.analyzer()
             _ = analyzer.detector  # loads the pack now
@@ -355,7 +361,7 @@ class LoraTrainer:
         from accelerate import Accelerator
 
         t0 = time.perf_counter()
-        plan = make_plan(config, len(tset.used), self.settings.demo)
+        plan = make_plan(config, len(tset.used), profile_of(self.settings))
         out_path = self.check_target(plan.name, config.overwrite)
         ckpts = self.checkpoints(plan.name)
         device = self.settings.resolve_device()

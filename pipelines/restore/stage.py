@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..profile import RunProfile, as_profile
 from .base import get_restorer
 from .paste import restore_faces
 
@@ -17,17 +18,18 @@ DETECTOR_PACKS = ("buffalo_l", "antelopev2")  # either has an SCRFD detector
 
 
 class RestoreStage:
-    def __init__(self, store, device: str, dtype, demo: bool, analyzer: Callable[[str], Any]):
+    def __init__(self, store, device: str, dtype, profile: RunProfile | bool, analyzer: Callable[[str], Any]):
+        """`profile`: the settings' run profile (a bool is the old `demo` flag)."""
         self.store = store
         self.device = device
         self.dtype = dtype
-        self.demo = demo
+        self.profile = as_profile(profile)
         self.analyzer = analyzer  # pack name -> FaceAnalyzer (the engine's, shared)
         self._restorers: dict[str, Any] = {}
 
     def detector_pack(self) -> str:
         """The first face pack that is on disk (demo packs are built on demand)."""
-        if self.demo:
+        if self.profile.builds_models:
             return DETECTOR_PACKS[0]
         for pack in DETECTOR_PACKS:
             if self.store.status(pack).present:

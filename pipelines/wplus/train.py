@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import BadInput, Cancelled, LikenessError
 from ..models.bases import DEFAULT_BASE
+from ..profile import profile_of
 from .align import MIN_FACE_PX, align_face
 from .parsing import PARSE_SIZE
 
@@ -198,9 +199,7 @@ def train_wplus(faces_dir: Path | str, base: str, steps: int, out_path: Path | s
     if out_path.suffix != ".safetensors":
         raise BadInput(f"output {out_path} must end in .safetensors.")
     if resolution is None:
-        resolution = DEFAULT_RESOLUTION[base]
-        if getattr(settings, "demo", False):
-            resolution = 64
+        resolution = profile_of(settings).train_resolution(DEFAULT_RESOLUTION[base])
     if resolution % 8 or not 64 <= resolution <= 2048:
         raise BadInput(f"resolution {resolution} must be a multiple of 8 from 64 to 2048.")
 
