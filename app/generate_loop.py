@@ -10,8 +10,8 @@ Order of a run:
  2. The engine calls back once per sampling step. The callback ticks the step
     clock in the worker thread, at the step's real time, and hands a `Step`
     (image, step, done/total, ETA, the engine's step info) to the consumer.
-    Steps the consumer had no time for are skipped for the newest one, so the
-    clock, not the consumer, sees every step and the ETA does not drift.
+    A consumer that is busy gets only the newest step when it asks again; the
+    clock has seen every step, so a slow consumer does not skew the ETA.
  3. The consumer gets each `Step` after `progress((done, total), desc=...,
     unit="steps")` was reported, then one `Finished` (the result, or the error;
     `Cancelled` when stopped), last, after the worker has let go of the engine.
@@ -24,8 +24,9 @@ Cancel, the two ways the front doors need:
   closed tab) by closing the endpoint's generator at a `yield`. Closing the loop
   sets the job's cancel event, so the engine stops at its next step check; the
   closer does not wait (gradio closes on its event loop, which must not block).
-  A gradio endpoint therefore yields at every `Step`, or as often as it can.
-The job's cancel event is set by nothing else: `Finished` comes after the job
+  So a gradio event must yield while the job runs: the `/generate` endpoint
+  yields an empty update at every `Step`, the Portrait tab a live preview.
+Nothing else sets the job's cancel event: `Finished` comes after the job
 thread ended, so a consumer that returns after it cannot cancel a finished job.
 """
 
