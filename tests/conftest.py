@@ -1,5 +1,11 @@
-"""Shared fixtures. Tests are offline: HF_HUB_OFFLINE=1, and any socket connection
-to a non-loopback address fails the test."""
+"""Shared fixtures and helpers. Tests are offline: HF_HUB_OFFLINE=1, and any socket
+connection to a non-loopback address fails the test.
+
+Test modules import the plain helpers (`from conftest import ...`): `fast_request`
+(the request fields of a fast tiny-model run; a module states only what it changes),
+`generate_on_astronaut`, `run_bench`, the astronaut's face points, and the web-UI
+and chromium helpers. Settings and engines come from the `make_settings` and
+`make_engine` fixtures."""
 
 from __future__ import annotations
 

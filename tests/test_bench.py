@@ -6,14 +6,12 @@ the report is complete, its numbers are positive and its ratios come from them."
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+from conftest import BENCH_GENERATE_FAST, run_bench
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["none", "faceid", "instantid"]
@@ -26,18 +24,9 @@ def _close(a: float, b: float, rel: float = 2e-3, abs_: float = 2e-4) -> bool:
 @pytest.fixture(scope="module")
 def report(tiny_models_dir, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("bench-cwd")
-    # one torch thread: CPU cores here are shared, and spinning OpenMP threads are slow
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("LIKENESS_MODELS_DIR", None)
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "generate.py"), "--steps", "2", "--width", "64", "--height", "64",
-         "--repeats", "1", "--threads", "1", "--device", "cpu", "--dtype", "float32",
-         "--speeds", "quality", "--batch", "0",  # the speed modes and batching: tests/test_speed.py
-         "--models-dir", str(tiny_models_dir)],
-        capture_output=True, text=True, timeout=600, env=env, cwd=cwd,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout)  # stdout holds exactly one JSON object
+    # the speed modes and batching: tests/test_speed.py
+    args = [*BENCH_GENERATE_FAST, "--speeds", "quality", "--batch", "0"]
+    return run_bench("generate.py", args, tiny_models_dir, cwd, timeout=600)[0]
 
 
 @pytest.mark.slow
@@ -111,12 +100,7 @@ def test_bad_methods_flag_is_rejected(capsys, monkeypatch):
     ("train.py", ["--steps", "2", "--warmup", "1", "--rounds", "1", "--threads", "1"], "speedup"),
 ])
 def test_batch_and_train_benches_print_json(tiny_models_dir, tmp_path, script, args, ratio_key):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("LIKENESS_MODELS_DIR", None)
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args, "--models-dir", str(tiny_models_dir)],
-                          capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout)
+    out, _ = run_bench(script, args, tiny_models_dir, tmp_path)
     if ratio_key:
         assert _close(out[ratio_key], out["plain"]["s_per_step"] / out["ours"]["s_per_step"])
     else:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import BENCH_GENERATE_FAST, fast_request, run_bench
 
 from pipelines.models.catalog import load_catalog
 from pipelines.tiny import MARKER, build_pack
@@ -131,7 +132,8 @@ def test_generate_with_upscale_without_models_names_the_upscaler_once(tmp_path, 
 
 
 # ---- Arc2Face's LCM-LoRA mode (speed turbo) ------------------------------------------------------------
-A2F = dict(width=64, height=64, seed=5)
+# the turbo mode fills in the steps, sampler and cfg a request leaves unset
+A2F = fast_request(seed=5, without=("steps", "cfg", "sampler"))
 
 
 def test_lcm_lora_sd15_entry_and_pack():
@@ -238,21 +240,8 @@ def test_bench_offers_pulid_and_arc2face_with_their_own_baselines(capsys, monkey
 
 @pytest.mark.slow
 def test_bench_reports_pulid_and_arc2face(tiny_models_dir, tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("LIKENESS_MODELS_DIR", None)
-    proc = subprocess.run(
-        [sys.executable, str(repo / "bench" / "generate.py"), "--steps", "2", "--width", "64", "--height", "64",
-         "--repeats", "1", "--threads", "1", "--device", "cpu", "--dtype", "float32", "--speeds", "quality,fast,turbo",
-         "--batch", "0", "--no-step-costs", "--methods", "none,pulid,arc2face", "--models-dir", str(tiny_models_dir)],
-        capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r = json.loads(proc.stdout)
+    r, _ = run_bench("generate.py", [*BENCH_GENERATE_FAST, "--speeds", "quality,fast,turbo", "--batch", "0",
+                                     "--no-step-costs", "--methods", "none,pulid,arc2face"], tiny_models_dir, tmp_path)
     assert set(r["baselines"]) == {"none", "pulid", "arc2face"}
     for s in ("quality", "turbo"):
         v = r["speeds"][s]

@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import BENCH_GENERATE_FAST, fast_request, run_bench
 
-FAST = dict(width=64, height=64, seed=3)
+# the speed mode fills in the steps, sampler and cfg a request leaves unset
+FAST = fast_request(without=("steps", "cfg", "sampler", "prompt"))
 
 # SDXL base's scheduler_config.json (stabilityai/stable-diffusion-xl-base-1.0): the
 # config every sampler is built from
@@ -109,12 +111,8 @@ def test_speed_packs_keep_the_kohya_layout_and_load_in_diffusers(tmp_path):
 
 # ------------------------------------------------------------------- engine
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory, tiny_models_dir):
-    from pipelines.settings import load_settings
-
-    root = tmp_path_factory.mktemp("speed")
-    return load_settings(models_dir=tiny_models_dir, loras_dir=root / "loras", outputs_dir=root / "outputs",
-                         device="cpu", dtype="float32", demo=True, accept_research_licenses=True)
+def settings(make_settings):
+    return make_settings("speed", accept_research_licenses=True)
 
 
 @pytest.fixture(scope="module")
@@ -441,22 +439,11 @@ def test_bench_reports_every_speed_against_plain_diffusers(tiny_models_dir, tmp_
     """bench/generate.py: each speed mode vs plain diffusers running that mode,
     the score cost, -n batching and the device report. Numbers are checked for
     consistency, never against a time."""
-    import os
     import statistics
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("LIKENESS_MODELS_DIR", None)
-    proc = subprocess.run(
-        [sys.executable, str(repo / "bench" / "generate.py"), "--steps", "2", "--width", "64", "--height", "64",
-         "--repeats", "1", "--threads", "1", "--device", "cpu", "--dtype", "float32", "--methods", "none,faceid",
-         "--speeds", "quality,fast,turbo", "--batch", "2", "--device-report", "--models-dir", str(tiny_models_dir)],
-        capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r = json.loads(proc.stdout)
+    r, stderr = run_bench("generate.py", [*BENCH_GENERATE_FAST, "--methods", "none,faceid", "--speeds",
+                                          "quality,fast,turbo", "--batch", "2", "--device-report"],
+                          tiny_models_dir, tmp_path)
     assert r["speeds_timed"] == ["quality", "fast", "turbo"]
     expect = {"quality": (2, "euler"), "fast": (8, "lcm"), "turbo": (4, "euler_trailing")}
     for s, (steps, sampler) in expect.items():
@@ -477,7 +464,7 @@ def test_bench_reports_every_speed_against_plain_diffusers(tiny_models_dir, tmp_
         assert b["auto_batches"] is False  # a CPU never batches on its own
     rows = r["device_report"]["rows"]
     assert {(x["speed"], x["method"]) for x in rows} == {(s, m) for s in expect for m in ("none", "faceid")}
-    assert "s/1024² img" in proc.stderr
+    assert "s/1024² img" in stderr
 
 
 def test_a_missing_speed_lora_is_named_before_anything_loads(tmp_path):

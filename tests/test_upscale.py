@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import fast_request
 from PIL import Image
 
 from pipelines.errors import BadInput
 from pipelines.requests import GenerateRequest
 
-FAST = dict(steps=2, width=64, height=64, cfg=5.0, sampler="euler", prompt="a portrait", seed=11)
+FAST = fast_request(seed=11)
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models_dir, tmp_path_factory):
-    from pipelines.engine import Engine
-    from pipelines.settings import load_settings
-
-    out = tmp_path_factory.mktemp("upscale-out")
-    return Engine(load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
-                                device="cpu", dtype="float32", demo=True, accept_research_licenses=True))
+def engine(make_engine):
+    return make_engine("upscale-out", accept_research_licenses=True)
 
 
 @pytest.mark.parametrize("name,layout_key", [("realesrgan-x4plus", "params_ema.conv_first.weight"),
@@ -146,14 +142,11 @@ def test_hires_pass_with_instantid_runs_with_resized_keypoints(engine, photos_di
     assert np.abs(np.asarray(out.image).astype(int) - np.asarray(plain.image).astype(int)).mean() > 1.0
 
 
-def test_a_missing_upscaler_is_named_before_denoising(tmp_path, monkeypatch):
-    from pipelines.engine import Engine
+def test_a_missing_upscaler_is_named_before_denoising(tmp_path, make_engine):
     from pipelines.errors import LikenessError
     from pipelines.finishing import FinishingSteps
-    from pipelines.settings import load_settings
 
-    engine = Engine(load_settings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out",
-                                  loras_dir=tmp_path / "loras", device="cpu", dtype="float32", demo=False))
+    engine = make_engine("upscale-missing", models_dir=tmp_path / "models", demo=False)  # nothing downloaded
     req = GenerateRequest(**FAST, method="none", upscale=2, upscaler="4x-ultrasharp")
     with pytest.raises(LikenessError, match=r"4x-ultrasharp.*--accept-license"):
         FinishingSteps.for_request(engine, req, None, None, None, None, [], None, 64, 64)

@@ -6,43 +6,24 @@ from __future__ import annotations
 
 import re
 
-import conftest
 import numpy as np
 import pytest
 import torch
+from conftest import ASTRONAUT_KPS, aligned_astronaut
 
 from pipelines.errors import BadInput, ModelError
-
-ASTRONAUT_KPS = np.array(conftest.ASTRONAUT_KPS, dtype=np.float64)
-
-
-@pytest.fixture(scope="module")
-def store(demo_store):
-    return demo_store
-
-
-@pytest.fixture(scope="module")
-def e4e(store):
-    from pipelines.wplus.e4e import load_e4e
-
-    store.ensure("e4e-ffhq")
-    return load_e4e(store.file_path("e4e-ffhq", "e4e_ffhq_encode.pt"))
 
 
 @pytest.fixture(scope="module")
 def astronaut_crop():
-    from skimage import data
-
-    from pipelines.wplus.align import align_face
-
-    return align_face(data.astronaut(), ASTRONAUT_KPS).image
+    return aligned_astronaut()
 
 
 @pytest.fixture(scope="module")
-def pipe(store):
+def pipe(demo_store):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    p = StableDiffusionPipeline.from_pretrained(store.ensure("sd15-base"), variant="fp16", dtype=torch.float32,
+    p = StableDiffusionPipeline.from_pretrained(demo_store.ensure("sd15-base"), variant="fp16", dtype=torch.float32,
                                                 local_files_only=True, use_safetensors=True)
     p.set_progress_bar_config(disable=True)
     # one UNet call per step (PNDM adds a step), to keep the tests fast
@@ -56,11 +37,11 @@ def base_image(pipe):
 
 
 @pytest.fixture(scope="module")
-def adapter_sd(store):
+def adapter_sd(demo_store):
     from pipelines.wplus.adapter import load_adapter_file
 
-    store.ensure("wplus-adapter")
-    return load_adapter_file(store.file_path("wplus-adapter", "wplus_adapter.bin"))
+    demo_store.ensure("wplus-adapter")
+    return load_adapter_file(demo_store.file_path("wplus-adapter", "wplus_adapter.bin"))
 
 
 def _run(pipe, steps=1, **kw):
@@ -203,40 +184,33 @@ def test_align_levels_a_tilted_face_and_flags_small_faces():
 
 
 # ------------------------------------------------------------------ edits
-@pytest.fixture(scope="module")
-def directions(store):
-    from pipelines.wplus.edits import load_directions
-
-    return load_directions(store.ensure("wplus-directions"))
-
-
-def test_parse_edit_accepts_strengths_and_names_the_field(directions):
+def test_parse_edit_accepts_strengths_and_names_the_field(wplus_directions):
     from pipelines.wplus.edits import parse_edit, parse_edits
 
-    assert parse_edit("age=+2", directions) == ("age", 2.0)
-    assert parse_edit(" smile = -1.5 ", directions) == ("smile", -1.5)
-    assert parse_edit("latent.gender=4", directions) == ("latent.gender", 4.0)
+    assert parse_edit("age=+2", wplus_directions) == ("age", 2.0)
+    assert parse_edit(" smile = -1.5 ", wplus_directions) == ("smile", -1.5)
+    assert parse_edit("latent.gender=4", wplus_directions) == ("latent.gender", 4.0)
     for bad, why in (("age", "name=strength"), ("age=+x", "name=strength"), ("=2", "name=strength"),
                      ("age=nan", "name=strength"), ("beard=1", "no direction named 'beard'"),
                      ("age=4.5", "out of range"), ("smile=-5", "out of range")):
         with pytest.raises(BadInput, match="--edit") as exc:
-            parse_edit(bad, directions)
+            parse_edit(bad, wplus_directions)
         # "nan" is refused either by the syntax or by the range check
         assert why in str(exc.value) or (bad == "age=nan" and "out of range" in str(exc.value)), bad
     with pytest.raises(BadInput, match="twice"):
-        parse_edits(["age=1", "age=2"], directions)
+        parse_edits(["age=1", "age=2"], wplus_directions)
 
 
-def test_edit_moves_latent_only_along_its_direction(directions, store):
+def test_edit_moves_latent_only_along_its_direction(wplus_directions, demo_store):
     from pipelines.wplus.edits import apply_edits
 
     w = torch.randn(18, 512, generator=torch.Generator().manual_seed(3))
     before = w.clone()
 
     # InterFaceGAN: a (1, 512) unit vector on all 18 rows
-    out = apply_edits(w, [("age", 2.0)], directions)
+    out = apply_edits(w, [("age", 2.0)], wplus_directions)
     assert torch.equal(w, before)  # input untouched
-    d = directions["age"].delta[0]
+    d = wplus_directions["age"].delta[0]
     assert abs(float(d.norm()) - 1.0) < 1e-5
     diff = out - w
     assert torch.allclose(diff, 2.0 * d.expand(18, 512), atol=1e-5)
@@ -244,18 +218,18 @@ def test_edit_moves_latent_only_along_its_direction(directions, store):
     # latent direction: rows 0-7 move by strength x the file's rows, rows 8-17 stay
     from pipelines.wplus.edits import _read_vector
 
-    raw = _read_vector(store.folder("wplus-directions") / "latent_directions" / "gender.npy")
-    out = apply_edits(w, {"gender": -1.5}, directions)
+    raw = _read_vector(demo_store.folder("wplus-directions") / "latent_directions" / "gender.npy")
+    out = apply_edits(w, {"gender": -1.5}, wplus_directions)
     assert torch.equal(out[8:], w[8:])
     assert torch.allclose(out[:8] - w[:8], -1.5 * raw[:8], atol=1e-5)
 
     # edits add up, and strength 0 is the identity
-    both = apply_edits(w, [("age", 2.0), ("gender", -1.5)], directions)
-    assert torch.allclose(both - w, (apply_edits(w, [("age", 2.0)], directions) - w)
-                          + (apply_edits(w, [("gender", -1.5)], directions) - w), atol=1e-5)
-    assert torch.equal(apply_edits(w, [("smile", 0.0)], directions), w)
+    both = apply_edits(w, [("age", 2.0), ("gender", -1.5)], wplus_directions)
+    assert torch.allclose(both - w, (apply_edits(w, [("age", 2.0)], wplus_directions) - w)
+                          + (apply_edits(w, [("gender", -1.5)], wplus_directions) - w), atol=1e-5)
+    assert torch.equal(apply_edits(w, [("smile", 0.0)], wplus_directions), w)
     with pytest.raises(BadInput, match="beard"):
-        apply_edits(w, [("beard", 1.0)], directions)
+        apply_edits(w, [("beard", 1.0)], wplus_directions)
 
 
 # ------------------------------------------------------------------ adapter
@@ -400,7 +374,7 @@ def test_collect_faces_excludes_unusable_photos(tmp_path, demo_settings):
         collect_faces(tmp_path, demo_settings, _FakeAnalyzer({k: [] for k in reasons | {"good.png": 0}}))
 
 
-def test_train_wplus_three_steps_and_result_loads(tmp_path, store, pipe, astronaut_crop, base_image):
+def test_train_wplus_three_steps_and_result_loads(tmp_path, demo_store, pipe, astronaut_crop, base_image):
     from PIL import Image
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -415,7 +389,7 @@ def test_train_wplus_three_steps_and_result_loads(tmp_path, store, pipe, astrona
     (faces / "notes.jpg").write_text("not an image")
     out = tmp_path / "out" / "my_wplus.safetensors"
     seen = []
-    result = train_wplus(faces, "sd15", 3, out, store, store.settings, aligned=True, progress=seen.append)
+    result = train_wplus(faces, "sd15", 3, out, demo_store, demo_store.settings, aligned=True, progress=seen.append)
 
     assert result.path == out and out.is_file()
     assert [p["step"] for p in seen] == [1, 2, 3]
@@ -440,15 +414,15 @@ def test_train_wplus_three_steps_and_result_loads(tmp_path, store, pipe, astrona
         remove_wplus(pipe.unet, handle)
 
     with pytest.raises(BadInput, match="sd15 or sdxl"):
-        train_wplus(faces, "sd3", 3, out, store, store.settings, aligned=True)
+        train_wplus(faces, "sd3", 3, out, demo_store, demo_store.settings, aligned=True)
     with pytest.raises(BadInput, match="safetensors"):
-        train_wplus(faces, "sd15", 3, tmp_path / "x.bin", store, store.settings, aligned=True)
+        train_wplus(faces, "sd15", 3, tmp_path / "x.bin", demo_store, demo_store.settings, aligned=True)
 
 
-def test_sd15_vae_pack_is_a_finetune_of_the_base_vae(store, pipe):
+def test_sd15_vae_pack_is_a_finetune_of_the_base_vae(demo_store, pipe):
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(store.ensure("sd-vae-ft-mse"), local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(demo_store.ensure("sd-vae-ft-mse"), local_files_only=True)
     assert vae.config.block_out_channels == pipe.vae.config.block_out_channels
     assert vae.config.scaling_factor == pipe.vae.config.scaling_factor == 0.18215
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -10,29 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fast_request, generate_on_astronaut
 
 from pipelines.errors import BadInput
 from pipelines.requests import GenerateRequest
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = dict(steps=3, width=64, height=64, cfg=5.0, sampler="euler", prompt="a portrait", seed=4)
+FAST = fast_request(steps=3, seed=4)
 W_RECIPE = dict(negative="monochrome, lowres, bad anatomy, worst quality, low quality", freeu=True, vae="ft-mse")
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models_dir, tmp_path_factory):
-    from pipelines.engine import Engine
-    from pipelines.settings import load_settings
-
-    out = tmp_path_factory.mktemp("wplus-out")
-    return Engine(load_settings(models_dir=tiny_models_dir, outputs_dir=out, device="cpu",
-                                dtype="float32", demo=True))
+def engine(make_engine):
+    return make_engine("wplus-out")
 
 
 def run(engine, photos_dir, **kw):
-    data = dict(FAST, photos=[str(photos_dir / "astronaut.png")], method="wplus")
-    data.update(kw)
-    res = engine.generate(GenerateRequest(**data))
+    res = generate_on_astronaut(engine, photos_dir, {**FAST, "method": "wplus"}, **kw)
     return np.asarray(res.images[0].image).astype(np.int16), res.images[0].recipe
 
 

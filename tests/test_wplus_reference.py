@@ -5,41 +5,23 @@ layouts."""
 
 from __future__ import annotations
 
-import conftest
 import numpy as np
 import pytest
 import torch
-
-ASTRONAUT_KPS = np.array(conftest.ASTRONAUT_KPS, dtype=np.float64)
-
-
-@pytest.fixture(scope="module")
-def store(demo_store):
-    return demo_store
+from conftest import aligned_astronaut
 
 
 @pytest.fixture(scope="module")
-def parser(store):
+def parser(demo_store):
     from pipelines.wplus.parsing import load_parsenet
 
-    store.ensure("parsenet-psfrgan")
-    return load_parsenet(store.file_path("parsenet-psfrgan", "parse_multi_iter_90000.pth"))
+    demo_store.ensure("parsenet-psfrgan")
+    return load_parsenet(demo_store.file_path("parsenet-psfrgan", "parse_multi_iter_90000.pth"))
 
 
 @pytest.fixture(scope="module")
 def face512():
-    from skimage import data
-
-    from pipelines.wplus.align import align_face
-
-    return align_face(data.astronaut(), ASTRONAUT_KPS, size=512).image
-
-
-@pytest.fixture(scope="module")
-def directions(store):
-    from pipelines.wplus.edits import load_directions
-
-    return load_directions(store.ensure("wplus-directions"))
+    return aligned_astronaut(512)
 
 
 # ------------------------------------------------------------------ start step
@@ -154,12 +136,11 @@ def test_whitening_changes_the_e4e_input_only_outside_the_face_mask(parser, face
     assert torch.equal(prep.tensor[0][:, torch.from_numpy(face_core)], prep.plain[0][:, torch.from_numpy(face_core)])
 
 
-def test_whitened_input_gives_another_w_latent(store, parser, face512):
-    from pipelines.wplus.e4e import encode_normalized, load_e4e
+def test_whitened_input_gives_another_w_latent(e4e, parser, face512):
+    from pipelines.wplus.e4e import encode_normalized
     from pipelines.wplus.parsing import prepare_face
 
-    store.ensure("e4e-ffhq")
-    encoder, avg = load_e4e(store.file_path("e4e-ffhq", "e4e_ffhq_encode.pt"))
+    encoder, avg = e4e
     whitened = prepare_face(face512, parser)
     plain = prepare_face(face512, None)
     assert torch.equal(plain.tensor, whitened.plain) and not plain.mask.any()
@@ -201,31 +182,31 @@ def test_padding_outside_the_photo_is_blurred_and_faded_not_mirrored():
 
 
 # ------------------------------------------------------------------ edits
-def test_directions_pack_holds_all_published_names(directions):
+def test_directions_pack_holds_all_published_names(wplus_directions):
     from pipelines.tiny.wplus import GANSPACE_NAMES
     from pipelines.wplus.edits import edit_catalog, parse_edit
 
     assert len(GANSPACE_NAMES) == 42
-    rows = edit_catalog(directions)
+    rows = edit_catalog(wplus_directions)
     by_set = {s: [r for r in rows if r["set"] == s] for s in ("interfacegan", "latent", "ganspace")}
     assert (len(by_set["interfacegan"]), len(by_set["latent"]), len(by_set["ganspace"])) == (2, 21, 42)
     assert [r["qualified"].split(".", 1)[1] for r in by_set["ganspace"]] == list(GANSPACE_NAMES)
     for name in ("lipstick", "face_roundness", "big_smile", "ganspace.smile", "latent.smile", "smile",
                  "interfacegan.age"):
-        assert parse_edit(f"{name}=+1", directions) == (name, 1.0)
-    assert directions["smile"].source == "interfacegan" and directions["ganspace.smile"].source == "ganspace"
-    assert directions["lipstick"] is directions["ganspace.lipstick"]
+        assert parse_edit(f"{name}=+1", wplus_directions) == (name, 1.0)
+    assert wplus_directions["smile"].source == "interfacegan" and wplus_directions["ganspace.smile"].source == "ganspace"
+    assert wplus_directions["lipstick"] is wplus_directions["ganspace.lipstick"]
     # every listed name is accepted by --edit
     for r in rows:
-        parse_edit(f"{r['name']}=-0.5", directions)
+        parse_edit(f"{r['name']}=-0.5", wplus_directions)
 
 
-def test_ganspace_edit_is_the_reference_get_delta(directions, store):
+def test_ganspace_edit_is_the_reference_get_delta(wplus_directions, demo_store):
     from safetensors.torch import load_file
 
     from pipelines.wplus.edits import apply_edits
 
-    folder = store.folder("wplus-directions")
+    folder = demo_store.folder("wplus-directions")
     pca = load_file(str(folder / "gan_space" / "ffhq_pca.safetensors"))
     table = {}
     for line in (folder / "gan_space" / "ganspace_configs.csv").read_text().splitlines():
@@ -239,24 +220,24 @@ def test_ganspace_edit_is_the_reference_get_delta(directions, store):
         coord = torch.sum((w - pca["mean"])[0] * comp) / std
         expected = torch.zeros(18, 512)
         expected[start:end] = ((strength - coord) * comp * std).repeat(end - start, 1)
-        out = apply_edits(w, [(name, strength)], directions)
+        out = apply_edits(w, [(name, strength)], wplus_directions)
         assert torch.allclose(out - w, expected, atol=1e-5), name
         if start == 0:  # the edit sets row 0's coordinate to the strength (unit components)
             assert abs(float(torch.sum((out - pca["mean"])[0] * comp) / std) - strength) < 1e-4
     # strength 0 is not "no edit" for GANSpace: it moves to the mean along the component
-    assert not torch.allclose(apply_edits(w, [("boyishness", 0.0)], directions), w)
+    assert not torch.allclose(apply_edits(w, [("boyishness", 0.0)], wplus_directions), w)
     # two edits are each computed from the unedited latent and added
-    both = apply_edits(w, [("lipstick", 2.0), ("age", 1.0)], directions)
-    assert torch.allclose(both - w, (apply_edits(w, [("lipstick", 2.0)], directions) - w)
-                          + (apply_edits(w, [("age", 1.0)], directions) - w), atol=1e-5)
+    both = apply_edits(w, [("lipstick", 2.0), ("age", 1.0)], wplus_directions)
+    assert torch.allclose(both - w, (apply_edits(w, [("lipstick", 2.0)], wplus_directions) - w)
+                          + (apply_edits(w, [("age", 1.0)], wplus_directions) - w), atol=1e-5)
 
 
-def test_unknown_edit_suggests_close_names(directions):
+def test_unknown_edit_suggests_close_names(wplus_directions):
     from pipelines.errors import BadInput
     from pipelines.wplus.edits import parse_edit
 
     with pytest.raises(BadInput, match=r"lipstick.*wplus edits"):
-        parse_edit("lipstik=1", directions)
+        parse_edit("lipstik=1", wplus_directions)
 
 
 def test_wplus_edits_command_lists_every_edit(tiny_models_dir, capsys):
@@ -307,14 +288,14 @@ def test_ui_edit_table_and_recipe_widgets():
     assert switch_method("wplus", edited, methods) == {"sampler": "euler", "negative": wplus["negative"]}
 
 
-def test_training_latents_are_prepared_like_inference(store, parser, face512):
+def test_training_latents_are_prepared_like_inference(demo_store, e4e, parser, face512):
     """train_wplus encodes whitened faces, as the method does at inference."""
-    from pipelines.wplus.e4e import encode_normalized, load_e4e
+    from pipelines.wplus.e4e import encode_normalized
     from pipelines.wplus.parsing import prepare_face
     from pipelines.wplus.train import _encode_wplus
 
-    w_train = _encode_wplus(store, [face512], "cpu")
-    encoder, avg = load_e4e(store.file_path("e4e-ffhq", "e4e_ffhq_encode.pt"))
+    w_train = _encode_wplus(demo_store, [face512], "cpu")
+    encoder, avg = e4e
     assert torch.allclose(w_train, encode_normalized(encoder, prepare_face(face512, parser).tensor, avg), atol=1e-5)
     assert not torch.allclose(w_train, encode_normalized(encoder, prepare_face(face512, None).tensor, avg),
                               atol=1e-4)
