@@ -137,7 +137,7 @@ class PortraitTab:
             fields = apply_preset(name, self.settings.profile, user_dir=user_presets_dir(self.settings))
         except LikenessError as exc:
             raise user_error(exc) from exc
-        out = ui_from_fields(fields, self.settings.demo, lora_names(self.settings), include_prompt=False)
+        out = ui_from_fields(fields, self.settings.profile, lora_names(self.settings), include_prompt=False)
         out["preset"] = name
         return self.updates(out)
 
@@ -160,9 +160,9 @@ class PortraitTab:
                 raise BadInput("preset name is empty: type a name such as my-look.")
             # the settings only: no photos are needed (or kept) for a preset
             fields = request_data({**by_key, "photos": None, "identity_card": None, "method": "none"},
-                                  self.settings.demo, user_dir)
+                                  self.settings.profile, user_dir)
             fields["method"] = by_key.get("method") or DEFAULT_METHOD
-            path = save_user_preset(user_dir, preset_from_request(name, name, fields, self.settings.demo))
+            path = save_user_preset(user_dir, preset_from_request(name, name, fields, self.settings.profile))
         except LikenessError as exc:
             raise user_error(exc) from exc
         cards = preset_cards(self.settings)
@@ -200,7 +200,7 @@ class PortraitTab:
         try:
             from pipelines.presets import user_presets_dir
 
-            req = request_from_ui(self.keyed(values), self.settings.demo, user_presets_dir(self.settings))
+            req = request_from_ui(self.keyed(values), self.settings.profile, user_presets_dir(self.settings))
         except LikenessError as exc:
             raise user_error(exc) from exc
         yield from self.run(req, request, progress)
@@ -232,10 +232,9 @@ class PortraitTab:
         w = self.w
         items = [(str(g.path), caption(g.recipe)) for g in result.images]
         lines = [f"**Done**: {len(result.images)} image(s) in {format_seconds(result.seconds)}."]
-        if self.settings.demo:
-            from pipelines.settings import DEMO_BANNER
-
-            lines[0] += f" ({DEMO_BANNER}.)"
+        notice = self.settings.profile.notice
+        if notice:
+            lines[0] += f" ({notice}.)"
         lines += [f"- left out **{Path(ex['file']).name}**: {hide_upload_paths(str(ex['reason']))}"
                   for ex in result.excluded]
         info = [f"- `{g.path.name}`: seed {g.seed}, {likeness_text(g.recipe)}" for g in result.images]
@@ -263,7 +262,7 @@ class PortraitTab:
         fields = dict(recipe.get("request") or {})
         if not fields:
             raise gr.Error("This image has no Likeness recipe to reuse.")
-        out = ui_from_fields(fields, self.settings.demo, lora_names(self.settings),
+        out = ui_from_fields(fields, self.settings.profile, lora_names(self.settings),
                              edit_names=self.w.extra.get("edit_names"))
         if identity_card is not None:
             out["identity_card"] = identity_card
