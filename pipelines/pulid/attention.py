@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import output, text_attention
+
 ORTHO_MODES = ("off", "v1", "v2")
 
 
@@ -66,54 +68,13 @@ class IDAttnProcessor(nn.Module):
             return self._plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         if ortho not in ORTHO_MODES:
             raise ValueError(f"ortho {ortho!r}: one of {', '.join(ORTHO_MODES)}")
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
-        )
+        batch_size = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape[0]
         if id_embedding.shape[0] != batch_size:
             raise ValueError(f"PuLID id_embedding has batch {id_embedding.shape[0]}, the UNet call {batch_size}")
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
-                                                       is_causal=False)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
-
-        hidden_states = hidden_states + self._id_branch(query, hidden_states, id_embedding, float(id_scale),
-                                                        int(num_zero), ortho, attn.heads, head_dim)
-
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        text = text_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        hidden = text.hidden + self._id_branch(text.query, text.hidden, id_embedding, float(id_scale),
+                                               int(num_zero), ortho, attn.heads, text.head_dim)
+        return output(attn, text, hidden)
 
     def _id_branch(self, query, text_hidden, id_embedding, scale, num_zero, ortho, heads, head_dim):
         """What the ID tokens add to the text attention's output (before to_out)."""

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import output, text_attention
 from ..errors import ModelError
 
 W_ROWS, W_DIM = 18, 512
@@ -92,57 +93,20 @@ class WPlusAttnProcessor(nn.Module):
         text_states, extra = encoder_hidden_states
         w_tokens = extra[0] if isinstance(extra, (list, tuple)) else extra
 
-        # --- the text cross-attention, exactly as diffusers' AttnProcessor2_0
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = text_states.shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if attn.norm_cross:
-            text_states = attn.norm_encoder_hidden_states(text_states)
-        key = attn.to_k(text_states)
-        value = attn.to_v(text_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        hidden_states = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
-
-        # --- the W+ branch: queries come from the text-attention output
+        # the text cross-attention, exactly as diffusers' AttnProcessor2_0 (pipelines/attention.py)
+        text = text_attention(attn, hidden_states, text_states, attention_mask, temb)
+        hidden = text.hidden
+        # the W+ branch: queries come from the text-attention output
         if self.scale != 0:
-            w = w_tokens.reshape(batch_size, -1, w_tokens.shape[-1]).to(hidden_states.dtype)
-            wq = self.to_q_wplus(hidden_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            batch_size, head_dim = text.batch_size, text.head_dim
+            w = w_tokens.reshape(batch_size, -1, w_tokens.shape[-1]).to(hidden.dtype)
+            wq = self.to_q_wplus(hidden).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             wk = self.to_k_wplus(w).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             wv = self.to_v_wplus(w).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             h_w = F.scaled_dot_product_attention(wq, wk, wv, dropout_p=0.0, is_causal=False)
-            h_w = h_w.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
-            hidden_states = hidden_states + self.scale * h_w
-
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+            h_w = h_w.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(text.query.dtype)
+            hidden = hidden + self.scale * h_w
+        return output(attn, text, hidden)
 
 
 # ------------------------------------------------------------------ layout
