@@ -34,15 +34,11 @@ def test_installed_version_is_one_pyproject_allows(package):
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_models_dir, tmp_path_factory):
+def pipe(make_settings):
     from pipelines.models.bases import load_base_pipeline
-    from pipelines.settings import load_settings
     from pipelines.stores import open_store
 
-    out = tmp_path_factory.mktemp("adapters")
-    settings = load_settings(models_dir=tiny_models_dir, outputs_dir=out, loras_dir=out / "loras",
-                             device="cpu", dtype="float32", demo=True)
-    return load_base_pipeline(open_store(settings), "sdxl-base", torch.float32)
+    return load_base_pipeline(open_store(make_settings("adapters")), "sdxl-base", torch.float32)
 
 
 def _unet_out(pipe):

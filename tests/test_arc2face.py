@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import fast_request
+from conftest import fast_request, generate_on_astronaut
 
 from pipelines.errors import BadInput
 from pipelines.requests import GenerateRequest
@@ -31,9 +31,7 @@ def pipe(engine):
 
 
 def gen(engine, photos_dir, **kw):
-    data = dict(FAST, photos=[str(photos_dir / "astronaut.png")])
-    data.update(kw)
-    res = engine.generate(GenerateRequest(**data))
+    res = generate_on_astronaut(engine, photos_dir, FAST, **kw)
     return [np.asarray(i.image).astype(np.int16) for i in res.images], res
 
 

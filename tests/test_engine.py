@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import fast_request
+from conftest import fast_request, generate_on_astronaut
 
 from pipelines.errors import BadInput, NoFaceFound
 from pipelines.requests import GenerateRequest
@@ -20,9 +20,7 @@ def engine(make_engine):
 
 
 def gen(engine, photos_dir, **kw):
-    data = dict(FAST, photos=[str(photos_dir / "astronaut.png")])
-    data.update(kw)
-    res = engine.generate(GenerateRequest(**data))
+    res = generate_on_astronaut(engine, photos_dir, FAST, **kw)
     return [np.asarray(i.image).astype(np.int16) for i in res.images], res
 
 

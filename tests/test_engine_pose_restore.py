@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import fast_request
+from conftest import fast_request, generate_on_astronaut
 from PIL import Image
 
 from pipelines.errors import BadInput
@@ -19,9 +19,7 @@ def engine(make_engine):
 
 
 def run(engine, photos_dir, **kw):
-    data = dict(FAST, photos=[str(photos_dir / "astronaut.png")])
-    data.update(kw)
-    res = engine.generate(GenerateRequest(**data))
+    res = generate_on_astronaut(engine, photos_dir, FAST, **kw)
     return np.asarray(res.images[0].image).astype(np.int16), res.images[0].recipe
 
 

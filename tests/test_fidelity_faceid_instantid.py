@@ -13,11 +13,12 @@ import math
 
 import numpy as np
 import pytest
+from conftest import fast_request
 from PIL import Image
 
 from pipelines.requests import GenerateRequest
 
-FAST = dict(steps=2, cfg=5.0, sampler="euler", prompt="a portrait", seed=3)
+FAST = fast_request(without=("width", "height"))  # the size follows the photo
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255)]
 
 
@@ -257,20 +258,11 @@ def test_without_a_size_instantid_uses_the_bucket_nearest_the_photo(engine, tall
     assert (res.images[0].recipe["width"], res.images[0].recipe["height"]) == demo_size(1024, 1024)
 
 
-def test_cut_face_warning_reaches_the_recipe_and_the_command_line(engine, photos_dir, capsys):
-    import argparse
-
-    from cli.generate import cmd_generate, register
-
+def test_cut_face_warning_reaches_the_recipe_and_the_command_line(engine, photos_dir, cli_generate):
     photo = str(photos_dir / "astronaut.png")
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(["generate", "--photo", photo, "--method", "instantid", "--prompt", "a portrait",
-                              "--steps", "1", "--width", "384", "--height", "64", "--seed", "3",
-                              "--out", str(engine.settings.outputs_dir / "cli")])
-    capsys.readouterr()
-    assert cmd_generate(args, engine.settings) == 0
-    err = capsys.readouterr().err
+    err = cli_generate(engine.settings, ["--photo", photo, "--method", "instantid", "--prompt", "a portrait",
+                                         "--steps", "1", "--width", "384", "--height", "64", "--seed", "3",
+                                         "--out", str(engine.settings.outputs_dir / "cli")])
     assert "warning: InstantID: the face" in err and "384x64" in err
     from pipelines.metadata import read_recipe
 

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -18,14 +17,9 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from conftest import free_port
 
 from pipelines.errors import Cancelled
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------ the allow-list alone
@@ -77,17 +71,15 @@ def test_served_file_allows_portraits_only(tmp_path, photos_dir):
 
 # ------------------------------------------------------------------ a real batch, served
 @pytest.fixture(scope="module")
-def batch_run(tiny_models_dir, photos_dir, tmp_path_factory):
+def batch_run(make_settings, photos_dir):
     """A one-item batch through the Batch tab's own code path (job file plus the
     photo uploaded beside it) with the tiny engine: writes a portrait, an
     identity card, the manifest and identities.json into the outputs folder."""
     from app.batch_tab import run_batch
     from app.jobs import CancelRegistry, EngineHolder
-    from pipelines.settings import load_settings
 
-    root = tmp_path_factory.mktemp("hostile")
-    settings = load_settings(models_dir=tiny_models_dir, loras_dir=root / "loras", outputs_dir=root / "outputs",
-                             device="cpu", dtype="float32", demo=True, accept_research_licenses=True)
+    settings = make_settings("hostile", accept_research_licenses=True)
+    root = settings.outputs_dir.parent  # holds outputs/ and loras/
     upload = root / "upload"
     upload.mkdir()
     shutil.copy(photos_dir / "astronaut.png", upload / "me.png")

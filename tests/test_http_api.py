@@ -6,31 +6,22 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import time
 
 import httpx
 import pytest
+from conftest import free_port
 
 AUTH = ("ann", "s3cret-pass")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_models_dir):
+def server(make_settings):
     from app.jobs import EngineHolder
     from app.security import resolve_launch
     from app.server import serve
-    from pipelines.settings import load_settings
 
-    d = tmp_path_factory.mktemp("api")
-    settings = load_settings(models_dir=tiny_models_dir, loras_dir=d / "loras", outputs_dir=d / "outputs",
-                             device="cpu", dtype="float32", demo=True, accept_research_licenses=True)
+    settings = make_settings("api", accept_research_licenses=True)
     cfg = resolve_launch(listen=True, port=free_port(), auth=f"{AUTH[0]}:{AUTH[1]}",
                          insecure_no_auth=False, share=False, environ={})
     demo, _, _ = serve(settings, cfg, block=False, holder=EngineHolder(settings))

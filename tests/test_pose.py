@@ -326,15 +326,10 @@ def test_committed_previews_match_the_templates(tmp_path):
 
 # ---- extraction ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def annotator_store(tiny_models_dir, tmp_path_factory):
-    from pipelines.settings import load_settings
+def annotator_store(make_settings):
     from pipelines.stores import open_store
 
-    d = tmp_path_factory.mktemp("pose-settings")
-    settings = load_settings(
-        models_dir=tiny_models_dir, loras_dir=d / "loras", outputs_dir=d / "out", device="cpu", dtype="float32", demo=True
-    )
-    return open_store(settings)
+    return open_store(make_settings("pose-settings"))
 
 
 @pytest.fixture(scope="module")

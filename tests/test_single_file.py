@@ -10,17 +10,11 @@ import hashlib
 
 import numpy as np
 import torch
+from conftest import fast_request
 
 from pipelines.requests import GenerateRequest
 
-REQ = {"prompt": "a portrait", "method": "none", "steps": 2, "width": 64, "height": 64, "seed": 3, "sampler": "euler"}
-
-
-def _settings(models_dir, out):
-    from pipelines.settings import load_settings
-
-    return load_settings(models_dir=models_dir, outputs_dir=out, loras_dir=out / "loras",
-                         device="cpu", dtype="float32", demo=True)
+REQ = fast_request(method="none")
 
 
 def _diffusers_state(folder):
@@ -29,7 +23,7 @@ def _diffusers_state(folder):
     return load_file(str(next(folder.glob("*.fp16.safetensors"))))
 
 
-def test_single_file_round_trips_through_diffusers_converters(tiny_models_dir, tmp_path):
+def test_single_file_round_trips_through_diffusers_converters(make_settings, tmp_path):
     """Every tensor of the LDM file converts back (with diffusers' own LDM->diffusers
     rules) to exactly the pack's diffusers tensor, and the file has the published
     top-level layout."""
@@ -42,7 +36,7 @@ def test_single_file_round_trips_through_diffusers_converters(tiny_models_dir, t
     from pipelines.stores import open_store
     from pipelines.tiny.single_file import write_sdxl_single_file
 
-    store = open_store(_settings(tiny_models_dir, tmp_path))
+    store = open_store(make_settings("single-file"))
     src = store.ensure("sdxl-base")
     ck = load_file(str(write_sdxl_single_file(src, tmp_path / "mine.safetensors")))
 
@@ -70,12 +64,12 @@ def test_single_file_round_trips_through_diffusers_converters(tiny_models_dir, t
          _diffusers_state(src / "text_encoder_2"))
 
 
-def test_registered_checkpoint_generates_like_the_diffusers_base(tmp_path):
+def test_registered_checkpoint_generates_like_the_diffusers_base(make_settings, tmp_path):
     from pipelines.engine import Engine
     from pipelines.stores import open_store
     from pipelines.tiny.single_file import write_sdxl_single_file
 
-    settings = _settings(tmp_path / "models", tmp_path / "out")
+    settings = make_settings("single-file-out", models_dir=tmp_path / "models")
     store = open_store(settings)
     path = write_sdxl_single_file(store.ensure("sdxl-base"), tmp_path / "user" / "myModelXL_v2.safetensors")
     name = store.register_checkpoint(path)
@@ -107,7 +101,7 @@ def test_registered_checkpoint_generates_like_the_diffusers_base(tmp_path):
     assert np.abs(c - a).mean() > 0.5
 
 
-def test_lora_trains_on_a_registered_checkpoint_without_the_sdxl_base(tiny_models_dir, photos_dir, tmp_path):
+def test_lora_trains_on_a_registered_checkpoint_without_the_sdxl_base(make_settings, photos_dir, tmp_path):
     """A LoRA trained on a user's single-file checkpoint needs only the SDXL
     configs beside it (`sdxl-base-config`), never the full `sdxl-base`, and its
     metadata names the checkpoint by name and content hash."""
@@ -117,10 +111,10 @@ def test_lora_trains_on_a_registered_checkpoint_without_the_sdxl_base(tiny_model
     from pipelines.stores import open_store
     from pipelines.tiny.single_file import write_sdxl_single_file
 
-    source = open_store(_settings(tiny_models_dir, tmp_path / "src")).ensure("sdxl-base")
+    source = open_store(make_settings("single-file-src")).ensure("sdxl-base")
     path = write_sdxl_single_file(source, tmp_path / "user" / "myModelXL.safetensors")
 
-    settings = _settings(tmp_path / "models", tmp_path / "out")  # a models folder without sdxl-base
+    settings = make_settings("single-file-out", models_dir=tmp_path / "models")  # a models folder without sdxl-base
     store = open_store(settings)
     name = store.register_checkpoint(path)
     asked: list[str] = []
