@@ -164,8 +164,6 @@ def two_person_conditioning(engine: EngineServices, pipe, method, cond, identity
                             width: int, height: int):
     """Turn person 1's `cond` into the two-person conditioning (FaceID Plus v2)."""
     import torch
-    from diffusers.image_processor import IPAdapterMaskProcessor
-    from PIL import Image
 
     proj = pipe.unet.encoder_hid_proj.image_projection_layers[0]
     clip_a = proj.clip_embeds
@@ -178,18 +176,9 @@ def two_person_conditioning(engine: EngineServices, pipe, method, cond, identity
     clip = torch.cat([clip_a, clip_b], dim=1)
     proj.clip_embeds = clip
     method._clip = clip  # what prepare_batch repeats for -n as one batched call
-    masks = layout.masks(width, height)[:2]
-    pil = [Image.fromarray((m * 255).astype(np.uint8), "L") for m in masks]
-    mask = IPAdapterMaskProcessor().preprocess(pil, height=height, width=width)  # [2, 1, H, W], 0/1
-    mask = mask.reshape(1, 2, height, width).to(engine.device)
     cond.call_kwargs["ip_adapter_image_embeds"] = [embeds]
-    cond.cross_attention_kwargs["ip_adapter_masks"] = [mask]
-    cond.recipe["people"] = {
-        "layout": layout.name,
-        "boxes": [[int(round(v * s)) for v, s in zip(p.box, (width, height, width, height))]
-                  for p in layout.people[:2]],
-        "identity_2": _identity_entry(engine, identity_b),
-    }
+    cond.cross_attention_kwargs["ip_adapter_masks"] = [_ip_masks(layout, engine, width, height)]
+    cond.recipe["people"] = _people_recipe(engine, layout, identity_b, width, height)
     return cond
 
 
@@ -225,19 +214,10 @@ class IdentityNetViews:
             self.views.append(view)
 
     def _tokens_hook(self, k: int):
-        def hook(module, args, kwargs):
-            import torch
+        from .identity.instantid import with_face_tokens
 
-            uncond, cond = self.state[k]["tokens"]
-            states = kwargs.get("encoder_hidden_states")
-            batch = states.shape[0] if states is not None else args[0].shape[0]
-            if uncond is not None and batch % 2 == 0:  # CFG: [uncond..., cond...]
-                half = batch // 2
-                tokens = torch.cat([uncond.expand(half, -1, -1), cond.expand(half, -1, -1)])
-            else:
-                tokens = cond.expand(batch, -1, -1)
-            kwargs["encoder_hidden_states"] = tokens.to(device=module.device, dtype=module.dtype)
-            return args, kwargs
+        def hook(module, args, kwargs):
+            return with_face_tokens(self.state[k]["tokens"], module, args, kwargs)
 
         return hook
 
@@ -296,13 +276,19 @@ def instantid_two_person(engine: EngineServices, pipe, method, cond, identity_a,
     cond.call_kwargs["ip_adapter_image_embeds"] = [torch.cat([emb_a, emb_b], dim=1)]
     cond.cross_attention_kwargs["ip_adapter_masks"] = [_ip_masks(layout, engine, width, height)]
     cond.recipe.pop("face_region", None)
-    cond.recipe["people"] = {
+    cond.recipe["people"] = _people_recipe(engine, layout, identity_b, width, height)
+    return cond
+
+
+def _people_recipe(engine: EngineServices, layout: Layout, identity_b, width: int, height: int) -> dict:
+    """What the recipe records of two people: the layout, each person's box in
+    pixels, and person 2's identity card."""
+    return {
         "layout": layout.name,
         "boxes": [[int(round(v * s)) for v, s in zip(p.box, (width, height, width, height))]
                   for p in layout.people[:2]],
         "identity_2": _identity_entry(engine, identity_b),
     }
-    return cond
 
 
 def _identity_entry(engine: EngineServices, identity) -> dict:

@@ -55,6 +55,26 @@ ADAPTER = "ip-adapter.bin"
 FIT_MARGIN = 0.9  # a face scaled down to fit keeps 5 % of the canvas free on each side
 
 
+def with_face_tokens(tokens, module, args, kwargs):
+    """IdentityNet's forward pre-hook: its text states swapped for the face tokens
+    `tokens` = (uncond or None, cond), matching the call's batch. With CFG the
+    batch is [uncond..., cond...]; in guess mode only the cond half is passed;
+    num_images_per_prompt multiplies both halves. Also the two-person views'
+    hook (pipelines/multi_person.py), each with its own person's tokens."""
+    import torch
+
+    states = kwargs.get("encoder_hidden_states")
+    batch = states.shape[0] if states is not None else args[0].shape[0]
+    uncond, cond = tokens
+    if batch % 2 == 0 and uncond is not None and batch >= 2:
+        half = batch // 2
+        tokens = torch.cat([uncond.expand(half, -1, -1), cond.expand(half, -1, -1)])
+    else:
+        tokens = cond.expand(batch, -1, -1)
+    kwargs["encoder_hidden_states"] = tokens.to(device=module.device, dtype=module.dtype)
+    return args, kwargs
+
+
 class InstantID(IdentityMethod):
     name = "instantid"
     label = title = "InstantID"
@@ -106,24 +126,10 @@ class InstantID(IdentityMethod):
 
     # ----------------------------------------------------------------- hooks
     def _inject_tokens(self, module, args, kwargs):
-        """Swap the ControlNet's text states for the face tokens, matching its batch.
-
-        With CFG the batch is [uncond..., cond...]; in guess mode only the cond half
-        is passed; num_images_per_prompt multiplies both halves."""
-        import torch
-
+        """Swap the ControlNet's text states for the face tokens (`with_face_tokens`)."""
         if self._tokens is None:
             return args, kwargs
-        states = kwargs.get("encoder_hidden_states")
-        batch = states.shape[0] if states is not None else args[0].shape[0]
-        uncond, cond = self._tokens
-        if batch % 2 == 0 and uncond is not None and batch >= 2:
-            half = batch // 2
-            tokens = torch.cat([uncond.expand(half, -1, -1), cond.expand(half, -1, -1)])
-        else:
-            tokens = cond.expand(batch, -1, -1)
-        kwargs["encoder_hidden_states"] = tokens.to(device=module.device, dtype=module.dtype)
-        return args, kwargs
+        return with_face_tokens(self._tokens, module, args, kwargs)
 
     def _mask_residuals(self, module, args, output):
         """With the face region on, IdentityNet's residuals outside the face are
