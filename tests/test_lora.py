@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from pipelines.errors import BadInput, Cancelled, UnsafePath
+from pipelines.profile import DEMO, REAL
 from pipelines.stores import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +133,7 @@ def test_dataset_reports_blur_tiny_unreadable_and_crops_upright(dirs, settings, 
     (tmp_path / "broken.jpg").write_bytes(b"not an image at all")
     trainer = LoraTrainer(settings, open_store(settings))
     with pytest.raises(BadInput) as exc:
-        trainer.prepare([tmp_path], DatasetOptions(demo=True))
+        trainer.prepare([tmp_path], DatasetOptions(profile=DEMO))
     msg = str(exc.value)
     assert "none of the 3 photos is usable" in msg
     assert "blurred.png: face is blurred: sharpness" in msg and "minimum 35" in msg
@@ -161,7 +162,7 @@ def test_resume_after_crash_and_cancel_equals_uninterrupted(trained, dirs, setti
     from pipelines.lora.train import LoraTrainer, TrainConfig
 
     trainer = LoraTrainer(settings, open_store(settings))
-    tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(demo=True))
+    tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(profile=DEMO))
     config = dict(name="again", steps=4, lr=0.01, checkpoint_every=2)
     events: list[dict] = []
 
@@ -220,7 +221,7 @@ def test_text_encoder_lora_trains_and_loads(dirs, settings, engine):
     from pipelines.lora.train import LoraTrainer, TrainConfig
 
     trainer = LoraTrainer(settings, open_store(settings))
-    tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(demo=True, framings=("close-up",)))
+    tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(profile=DEMO, framings=("close-up",)))
     result = trainer.train(tset, TrainConfig(name="te", steps=1, lr=0.01, text_encoder=True), progress=False)
     sd = tensors(result.path)
     assert any(k.startswith("lora_te1_text_model_encoder_layers_0_self_attn_q_proj") for k in sd)
@@ -451,8 +452,8 @@ def test_option_and_checkpoint_errors_are_clear(tmp_path):
         Checkpoints.load(broken)
     # FaceChain's schedule scaled by photo count; demo mode trains shorter
     assert [default_steps(n) for n in (1, 3, 10)] == [200, 600, 800]
-    assert default_steps(3, demo=True) == 30
-    plan = make_plan(TrainConfig(name="x"), photos=5, demo=False)
+    assert default_steps(3, DEMO) == 30
+    plan = make_plan(TrainConfig(name="x"), photos=5, profile=REAL)
     assert (plan.steps, plan.rank, plan.alpha, plan.lr, plan.checkpoint_every) == (800, 4, 32.0, 1.5e-4, 100)
 
 
@@ -466,7 +467,7 @@ def test_one_bad_photo_is_left_out_not_an_abort(dirs, settings, tmp_path):
     shutil.copy(dirs["photos"] / "astronaut.png", tmp_path / "astronaut.png")
     Image.new("RGB", (1, 1), (120, 90, 80)).save(tmp_path / "dot.png")
     Image.new("RGB", (30000, 10), (120, 90, 80)).save(tmp_path / "strip.png")
-    tset = LoraTrainer(settings, open_store(settings)).prepare([tmp_path], DatasetOptions(demo=True))
+    tset = LoraTrainer(settings, open_store(settings)).prepare([tmp_path], DatasetOptions(profile=DEMO))
     assert [Path(r.file).name for r in tset.used] == ["astronaut.png"]
     reasons = {Path(r.file).name: r.reason for r in tset.excluded}
     assert set(reasons) == {"dot.png", "strip.png"}
@@ -568,7 +569,7 @@ def test_disk_full_mid_run_keeps_the_last_checkpoint_and_resumes(dirs, tmp_path)
         settings = load_settings(models_dir=dirs["models"], loras_dir=disk, outputs_dir=dirs["outputs"],
                                  device="cpu", dtype="float32", demo=True)
         trainer = LoraTrainer(settings, open_store(settings))
-        tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(demo=True))
+        tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(profile=DEMO))
         config = dict(name="full", steps=6, lr=0.01, checkpoint_every=2)
         filler: list[Path] = []
         msg = _disk_full_run(trainer, tset, config, 3, lambda: filler.append(_fill(disk)))
@@ -593,7 +594,7 @@ def test_failed_checkpoint_or_lora_write_is_one_clear_line(dirs, settings, monke
     from pipelines.lora.train import LoraTrainer
 
     trainer = LoraTrainer(settings, open_store(settings))
-    tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(demo=True, framings=("close-up",)))
+    tset = trainer.prepare([dirs["photos"] / "astronaut.png"], DatasetOptions(profile=DEMO, framings=("close-up",)))
     save = Checkpoints.save
 
     def save_fails_at_4(self, step, *a, **kw):
@@ -633,6 +634,6 @@ def test_cancel_before_the_first_step_stops_between_phases(dirs, settings):
 
     with pytest.raises(Cancelled, match="after preparing the photos"):
         train_lora(settings, [dirs["photos"] / "astronaut.png"], TrainConfig(name="early", steps=2),
-                   DatasetOptions(demo=True), store=open_store(settings), callback=callback, cancel=cancel,
+                   DatasetOptions(profile=DEMO), store=open_store(settings), callback=callback, cancel=cancel,
                    progress=False)
     assert seen == ["dataset"] and not (dirs["loras"] / "early.safetensors").exists()

@@ -8,8 +8,8 @@ import pytest
 
 from pipelines import presets as P
 from pipelines.errors import BadInput
+from pipelines.profile import DEMO
 from pipelines.requests import GenerateRequest, validate_request
-from pipelines.samplers import demo_size
 
 
 def write(folder, name, **changes):
@@ -63,8 +63,8 @@ def test_subject_fills_placeholder_or_is_prepended(tmp_path):
 
 def test_demo_mode_shrinks_size_and_steps():
     p = P.get_preset("studio-headshot")
-    fields = P.load_preset("studio-headshot", demo=True)
-    assert (fields["width"], fields["height"]) == demo_size(*P.SIZE_BUCKETS[p.size])
+    fields = P.load_preset("studio-headshot", profile=DEMO)
+    assert (fields["width"], fields["height"]) == DEMO.size(*P.SIZE_BUCKETS[p.size])
     assert fields["steps"] == min(p.steps, P.DEMO_MAX_STEPS)
     full = P.load_preset("studio-headshot")
     assert (full["width"], full["height"]) == (896, 1152) and full["steps"] == p.steps
@@ -156,7 +156,7 @@ def test_generate_preset_fields_are_defaults_and_flags_override(demo_settings):
     preset = P.get_preset("cinematic-noir")
     assert req.prompt == preset.format_prompt("a tall man")
     assert req.method == "instantid" and req.sampler == preset.sampler and req.negative == preset.negative
-    assert (req.width, req.height) == demo_size(*P.SIZE_BUCKETS["cinema"])  # demo settings
+    assert (req.width, req.height) == DEMO.size(*P.SIZE_BUCKETS["cinema"])  # demo settings
     assert req.steps == 3 and req.cfg == 2.5  # explicit flags win
     # no --prompt needed with a preset; an unknown preset is a clear error
     assert "a person" in request_from_args(_generate_args(["--preset", "polaroid", "--photo", "a.jpg"]),
