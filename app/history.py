@@ -12,6 +12,7 @@ import gradio as gr
 
 from pipelines.errors import LikenessError
 from pipelines.metadata import RECIPE_KEY, png_settings, png_text_chunks, read_recipe
+from pipelines.profile import DEMO_NOTICE
 from pipelines.settings import Settings
 
 from .portrait import PortraitTab, user_error
@@ -78,7 +79,7 @@ def describe_recipe(path: Path, recipe: dict) -> str:
              f"CFG {recipe.get('cfg')}, {recipe.get('width')}×{recipe.get('height')}, sampler {recipe.get('sampler')}",
              f"- {likeness_text(recipe)}"]
     if recipe.get("demo"):
-        lines.append(f"- {recipe['demo'] if isinstance(recipe['demo'], str) else 'demo models: random weights'}")
+        lines.append(f"- {recipe['demo'] if isinstance(recipe['demo'], str) else DEMO_NOTICE}")
     return "\n".join(lines)
 
 

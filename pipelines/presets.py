@@ -298,9 +298,13 @@ def apply_preset(preset: str | Preset, profile: RunProfile | None = None, *, sub
 
     - command line (`generate --preset`): `--prompt` is the `subject`; the other
       options and `--speed` are `overrides`;
-    - web UI API (`/generate`) and the Portrait tab's preset click: `prompt` is the
-      `subject`, no overrides (the API lays its own fields over the result; the
-      tab fills its widgets with it and leaves the prompt box to the subject);
+    - web UI API (`/generate`): `prompt` is the `subject`, no overrides (it lays
+      its method, seed, count and changed fields over the result as they are:
+      it does not move the preset to another speed);
+    - Portrait tab: a preset click takes the fields without a subject to fill the
+      widgets (not the prompt box); Generate then takes only the `prompt`, with
+      the prompt box as the `subject`, and the rest from the widgets
+      (`app/requests_map.py::request_data`);
     - job files: no `subject`; the item's `prompt:` is an override that replaces
       the template (a job file states whole prompts), over `defaults:` and the
       item's `overrides:`, speed included.

@@ -27,7 +27,17 @@ templates), so `--dry-run` fails exactly where the run would.
 
 `load_job` is the one entry point: the web UI's dry run and run, and the
 command line's, all load a job through it with the settings' run profile, so
-they list the same items. The steps live in their own modules:
+they list the same items. The order of a load:
+
+1. read the file, bounded (size, regular file, no anchors, depth) and parse it;
+2. refuse a key given twice, then validate the schema;
+3. check identity names (they become parts of file names);
+4. a job from the web UI: replace uploaded photo and card names by their files;
+5. resolve each identity's files and hash their contents (the item ids use it);
+6. expand the items, each merged with its preset and validated as a request.
+
+Nothing is written, and every error names the file, the line and the key. The
+steps live in their own modules:
 
     jobspec.py    the schema (`JobSpec`) and the resolved job (`Job`, `BatchItem`)
     jobread.py    bounded, untrusting reading; errors naming the key and the line
