@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
 
@@ -91,6 +91,7 @@ class GeneratedImage:
     recipe: dict
 
 
+@runtime_checkable
 class EngineServices(Protocol):
     """What the engine's steps use of the engine that runs them; `Engine` provides
     each member, and a step is given the engine as this and nothing more.

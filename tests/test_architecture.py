@@ -361,11 +361,53 @@ def test_the_engine_sits_above_its_steps_and_speed_above_the_methods():
                     todo.append(dst)
         return seen
 
-    steps = ("finishing", "upscale", "detail", "templates", "imageloop", "multi_person", "bundles")
-    for step in steps:
+    for step in (*ENGINE_STEPS, "bundles"):
         assert "pipelines.engine" not in reach(f"pipelines.{step}"), step
     for method in ("faceid", "instantid", "wplus", "arc2face", "pulid"):
         assert "pipelines.speed" not in reach(f"pipelines.identity.{method}"), method
+
+
+ENGINE_STEPS = ("finishing", "upscale", "detail", "templates", "imageloop", "multi_person")
+
+
+def _engine_services() -> set[str]:
+    from pipelines.types import EngineServices
+
+    return set(EngineServices.__annotations__) | {
+        n for n, v in vars(EngineServices).items() if callable(v) and not n.startswith("_")}
+
+
+def test_the_steps_use_only_what_engine_services_declares():
+    """A step reads the engine it is given (`engine`, `self.engine`, `ctx.engine`) only
+    through the members of `EngineServices`, and writes none of them."""
+    members = _engine_services()
+    bad = []
+    for step in ENGINE_STEPS:
+        path = REPO / "pipelines" / f"{step}.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Attribute):
+                continue
+            holder = node.value
+            is_engine = (isinstance(holder, ast.Name) and holder.id == "engine") or (
+                isinstance(holder, ast.Attribute) and holder.attr == "engine")
+            if is_engine and (node.attr not in members or isinstance(node.ctx, ast.Store)):
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno} engine.{node.attr}")
+    assert bad == []
+
+
+def test_the_engine_provides_engine_services(tmp_path):
+    from pipelines.engine import Engine
+    from pipelines.settings import load_settings
+    from pipelines.types import EngineServices
+
+    engine = Engine(load_settings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out",
+                                  loras_dir=tmp_path / "loras", device="cpu", dtype="float32"))
+    assert isinstance(engine, EngineServices)
+    assert all(hasattr(engine, m) for m in _engine_services())
+    built = []
+    first = engine.resident("kind", "key", lambda: built.append(1) or object())
+    assert engine.resident("kind", "key", object) is first and built == [1]  # kept
+    assert engine.resident("kind", "key", object, fits=lambda kept: False) is not first  # rebuilt
 
 
 def test_the_contract_checker_finds_every_kind_of_import(tmp_path):
