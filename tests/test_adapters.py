@@ -113,3 +113,46 @@ def test_an_empty_peft_config_is_dropped():
     m.peft_config = {"x": object()}
     drop_empty_peft_config(m)
     assert m.peft_config and m._hf_peft_config_loaded is False
+
+
+def test_repeated_adapter_weights_skip_the_module_walk_but_changes_apply(pipe, monkeypatch):
+    """`set_adapter_weights` skips a call that repeats the last one (set_adapters
+    walks every module), and applies again after a weight change, a reload under
+    the same name, or `deactivate_all`."""
+    from peft import LoraConfig
+
+    unet = pipe.unet
+    before = _unet_out(pipe)
+    calls = []
+    real = type(pipe).set_adapters
+    monkeypatch.setattr(type(pipe), "set_adapters", lambda self, *a, **k: (calls.append(a[0]), real(self, *a, **k)))
+
+    def add(name):
+        unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"], init_lora_weights="gaussian"),
+                         adapter_name=name)
+        for module in unet.modules():
+            if hasattr(module, "lora_B") and name in module.lora_B:
+                torch.nn.init.normal_(module.lora_B[name].weight, std=0.5)
+
+    add("s")
+    set_adapter_weights(pipe, {"s": 0.5})
+    out = _unet_out(pipe)
+    set_adapter_weights(pipe, {"s": 0.5})
+    assert len(calls) == 1  # the repeat changed nothing and was skipped
+    set_adapter_weights(pipe, {"s": 0.0})
+    assert len(calls) == 2 and torch.allclose(_unet_out(pipe), before, atol=1e-6)
+    set_adapter_weights(pipe, {"s": 0.5})
+    assert len(calls) == 3 and torch.allclose(_unet_out(pipe), out)
+
+    # deleted and loaded again under the same name: peft activates it at weight 1
+    unet.delete_adapters(["s"])  # behind the helper's back, as a library call may do
+    add("s")
+    assert adapter_weight(unet, "s") == pytest.approx(1.0)
+    set_adapter_weights(pipe, {"s": 0.5})
+    assert len(calls) == 4 and adapter_weight(unet, "s") == pytest.approx(0.5)
+
+    deactivate_all([unet])
+    set_adapter_weights(pipe, {"s": 0.5})  # active again, not skipped
+    assert len(calls) == 5 and not torch.allclose(_unet_out(pipe), before)
+    delete_adapter([unet], "s")
+    assert torch.allclose(_unet_out(pipe), before, atol=1e-6)
