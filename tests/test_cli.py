@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,12 +86,6 @@ def test_generate_writes_pngs_and_no_face_exits_2(tiny_models_dir, photos_dir, t
     assert r.returncode == 2 and "steps" in r.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listen_addresses(port: int) -> set[str]:
     addrs = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -109,7 +103,7 @@ def _listen_addresses(port: int) -> set[str]:
 
 
 def test_demo_ui_serves_on_loopback_only(tiny_models_dir, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_NAME": "0.0.0.0"}
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "launch.py"), "--demo", "--models-dir", str(tiny_models_dir),
@@ -130,11 +124,7 @@ def test_demo_ui_serves_on_loopback_only(tiny_models_dir, tmp_path):
         assert "Likeness" in html or "gradio" in html.lower()
         assert _listen_addresses(port) == {"0100007F"}  # 127.0.0.1 only, despite GRADIO_SERVER_NAME
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def test_listen_without_auth_is_refused():

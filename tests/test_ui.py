@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 from pipelines.errors import BadInput, Cancelled
 from pipelines.requests import GenerateRequest
@@ -24,12 +24,6 @@ from pipelines.samplers import demo_size
 from pipelines.settings import DEMO_BANNER
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------ request mapping
@@ -322,15 +316,13 @@ def test_models_tab_requires_licence_acceptance(tmp_path):
 
 # ------------------------------------------------------------------ the running server
 @pytest.fixture(scope="module")
-def server(tiny_models_dir, photos_dir, tmp_path_factory):
+def server(make_settings, photos_dir):
     from app.jobs import EngineHolder
     from app.security import resolve_launch
     from app.server import serve
-    from pipelines.settings import load_settings
 
-    root = tmp_path_factory.mktemp("ui")
-    settings = load_settings(models_dir=tiny_models_dir, loras_dir=root / "loras", outputs_dir=root / "outputs",
-                             device="cpu", dtype="float32", demo=True, accept_research_licenses=True)
+    settings = make_settings("ui", accept_research_licenses=True)
+    root = settings.outputs_dir.parent  # holds outputs/ and loras/
     (root / "loras").mkdir()
     (root / "loras" / "style.safetensors").write_bytes(b"secret lora")
     (root / ".env").write_text("TOKEN=secret\n")
