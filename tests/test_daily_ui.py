@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import chromium_page, demo_ui_process, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,23 +69,15 @@ def test_cli_generate_prints_step_progress(tiny_models_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_models_dir):
-    import socket
-
+def served(make_settings):
     from app.jobs import EngineHolder
     from app.security import resolve_launch
     from app.server import serve
-    from pipelines.settings import load_settings
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    d = tmp_path_factory.mktemp("daily")
-    settings = load_settings(models_dir=tiny_models_dir, loras_dir=d / "loras", outputs_dir=d / "outputs",
-                             device="cpu", dtype="float32", demo=True, accept_research_licenses=True)
-    (d / "loras" / "people").mkdir(parents=True)
-    (d / "loras" / "people" / "me.safetensors").write_bytes(b"x")
-    cfg = resolve_launch(listen=False, port=port, auth=None, insecure_no_auth=False, share=False, environ={})
+    settings = make_settings("daily", accept_research_licenses=True)
+    (settings.loras_dir / "people").mkdir(parents=True)
+    (settings.loras_dir / "people" / "me.safetensors").write_bytes(b"x")
+    cfg = resolve_launch(listen=False, port=free_port(), auth=None, insecure_no_auth=False, share=False, environ={})
     demo, url, _ = serve(settings, cfg, block=False, holder=EngineHolder(settings))
     try:
         yield settings, url
@@ -233,30 +226,14 @@ def test_dropped_png_fills_settings_from_likeness_or_a1111_and_names_the_upload(
 
 @pytest.fixture()
 def ui_url(tiny_models_dir, tmp_path):
-    import socket
     import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "LIKENESS_DEMO": "1", "LIKENESS_MODELS_DIR": str(tiny_models_dir),
-           "LIKENESS_OUTPUTS_DIR": str(tmp_path / "outputs"), "LIKENESS_LORAS_DIR": str(tmp_path / "loras"),
-           "LIKENESS_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "ui", "--port", str(port), "--no-browser"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with demo_ui_process(tiny_models_dir, tmp_path, stdout=subprocess.PIPE) as (proc, port):
         line = proc.stdout.readline()  # the UI prints its URL once it listens
         assert line.startswith(f"Likeness web UI: http://127.0.0.1:{port}/"), (line, proc.stderr.read()[-2000:]
                                                                                if proc.poll() is not None else "")
         time.sleep(0.5)
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.browser
@@ -266,60 +243,53 @@ def test_daily_loop_in_chromium(ui_url, photos_dir, tmp_path):
     without a refresh; dropping that PNG on History restores its settings."""
     import urllib.request
 
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from pipelines.metadata import read_recipe
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(ui_url)
-            expect(page.locator("#demo-banner")).to_have_count(1)
-            expect(page.locator("#cancel")).to_be_disabled()
-            page.set_input_files("#photos input[type=file]", str(photos_dir / "astronaut.png"))
-            expect(page.locator("#face-crops img")).to_have_count(1, timeout=90_000)
-            page.locator("#preset-gallery button.thumbnail-item", has_text="Charcoal sketch").first.click()
-            expect(page.locator("#cancel")).to_be_enabled(timeout=10_000)
-            result = page.locator("#results img").first
-            expect(result).to_be_visible(timeout=150_000)
-            expect(page.locator("#status")).to_contain_text("Done")
-            box = result.bounding_box()  # where it is in the viewport now, with no scroll after the click
-            assert box is not None and 0 <= box["y"] and box["y"] + box["height"] / 2 <= 900, box
-            expect(page.locator("#cancel")).to_be_disabled()
-            src = result.get_attribute("src")
-            dropped = tmp_path / "dropped.png"
-            with urllib.request.urlopen(src, timeout=30) as r:
-                dropped.write_bytes(r.read())
+    with chromium_page(ui_url, height=900) as page:
+        expect(page.locator("#demo-banner")).to_have_count(1)
+        expect(page.locator("#cancel")).to_be_disabled()
+        page.set_input_files("#photos input[type=file]", str(photos_dir / "astronaut.png"))
+        expect(page.locator("#face-crops img")).to_have_count(1, timeout=90_000)
+        page.locator("#preset-gallery button.thumbnail-item", has_text="Charcoal sketch").first.click()
+        expect(page.locator("#cancel")).to_be_enabled(timeout=10_000)
+        result = page.locator("#results img").first
+        expect(result).to_be_visible(timeout=150_000)
+        expect(page.locator("#status")).to_contain_text("Done")
+        box = result.bounding_box()  # where it is in the viewport now, with no scroll after the click
+        assert box is not None and 0 <= box["y"] and box["y"] + box["height"] / 2 <= 900, box
+        expect(page.locator("#cancel")).to_be_disabled()
+        src = result.get_attribute("src")
+        dropped = tmp_path / "dropped.png"
+        with urllib.request.urlopen(src, timeout=30) as r:
+            dropped.write_bytes(r.read())
 
-            page.get_by_role("tab", name="History").click()
-            expect(page.locator("#history img")).to_have_count(1, timeout=20_000)  # no Refresh click
-            # captioned with the prompt and the likeness (random weights rarely make a face)
-            expect(page.locator("#history")).to_contain_text(
-                __import__("re").compile(r"expressive charcoal sketch portrait.*· (likeness \d\.\d\d|no face found)"))
+        page.get_by_role("tab", name="History").click()
+        expect(page.locator("#history img")).to_have_count(1, timeout=20_000)  # no Refresh click
+        # captioned with the prompt and the likeness (random weights rarely make a face)
+        expect(page.locator("#history")).to_contain_text(
+            __import__("re").compile(r"expressive charcoal sketch portrait.*· (likeness \d\.\d\d|no face found)"))
 
-            page.get_by_role("tab", name="Portrait").click()
-            page.locator("#prompt textarea").fill("something else")
-            page.get_by_role("tab", name="History").click()
-            page.set_input_files("#history-drop input[type=file]", str(dropped))
-            expect(page.locator("#prompt textarea")).to_have_value(
-                __import__("re").compile(r"^expressive charcoal sketch portrait"), timeout=20_000)
-            expect(page.locator("#prompt textarea")).to_be_visible()  # the Portrait tab is shown again
+        page.get_by_role("tab", name="Portrait").click()
+        page.locator("#prompt textarea").fill("something else")
+        page.get_by_role("tab", name="History").click()
+        page.set_input_files("#history-drop input[type=file]", str(dropped))
+        expect(page.locator("#prompt textarea")).to_have_value(
+            __import__("re").compile(r"^expressive charcoal sketch portrait"), timeout=20_000)
+        expect(page.locator("#prompt textarea")).to_be_visible()  # the Portrait tab is shown again
 
-            # save these settings as my preset; its card is offered and one click generates with it
-            page.locator("#save-preset-name textarea, #save-preset-name input").first.fill("my-look")
-            page.locator("#save-preset").click()
-            card = page.locator("#preset-gallery button.thumbnail-item", has_text="my-look (yours)")
-            expect(card).to_have_count(1, timeout=20_000)
-            page.locator("#prompt textarea").fill("a man")  # with a preset, the prompt box names the person
-            card.first.click()
-            expect(page.locator("#preset input")).to_have_value("my-look (yours)", timeout=20_000)
-            expect(page.locator("#cancel")).to_be_enabled(timeout=10_000)  # the second generation runs
-            expect(page.locator("#cancel")).to_be_disabled(timeout=150_000)
-            assert "Done" in page.locator("#status").inner_text(), page.locator("#status").inner_text()
-        finally:
-            browser.close()
+        # save these settings as my preset; its card is offered and one click generates with it
+        page.locator("#save-preset-name textarea, #save-preset-name input").first.fill("my-look")
+        page.locator("#save-preset").click()
+        card = page.locator("#preset-gallery button.thumbnail-item", has_text="my-look (yours)")
+        expect(card).to_have_count(1, timeout=20_000)
+        page.locator("#prompt textarea").fill("a man")  # with a preset, the prompt box names the person
+        card.first.click()
+        expect(page.locator("#preset input")).to_have_value("my-look (yours)", timeout=20_000)
+        expect(page.locator("#cancel")).to_be_enabled(timeout=10_000)  # the second generation runs
+        expect(page.locator("#cancel")).to_be_disabled(timeout=150_000)
+        assert "Done" in page.locator("#status").inner_text(), page.locator("#status").inner_text()
     saved = tmp_path / "presets" / "my-look.json"
     assert saved.is_file()
     kept = __import__("json").loads(saved.read_text())

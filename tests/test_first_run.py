@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from conftest import chromium_page, free_port
 
 from cli.main import build_parser, run
 from pipelines import bundles
@@ -21,7 +22,6 @@ from pipelines.models.catalog import Catalog, load_catalog
 from pipelines.settings import load_settings
 from pipelines.stores import open_store
 from tests.fakehub import FakeHub
-from tests.test_browser import ui_server  # noqa: F401  (the demo UI server fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 HINT = re.compile(r"`((?:python )?launch\.py [^`]+)`")
@@ -271,34 +271,26 @@ def test_photo_upload_without_models_names_the_models_not_the_photo(tmp_path, ph
 
 # ---- 4. training in the UI ends in success, with its preview -------------------------------------
 @pytest.mark.browser
-def test_ui_training_shows_success_and_its_preview(ui_server, photos_dir):  # noqa: F811 (the fixture)
+def test_ui_training_shows_success_and_its_preview(ui_server, photos_dir):
     """The real trainer (demo models, 2 steps) through the web UI in chromium: the
     status says trained, no error toast, and the preview (written beside the LoRA,
     a folder that is never served) shows as an image the browser can fetch."""
     import urllib.request
 
-    from playwright.sync_api import expect, sync_playwright
-
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import expect
 
     url, _ = ui_server
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1600})
-            page.goto(url)
-            page.get_by_role("tab", name="Train").click()
-            page.set_input_files("#train-photos input[type=file]", str(photos_dir / "astronaut.png"))
-            page.locator("#train-name textarea, #train-name input").first.fill("me")
-            page.get_by_label("Steps (0 = 200 per photo, at most 800)").fill("2")
-            page.locator("#train-start").click()
-            expect(page.locator("#train-status")).to_contain_text("Trained", timeout=240_000)
-            img = page.locator("#train-preview img")
-            expect(img).to_be_visible(timeout=30_000)
-            assert page.locator(".toast-body.error").count() == 0
-            src = img.get_attribute("src")
-        finally:
-            browser.close()
+    with chromium_page(url) as page:
+        page.get_by_role("tab", name="Train").click()
+        page.set_input_files("#train-photos input[type=file]", str(photos_dir / "astronaut.png"))
+        page.locator("#train-name textarea, #train-name input").first.fill("me")
+        page.get_by_label("Steps (0 = 200 per photo, at most 800)").fill("2")
+        page.locator("#train-start").click()
+        expect(page.locator("#train-status")).to_contain_text("Trained", timeout=240_000)
+        img = page.locator("#train-preview img")
+        expect(img).to_be_visible(timeout=30_000)
+        assert page.locator(".toast-body.error").count() == 0
+        src = img.get_attribute("src")
     assert "/loras/" not in src
     with urllib.request.urlopen(src, timeout=30) as r:
         assert r.status == 200 and r.read()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -515,8 +507,6 @@ def first_run_server(tmp_path, monkeypatch, request):
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache))
         settings = real_settings(tmp_path)
-        from tests.test_browser import free_port
-
         cfg = resolve_launch(listen=False, port=free_port(), auth=None, insecure_no_auth=False, share=False,
                              environ={})
         demo, url, _ = serve(settings, cfg, block=False, holder=EngineHolder(settings))
@@ -529,49 +519,41 @@ def first_run_server(tmp_path, monkeypatch, request):
 @pytest.mark.browser
 @pytest.mark.parametrize("first_run_server", [False, True], ids=["fake-hub", "fake-hf-cache"], indirect=True)
 def test_first_run_card_downloads_the_bundle_then_generation_works(first_run_server, photos_dir):
-    from playwright.sync_api import expect, sync_playwright
-
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import expect
 
     url, hub, settings = first_run_server
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.goto(url)
-            card = page.locator("#first-run").first
-            expect(card).to_be_visible(timeout=30_000)  # before any upload
-            for name in FACEID_BUNDLE:
-                expect(page.locator("#first-run-info")).to_contain_text(name)
-            expect(page.locator("#first-run-info")).to_contain_text("Total")
-            expect(page.locator("#first-run-info")).to_contain_text("research / non-commercial only")
-            gallery = page.locator("#preset-gallery")  # each preset card says what it would still download
-            expect(gallery).to_contain_text("Charcoal sketch — downloads", timeout=30_000)
-            page.locator("#first-run-download").click()  # not accepted yet: refused, nothing fetched
-            expect(page.locator(".toast-body").first).to_contain_text("accept", timeout=10_000)
-            assert not [r for r in hub.requests if r.method == "GET"]
-            page.locator("#first-run-accept input").check()
-            page.locator("#first-run-download").click()
-            expect(page.locator("#first-run-done")).to_contain_text("Models ready", timeout=120_000)
-            total = page.locator("#first-run-progress .fr-total-bar")
-            assert total.get_attribute("value") == total.get_attribute("max") != "0"
-            expect(page.locator("#first-run-progress")).to_contain_text("100%")
-            expect(card).to_be_hidden()
-            expect(gallery).not_to_contain_text("Charcoal sketch — downloads")  # a faceid preset: all here now
-            expect(gallery).to_contain_text("Corporate portrait — downloads")  # it also needs the pose ControlNet
-            # then a portrait, in the same server, without a restart
-            page.set_input_files("#photos input[type=file]", str(photos_dir / "astronaut.png"))
-            expect(page.locator("#face-crops img")).to_have_count(1, timeout=60_000)
-            page.locator("#advanced").click()
-            page.locator("#steps input[type=number]").fill("2")
-            page.locator("#size input").fill("128x128")
-            page.locator("#size input").press("Enter")
-            page.locator("#prompt textarea").fill("studio portrait")
-            page.locator("#generate").click()
-            expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
-            expect(page.locator("#results img").first).to_be_visible()
-        finally:
-            browser.close()
+    with chromium_page(url, height=1800) as page:
+        card = page.locator("#first-run").first
+        expect(card).to_be_visible(timeout=30_000)  # before any upload
+        for name in FACEID_BUNDLE:
+            expect(page.locator("#first-run-info")).to_contain_text(name)
+        expect(page.locator("#first-run-info")).to_contain_text("Total")
+        expect(page.locator("#first-run-info")).to_contain_text("research / non-commercial only")
+        gallery = page.locator("#preset-gallery")  # each preset card says what it would still download
+        expect(gallery).to_contain_text("Charcoal sketch — downloads", timeout=30_000)
+        page.locator("#first-run-download").click()  # not accepted yet: refused, nothing fetched
+        expect(page.locator(".toast-body").first).to_contain_text("accept", timeout=10_000)
+        assert not [r for r in hub.requests if r.method == "GET"]
+        page.locator("#first-run-accept input").check()
+        page.locator("#first-run-download").click()
+        expect(page.locator("#first-run-done")).to_contain_text("Models ready", timeout=120_000)
+        total = page.locator("#first-run-progress .fr-total-bar")
+        assert total.get_attribute("value") == total.get_attribute("max") != "0"
+        expect(page.locator("#first-run-progress")).to_contain_text("100%")
+        expect(card).to_be_hidden()
+        expect(gallery).not_to_contain_text("Charcoal sketch — downloads")  # a faceid preset: all here now
+        expect(gallery).to_contain_text("Corporate portrait — downloads")  # it also needs the pose ControlNet
+        # then a portrait, in the same server, without a restart
+        page.set_input_files("#photos input[type=file]", str(photos_dir / "astronaut.png"))
+        expect(page.locator("#face-crops img")).to_have_count(1, timeout=60_000)
+        page.locator("#advanced").click()
+        page.locator("#steps input[type=number]").fill("2")
+        page.locator("#size input").fill("128x128")
+        page.locator("#size input").press("Enter")
+        page.locator("#prompt textarea").fill("studio portrait")
+        page.locator("#generate").click()
+        expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
+        expect(page.locator("#results img").first).to_be_visible()
     base_gets = [r for r in hub.requests if r.method == "GET" and "stable-diffusion-xl" in r.path]
     store = open_store(settings)
     assert all(store.status(n).verified for n in FACEID_BUNDLE)
