@@ -1,4 +1,12 @@
-"""User LoRAs on the resident pipeline: find, check, load once, activate.
+"""User LoRAs on the resident pipeline: load once, activate the requested ones.
+
+The manager's parts:
+- `files.py`: which file a LoRA name means (loras/, its subfolders, other apps'
+  folders) and what a name may be;
+- `compatibility.py`: whether a file fits the pipeline, checked before loading;
+- `adapters.py`: the peft/diffusers internals that switch and remove adapters;
+- here: `LoraManager`, the bookkeeping of what is loaded into which pipeline
+  and what is active.
 
 Invariants:
 - Only `<loras_dir>/<name>.safetensors` (or `<loras_dir>/<folder>/<name>.safetensors`,
@@ -14,8 +22,8 @@ Invariants:
 - An identity method's own adapter (FaceID's `faceid_0`) stays active; the
   manager keeps the active user LoRAs' weights per pipeline (`active_weights`)
   and the engine hands them to the method (`IdentityMethod.refresh_adapters`).
-- The peft/diffusers internals used to switch and remove adapters live in
-  `lora/adapters.py`.
+
+Every name of `files.py` and `compatibility.py` is importable from here as before.
 """
 
 from __future__ import annotations
@@ -30,11 +38,40 @@ from pathlib import Path
 
 from ..errors import BadInput, ModelError
 from ..models.hashing import file_problem, sha256_file
-from ..paths import check_name, confine
 from . import kohya
 from .adapters import adapter_weight, deactivate_all, delete_adapter, peft_adapters, set_adapter_weights
+from .compatibility import (
+    TEXT_PARTS,
+    SplitLora,
+    _base_layer,
+    _components,
+    _shape_problem,
+    _text_modules,
+    _unet_peft_keys,
+    compatibility_problem,
+    nonfinite_tensor,
+    split_lora,
+)
+from .files import (
+    MAX_LORA_DEPTH,
+    PICKLE_SUFFIXES,
+    _in_subfolders,
+    external_loras,
+    find_lora,
+    list_loras,
+    lora_path,
+    normalize_name,
+    normalize_ref,
+    user_lora_names,
+)
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+__all__ = [
+    "ADAPTER_PREFIX", "MAX_LORA_DEPTH", "PICKLE_SUFFIXES", "TEXT_PARTS", "AppliedLoras", "LoraManager", "SplitLora",
+    "_base_layer", "_components", "_current_weight", "_in_subfolders", "_shape_problem", "_text_modules",
+    "_unet_peft_keys", "adapter_name", "compatibility_problem", "external_loras", "find_lora", "list_loras",
+    "lora_path", "nonfinite_tensor", "normalize_name", "normalize_ref", "split_lora", "user_lora_names",
+]
+
 ADAPTER_PREFIX = "user_"
 
 
@@ -62,261 +99,6 @@ def adapter_name(name: str) -> str:
     if safe != name:  # keep distinct names distinct ("a.b" vs "a_b")
         safe += "_" + hashlib.sha256(name.encode()).hexdigest()[:6]
     return ADAPTER_PREFIX + safe
-
-
-def normalize_name(name: str, field: str = "LoRA name") -> str:
-    """`name` as a LoRA name: a safe single path component, without `.safetensors`.
-    Pickle suffixes are refused here already."""
-    if isinstance(name, str):
-        for suffix in PICKLE_SUFFIXES:
-            if name.lower().endswith(suffix):
-                raise BadInput(
-                    f"{field} {name!r} is an unsafe pickle (it can run code when loaded); "
-                    "only .safetensors LoRAs are accepted: convert it to .safetensors first."
-                )
-        if name.lower().endswith(".safetensors"):
-            name = name[: -len(".safetensors")]
-    return check_name(name, field)
-
-
-MAX_LORA_DEPTH = 4  # folders below loras/ searched for LoRAs
-
-
-def normalize_ref(name: str, field: str = "LoRA name") -> str:
-    """A reference to a LoRA: `NAME` or `FOLDER/NAME` (a file in a subfolder of
-    loras/, as A1111 and ComfyUI keep them), each part a safe path component."""
-    if isinstance(name, str) and "/" in name.strip("/"):
-        parts = name.strip("/").split("/")
-        if len(parts) > MAX_LORA_DEPTH + 1:
-            raise BadInput(f"{field} {name!r} is nested more than {MAX_LORA_DEPTH} folders deep.")
-        return "/".join([check_name(x, field) for x in parts[:-1]] + [normalize_name(parts[-1], field)])
-    return normalize_name(name, field)
-
-
-def _in_subfolders(root: Path, name: str) -> list[Path]:
-    """`<root>/**/<name>.safetensors` (not hidden, at most MAX_LORA_DEPTH deep),
-    each confined to `root` (a symlinked folder pointing elsewhere is skipped)."""
-    found = []
-    for rel in list_loras(root):
-        if "/" in rel and rel.rsplit("/", 1)[1] == name:
-            found.append(confine(root, f"{rel}.safetensors", "LoRA name"))
-    return found
-
-
-def lora_path(loras_dir: Path | str, name: str) -> Path:
-    """The file of LoRA `name`: `<loras_dir>/<name>.safetensors`, or a subfolder's
-    `<name>.safetensors` when exactly one holds it (`<lora:name:w>` names only the
-    file, as in A1111), confined to `loras_dir`. Raises `BadInput` when it is
-    missing, ambiguous or only a pickle exists."""
-    name = normalize_ref(name)
-    root = Path(loras_dir)
-    path = confine(root, f"{name}.safetensors", "LoRA name")
-    if path.is_file():
-        return path
-    if "/" not in name:
-        found = _in_subfolders(root, name)
-        if len(found) == 1:
-            return found[0]
-        if found:
-            rels = ", ".join(sorted(p.relative_to(root.resolve()).with_suffix("").as_posix() for p in found))
-            raise BadInput(f"LoRA {name!r} is in several folders ({rels}); name one with FOLDER/NAME.")
-    for suffix in PICKLE_SUFFIXES:
-        other = confine(root, f"{name}{suffix}", "LoRA name")
-        if other.exists():
-            raise BadInput(
-                f"LoRA {other} is an unsafe pickle ({suffix}); only .safetensors LoRAs are loaded: "
-                "convert it to .safetensors."
-            )
-    have = list_loras(root)
-    hint = f"available: {', '.join(have)}" if have else "the folder has no .safetensors LoRAs"
-    raise BadInput(f"LoRA {name!r} not found: expected {path} ({hint}).")
-
-
-def list_loras(loras_dir: Path | str) -> list[str]:
-    """The LoRAs a user can pick: names of the `<loras_dir>/*.safetensors` files
-    (pickles are never listed, nor hidden files such as a training's temp files)."""
-    root = Path(loras_dir)
-    if not root.is_dir():
-        return []
-    resolved = root.resolve()
-    names = []
-    for p in root.rglob("*.safetensors"):
-        rel = p.relative_to(root)
-        if len(rel.parts) > MAX_LORA_DEPTH + 1 or any(x.startswith(".") for x in rel.parts):
-            continue
-        try:  # subfolders are searched only where they stay inside loras/
-            inside = resolved in p.resolve().parents
-        except OSError:
-            continue
-        if inside and p.is_file():
-            names.append(rel.with_suffix("").as_posix())
-    return sorted(names, key=lambda n: (n.count("/"), n))
-
-
-# ---------------------------------------------------------------- compatibility
-TEXT_PARTS = {"lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
-_TE_SUFFIX = re.compile(r"^(?P<module>.+?)\.(?:(?P<kind>lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up|"
-                        r"lora_linear_layer\.down|lora_linear_layer\.up)\.weight|(?P<alpha>alpha))$")
-
-
-@dataclass
-class SplitLora:
-    """A LoRA state dict split by pipeline part: the UNet keys as in the file
-    (diffusers converts them), the text-encoder weights per module."""
-
-    unet: dict = field(default_factory=dict)
-    text: dict = field(default_factory=dict)  # component -> module path -> {"A", "B", "alpha"}
-
-
-def _components(pipe) -> dict[str, object]:
-    return {c: getattr(pipe, c) for c in ("unet", "text_encoder", "text_encoder_2") if getattr(pipe, c, None) is not None}
-
-
-def _text_modules(model) -> dict[str, str]:
-    """kohya name (without the lora_teN_ prefix) -> module path, for every linear
-    layer of a CLIP text encoder (kohya writes the `text_model.` prefix)."""
-    import torch
-
-    table = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) or isinstance(getattr(module, "base_layer", None), torch.nn.Linear):
-            if ".lora_" in name or name.endswith(("base_layer", "lora_A", "lora_B")):
-                continue
-            full = name if name.startswith("text_model.") else "text_model." + name
-            table[full.replace(".", "_")] = name
-    return table
-
-
-def split_lora(pipe, state: dict) -> SplitLora:
-    """Split `state` into UNet and text-encoder parts; raise ValueError on keys
-    that belong to no part of an SDXL pipeline or name no text-encoder layer."""
-    comps = _components(pipe)
-    out = SplitLora()
-    tables: dict[str, dict[str, str]] = {}
-    for key, tensor in state.items():
-        if key.startswith("lora_unet_") or key.startswith("unet."):
-            out.unet[key] = tensor
-            continue
-        comp, rest, kohya_style = None, None, False
-        for prefix, part in TEXT_PARTS.items():
-            if key.startswith(prefix):
-                comp, rest, kohya_style = part, key[len(prefix):], True
-                break
-        else:
-            for part in ("text_encoder_2", "text_encoder"):
-                if key.startswith(part + "."):
-                    comp, rest = part, key[len(part) + 1:]
-                    break
-        if comp is None:
-            raise ValueError(f"key {key!r} belongs to no part of an SDXL pipeline")
-        if comp not in comps:
-            raise ValueError(f"key {key!r} is for {comp}, which this pipeline does not have")
-        m = _TE_SUFFIX.match(rest)
-        if m is None:
-            raise ValueError(f"key {key!r} is not a LoRA weight")
-        model = comps[comp]
-        if kohya_style:
-            table = tables.setdefault(comp, _text_modules(model))
-            module = table.get(m["module"])
-        else:
-            module = m["module"]
-            if not hasattr(model, "text_model"):
-                module = module.removeprefix("text_model.")
-            module = module if _base_layer(model, module) is not None else None
-        if module is None:
-            raise ValueError(f"key {key!r} names no layer of {comp}")
-        slot = "alpha" if m["alpha"] else ("A" if m["kind"] in ("lora_A", "lora_down", "lora.down", "lora_linear_layer.down") else "B")
-        out.text.setdefault(comp, {}).setdefault(module, {})[slot] = tensor
-    for comp, modules in out.text.items():
-        for module, parts in modules.items():
-            if "A" not in parts or "B" not in parts:
-                raise ValueError(f"{comp}.{module} has only one of its two LoRA matrices")
-    return out
-
-
-def nonfinite_tensor(state: dict) -> str | None:
-    """The key of the first floating-point tensor holding NaN or inf, or None.
-    (Such a LoRA turns every image black or grey without any error.)"""
-    import torch
-
-    for key, tensor in state.items():
-        if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all()):
-            return key
-    return None
-
-
-def _unet_peft_keys(pipe, unet_state: dict) -> dict:
-    """The UNet part in peft key form (`module.lora_A.weight`), through
-    diffusers' own converters (what `load_lora_weights` will do)."""
-    from diffusers.utils import convert_unet_state_dict_to_peft
-
-    converted, _alphas = pipe.lora_state_dict(dict(unet_state), unet_config=pipe.unet.config)
-    sub = {k[len("unet."):]: v for k, v in converted.items() if k.startswith("unet.")}
-    stray = [k for k in converted if not k.startswith("unet.")]
-    if stray:
-        raise ValueError(f"key {stray[0]!r} is not a UNet LoRA weight")
-    if sub and "lora_A" not in next(iter(sub)):
-        sub = convert_unet_state_dict_to_peft(sub)
-    return sub
-
-
-def _base_layer(model, path: str):
-    try:
-        module = model.get_submodule(path)
-    except AttributeError:
-        return None
-    return getattr(module, "base_layer", module)  # peft wraps a layer once an adapter is on it
-
-
-def _shape_problem(comp: str, module_path: str, layer, kind: str, tensor) -> str | None:
-    import torch
-
-    if layer is None:
-        return f"it targets {comp}.{module_path}, which this SDXL pipeline does not have (an SD1.5 LoRA?)"
-    if isinstance(layer, torch.nn.Linear):
-        want_in, want_out = layer.in_features, layer.out_features
-    elif isinstance(layer, torch.nn.Conv2d):
-        want_in, want_out = layer.in_channels, layer.out_channels
-    else:
-        return f"it targets {comp}.{module_path}, a {type(layer).__name__} and not a linear or conv layer"
-    shape = tuple(tensor.shape)
-    if kind == "A" and (len(shape) < 2 or shape[1] != want_in):
-        return f"its {comp}.{module_path} down weight is {shape}, the layer takes {want_in} inputs"
-    if kind == "B" and (len(shape) < 2 or shape[0] != want_out):
-        return f"its {comp}.{module_path} up weight is {shape}, the layer has {want_out} outputs"
-    return None
-
-
-def compatibility_problem(pipe, state: dict) -> str | None:
-    """Why `state` (a LoRA state dict) cannot be loaded into `pipe`, or None.
-    Checks that every LoRA module exists in the pipeline with matching shapes."""
-    if not state:
-        return "it holds no tensors"
-    try:
-        parts = split_lora(pipe, state)
-        unet = _unet_peft_keys(pipe, parts.unet) if parts.unet else {}
-    except Exception as exc:  # diffusers' converters raise ValueError/KeyError on foreign layouts
-        return f"its keys are not a LoRA layout for SDXL ({' '.join(str(exc).split())[:200]})"
-    if not unet and not parts.text:
-        return "it has no LoRA weights for the UNet or the text encoders"
-    for key, tensor in unet.items():
-        if ".lora_A." not in key and ".lora_B." not in key:
-            if key.endswith((".alpha", "lora_magnitude_vector")):
-                continue
-            return f"it has a key {key!r} that is not a LoRA weight"
-        module_path, kind = key.split(".lora_", 1)
-        problem = _shape_problem("unet", module_path, _base_layer(pipe.unet, module_path), kind[0], tensor)
-        if problem:
-            return problem
-    for comp, modules in parts.text.items():
-        model = getattr(pipe, comp)
-        for module_path, tensors in modules.items():
-            layer = _base_layer(model, module_path)
-            for kind in ("A", "B"):
-                problem = _shape_problem(comp, module_path, layer, kind, tensors[kind])
-                if problem:
-                    return problem
-    return None
 
 
 def _load_text_lora(model, modules: dict, adapter: str) -> None:
@@ -356,36 +138,6 @@ _current_weight = adapter_weight
 def _drop_adapter(pipe, adapter: str) -> None:
     """Remove a (possibly partly) loaded adapter from every component."""
     delete_adapter(_components(pipe).values(), adapter)
-
-
-def external_loras(settings) -> dict[str, Path]:
-    """LoRAs in other apps' folders (A1111, ComfyUI, Fooocus, named in
-    extra_model_paths.yaml): name (file stem) -> file, .safetensors only. They are
-    read in place and never modified; a name also in loras/ is the local one."""
-    from ..models.external import found_files
-
-    out: dict[str, Path] = {}
-    for path in found_files(settings, "loras"):
-        out.setdefault(path.stem, path)
-    return out
-
-
-def user_lora_names(settings) -> list[str]:
-    """Every LoRA a user can pick: loras/ first, then other apps' folders."""
-    local = list_loras(settings.loras_dir)
-    return local + sorted(n for n in external_loras(settings) if n not in local)
-
-
-def find_lora(settings, name: str) -> Path:
-    """The file of LoRA `name` in loras/ (see `lora_path`), else in other apps'
-    folders; the error is loras/'s when neither has it."""
-    try:
-        return lora_path(settings.loras_dir, name)
-    except BadInput:
-        other = external_loras(settings).get(normalize_ref(name))
-        if other is None or not other.is_file():
-            raise  # the loras/ message names what exists there
-        return other
 
 
 class LoraManager:
