@@ -261,10 +261,6 @@ ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
         "and each builder registers itself with the registry's `pack` decorator; builders never "
         "import each other"
     ),
-    ("pipelines.restore.base", "pipelines.restore.spandrel_restorer"): (
-        "restore/base.py's factory `get_restorer` builds the one implementation on first use, "
-        "and the implementation reads the interface's constants (FACE_SIZE, RestorerSpec)"
-    ),
 }
 
 

@@ -9,9 +9,9 @@ from .base import (
     FaceRestorer,
     RestorerSpec,
     check_fidelity,
-    get_restorer,
     restorer_spec,
 )
+from .factory import get_restorer
 from .paste import FFHQ_TEMPLATE_512, restore_faces, similarity_transform
 
 __all__ = [

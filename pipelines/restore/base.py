@@ -3,7 +3,8 @@
 A restorer takes one face aligned to the FFHQ 5-point template at 512x512 (RGB
 uint8) and returns the restored face in the same frame. Alignment, paste-back and
 blending are the caller's job (`pipelines.restore.paste`), so a new restorer is
-one small class plus one `RestorerSpec` line here.
+one small class plus one `RestorerSpec` line here. Building a restorer by name is
+restore/factory.py's job: this module imports no implementation.
 """
 
 from __future__ import annotations
@@ -79,13 +80,3 @@ def check_fidelity(fidelity: float | None, field: str = "fidelity") -> float | N
     if not 0.0 <= value <= 1.0:
         raise BadInput(f"{field}: {value:g} is out of range; use a value from 0 to 1.")
     return value
-
-
-def get_restorer(name: str, store, device: str, dtype) -> FaceRestorer:
-    """A new restorer `name` ("gfpgan" or "codeformer") whose weights come from the
-    model store. The model is loaded now and stays resident in the returned object
-    (the engine caches it)."""
-    spec = restorer_spec(name)
-    from .spandrel_restorer import SpandrelRestorer
-
-    return SpandrelRestorer(spec, store, device, dtype)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..profile import RunProfile, as_profile
-from .base import get_restorer
+from .factory import get_restorer
 from .paste import restore_faces
 
 DETECTOR_PACKS = ("buffalo_l", "antelopev2")  # either has an SCRFD detector
