@@ -18,16 +18,12 @@ would write it:
 from __future__ import annotations
 
 import statistics
-import time
+
+from bench.timing import time_calls
 
 
 def _median(fn, n: int) -> float:
-    out = []
-    for _ in range(max(1, n)):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
+    return statistics.median(time_calls(fn, max(1, n)))
 
 
 def step_costs(engine, ctx, args, request, load_sdxl) -> dict:
