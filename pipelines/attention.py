@@ -10,7 +10,9 @@ Rules:
   W+ adapter's processors (pipelines/pulid/attention.py, pipelines/wplus/adapter.py)
   are both built on it.
 - Nothing here reads the adapters' weights or kwargs: what an adapter adds to
-  `hidden` is the adapter's own code.
+  `hidden` is the adapter's own code. `branch_attention` is the one shared step
+  of such a branch (the text queries over the adapter's own tokens, with the
+  adapter's key/value projections passed in).
 """
 
 from __future__ import annotations
@@ -86,3 +88,19 @@ def output(attn, text: TextAttention, hidden: torch.Tensor) -> torch.Tensor:
     if attn.residual_connection:
         hidden = hidden + text.residual
     return hidden / attn.rescale_output_factor
+
+
+def branch_attention(attn, text: TextAttention, tokens: torch.Tensor, to_k, to_v) -> torch.Tensor:
+    """The text attention's queries attending over an adapter's `tokens` ([B, ..., dim];
+    any middle axes are flattened into the token axis) through the adapter's
+    `to_k`/`to_v`, heads merged as `hidden`, in the query's dtype: the IP part of
+    diffusers' `IPAdapterAttnProcessor2_0` (`models/attention_processor.py`), operation
+    for operation. `text.query` is taken after `norm_q`; diffusers' IP processors
+    apply neither `norm_q` nor `norm_k`, so a layer with either is not this branch."""
+    batch_size, heads, head_dim = text.batch_size, attn.heads, text.head_dim
+    key = to_k(tokens).view(batch_size, -1, heads, head_dim).transpose(1, 2)
+    value = to_v(tokens).view(batch_size, -1, heads, head_dim).transpose(1, 2)
+    hidden = F.scaled_dot_product_attention(text.query, key, value, attn_mask=None, dropout_p=0.0,
+                                            is_causal=False)
+    hidden = hidden.transpose(1, 2).reshape(batch_size, -1, heads * head_dim)
+    return hidden.to(text.query.dtype)

@@ -398,33 +398,126 @@ def _token_grid(height: int, width: int, n: int) -> tuple[int, int]:
 @functools.cache
 def _region_class(base):
     """A subclass of a diffusers IP-Adapter attention processor that applies the
-    face region to the IP part of its output. Binary mask: inside the face the
-    output is the processor's own; outside it is the same call with the IP
-    scale at 0 (text attention only) -- what the reference's ip * mask gives."""
+    face region to the IP part of its output.
+
+    Region off: the processor's own call, untouched. Region on, on
+    `IPAdapterAttnProcessor2_0`: one pass, as the reference `IPAttnProcessor2_0`
+    with `region_control` (InstantID `ip_adapter/attention_processor.py`): the
+    text attention once, each IP attention once, `scale * ip * mask` added before
+    `to_out` (`_region_one_pass`). The mask is 0/1, so outside the face the output
+    is the text attention alone and inside it is the processor's own output."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+    one_pass = issubclass(base, IPAdapterAttnProcessor2_0)
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  scale=1.0, ip_adapter_masks=None):
-        import torch
-
         call = super(cls, self).__call__
-        full = call(attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, ip_adapter_masks)
         region = self.face_region
         if region is None or not region.active:
-            return full
-        saved = self.scale
-        self.scale = [0.0] * len(saved) if isinstance(saved, list) else 0.0
-        try:
-            text_only = call(attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, ip_adapter_masks)
-        finally:
-            self.scale = saved
-        if hidden_states.ndim == 4:
-            n = hidden_states.shape[-2] * hidden_states.shape[-1]
-            inside = region.attention_mask(n, full.device, full.dtype).reshape(1, 1, *hidden_states.shape[-2:])
-        else:
-            inside = region.attention_mask(hidden_states.shape[1], full.device, full.dtype)
-        return torch.where(inside > 0, full, text_only)
+            return call(attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, ip_adapter_masks)
+        if one_pass and _one_pass_fits(attn, encoder_hidden_states):
+            return _region_one_pass(self, region, attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                                    ip_adapter_masks)
+        return _region_two_calls(self, call, region, attn, hidden_states, encoder_hidden_states, attention_mask,
+                                 temb, scale, ip_adapter_masks)
 
     cls = type(f"FaceRegion{base.__name__}", (base,), {"__call__": __call__, "face_region": None})
     return cls
+
+
+def _one_pass_fits(attn, encoder_hidden_states) -> bool:
+    """Whether the one-pass path computes what `IPAdapterAttnProcessor2_0` does on this
+    call: the (text, ip tokens) tuple the pipeline passes, and a layer without the q/k
+    norms that `pipelines.attention.text_attention` applies and diffusers' IP processor
+    does not (SDXL's UNet has none)."""
+    return isinstance(encoder_hidden_states, tuple) and attn.norm_q is None and attn.norm_k is None
+
+
+def _region_one_pass(proc, region: FaceRegion, attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                     ip_adapter_masks):
+    """`IPAdapterAttnProcessor2_0.__call__` with each IP term multiplied by the face
+    region at the layer's token grid (`FaceRegion.attention_mask`), in one pass:
+    text attention once (`pipelines.attention.text_attention`), each adapter image's
+    IP attention once (`branch_attention`), then `to_out` (`output`). The IP terms are
+    diffusers' own, in its order, including its `ip_adapter_masks` weighting."""
+    from diffusers.image_processor import IPAdapterMaskProcessor
+
+    from ..attention import branch_attention, output, text_attention
+
+    text_states, ip_states = encoder_hidden_states
+    text = text_attention(attn, hidden_states, text_states, attention_mask, temb)
+    hidden = text.hidden
+    inside = region.attention_mask(hidden.shape[1], hidden.device, hidden.dtype)  # (1, n, 1), 0/1
+    masks = _checked_ip_masks(ip_adapter_masks, proc.scale, ip_states)
+    for states, scale, to_k, to_v, mask in zip(ip_states, proc.scale, proc.to_k_ip, proc.to_v_ip, masks):
+        if all(s == 0 for s in (scale if isinstance(scale, list) else [scale])):
+            continue  # as diffusers: an adapter at scale 0 is not computed
+        if mask is None:
+            ip = branch_attention(attn, text, states, to_k, to_v)
+            hidden = hidden + scale * ip * inside
+            continue
+        scales = scale if isinstance(scale, list) else [scale] * mask.shape[1]
+        for i in range(mask.shape[1]):
+            ip = branch_attention(attn, text, states[:, i, :, :], to_k, to_v)
+            weight = IPAdapterMaskProcessor.downsample(mask[:, i, :, :], text.batch_size, ip.shape[1], ip.shape[2])
+            weight = weight.to(dtype=text.query.dtype, device=text.query.device)
+            hidden = hidden + scales[i] * (ip * weight) * inside
+    return output(attn, text, hidden)
+
+
+def _checked_ip_masks(ip_adapter_masks, scales, ip_states) -> list:
+    """diffusers' `ip_adapter_masks` handling in `IPAdapterAttnProcessor2_0.__call__`:
+    one mask (or None) per adapter, each [1, images, H, W], with the same ValueErrors."""
+    import torch
+
+    if ip_adapter_masks is None:
+        return [None] * len(scales)
+    if not isinstance(ip_adapter_masks, list):  # diffusers' older form: [adapters, 1, H, W]
+        ip_adapter_masks = list(ip_adapter_masks.unsqueeze(1))
+    if not (len(ip_adapter_masks) == len(scales) == len(ip_states)):
+        raise ValueError(f"Length of ip_adapter_masks array ({len(ip_adapter_masks)}) must match length of "
+                         f"self.scale array ({len(scales)}) and number of ip_hidden_states ({len(ip_states)})")
+    for index, (mask, scale, states) in enumerate(zip(ip_adapter_masks, scales, ip_states)):
+        if mask is None:
+            continue
+        if not isinstance(mask, torch.Tensor) or mask.ndim != 4:
+            raise ValueError("Each element of the ip_adapter_masks array should be a tensor with shape "
+                             "[1, num_images_for_ip_adapter, height, width]. Please use `IPAdapterMaskProcessor` "
+                             "to preprocess your mask")
+        if mask.shape[1] != states.shape[1]:
+            raise ValueError(f"Number of masks ({mask.shape[1]}) does not match number of ip images "
+                             f"({states.shape[1]}) at index {index}")
+        if isinstance(scale, list) and len(scale) != mask.shape[1]:
+            raise ValueError(f"Number of masks ({mask.shape[1]}) does not match number of scales ({len(scale)}) "
+                             f"at index {index}")
+    return ip_adapter_masks
+
+
+def _region_two_calls(proc, call, region: FaceRegion, attn, hidden_states, encoder_hidden_states, attention_mask,
+                      temb, scale, ip_adapter_masks):
+    """The face region from two calls of the processor's own `__call__`: with the face
+    tokens, and with the IP scale at 0 (text only), picked per token. The xformers and
+    pre-2.0 variants (`IPAdapterXFormersAttnProcessor`, `IPAdapterAttnProcessor`) take
+    this path because their text attention is not `text_attention`'s
+    `scaled_dot_product_attention`, and so does a call `_one_pass_fits` refuses; it
+    costs one extra text attention per layer."""
+    import torch
+
+    args = (attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale, ip_adapter_masks)
+    full = call(*args)
+    saved = proc.scale
+    proc.scale = [0.0] * len(saved) if isinstance(saved, list) else 0.0
+    try:
+        text_only = call(*args)
+    finally:
+        proc.scale = saved
+    if hidden_states.ndim == 4:
+        n = hidden_states.shape[-2] * hidden_states.shape[-1]
+        inside = region.attention_mask(n, full.device, full.dtype).reshape(1, 1, *hidden_states.shape[-2:])
+    else:
+        inside = region.attention_mask(hidden_states.shape[1], full.device, full.dtype)
+    return torch.where(inside > 0, full, text_only)
 
 
 def install_region_processors(unet, region: FaceRegion) -> None:
