@@ -130,7 +130,7 @@ def detect_faces(engine: EngineServices, image):
     """The faces of `image` with the first SCRFD pack on disk (the restore stage's choice)."""
     from .restore.stage import DETECTOR_PACKS
 
-    pack = next((p for p in DETECTOR_PACKS if engine.settings.demo or engine.store.status(p).present),
+    pack = next((p for p in DETECTOR_PACKS if engine.settings.profile.builds_models or engine.store.status(p).present),
                 DETECTOR_PACKS[0])  # none on disk: ensure() then names what to download
     return engine.analyzer(pack).detect(np.asarray(image.convert("RGB")), "output")
 

@@ -26,7 +26,7 @@ from .identity.base import Conditioning, ControlUnit, IdentityMethod
 from .memory import free_memory
 from .models.bases import DEFAULT_BASE, base_family, dtype_kwargs, load_base_pipeline
 from .requests import GenerateRequest
-from .samplers import SAMPLER_CALL_KWARGS, SD15_BUCKETS, SDXL_BUCKETS, demo_size, make_scheduler, nearest_bucket
+from .samplers import SAMPLER_CALL_KWARGS, SD15_BUCKETS, SDXL_BUCKETS, make_scheduler, nearest_bucket
 from .settings import DEMO_BANNER, Settings
 from .speed import apply_speed_defaults, check_speed, speed_lora, speed_recipe
 from .types import GeneratedImage
@@ -266,8 +266,7 @@ class Engine:
         w, h = req.width, req.height
         if w is None or h is None:
             bw, bh = nearest_bucket(*photo_size, buckets) if photo_size else buckets[0]
-            if self.settings.demo:
-                bw, bh = demo_size(bw, bh)
+            bw, bh = self.settings.profile.size(bw, bh)
             w, h = w or bw, h or bh
         return w, h
 
@@ -441,7 +440,7 @@ class Engine:
 
     def _pack_available(self, pack: str) -> bool:
         """Whether face pack `pack` can be loaded (demo packs are built on first use)."""
-        return self.settings.demo or self.store.status(pack).present
+        return self.settings.profile.builds_models or self.store.status(pack).present
 
     def restore_stage(self):
         """The face-restore stage (its restorers stay resident)."""
@@ -449,7 +448,7 @@ class Engine:
 
         with self._lock:
             if self._restore_stage is None:
-                self._restore_stage = RestoreStage(self.store, self.device, self.dtype, self.settings.demo,
+                self._restore_stage = RestoreStage(self.store, self.device, self.dtype, self.settings.profile,
                                                    self.analyzer)
             return self._restore_stage
 

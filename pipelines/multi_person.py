@@ -307,7 +307,7 @@ def score_people(engine: EngineServices, image, people: People, method: str) -> 
     from .scoring import _unit, reference_embeddings, scorer_pack
 
     pack = scorer_pack(method)
-    if not (engine.settings.demo or engine.store.status(pack).present):
+    if not (engine.settings.profile.builds_models or engine.store.status(pack).present):
         from .identity import method_recognizer
 
         pack = method_recognizer(method) or pack

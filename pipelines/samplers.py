@@ -108,6 +108,7 @@ def nearest_bucket(width: int, height: int, buckets=SDXL_BUCKETS) -> tuple[int, 
 
 def demo_size(width: int, height: int) -> tuple[int, int]:
     """The demo-mode stand-in for a bucket: 1/8 of each side (tiny models on CPU).
-    The rule lives in `pipelines.profile` (`RunProfile.size`); new code asks the
-    settings' profile, this name stays for the engine's size default."""
+    The rule lives in `pipelines.profile` (`RunProfile.size`), which every caller in
+    pipelines/, app/ and cli/ asks through the settings' profile; only tests still
+    call this name."""
     return demo_bucket(width, height)
