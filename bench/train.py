@@ -90,6 +90,52 @@ def _median(times: list[float], warmup: int) -> float:
     return statistics.median(timed)
 
 
+# ------------------------------------------------------- the textbook loop (plain)
+def _plain_lora(unet) -> list:
+    """The textbook LoRA on `unet` (peft, rank 4, alpha 32, attention projections);
+    returns its trainable parameters."""
+    from peft import LoraConfig
+
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=32, target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+                                init_lora_weights="gaussian"))
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def _train_dtype(device: str):
+    """bf16 on CUDA (the full-size UNet's weights, the plain loop's autocast), float32 on the CPU."""
+    import torch
+
+    return torch.bfloat16 if device == "cuda" else torch.float32
+
+
+def _plain_steps(n: int, loss_fn, opt, device: str) -> tuple[list[float], float]:
+    """`n` steps of the textbook loop: `loss_fn()` (the forward pass, under bf16
+    autocast on CUDA), backward, AdamW step. Seconds per step (the device's queue
+    drained) and the last loss."""
+    import torch
+
+    times = []
+    loss = None
+    for _ in range(n):
+        t0 = time.perf_counter()
+        with torch.autocast(device_type=device, dtype=_train_dtype(device), enabled=device == "cuda"):
+            pred, target = loss_fn()
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times, float(loss)
+
+
+def _plain_result(times: list[float], args, device: str, **extra) -> dict:
+    return {"s_per_step": _median(times, args.warmup), "peak_mem_mb": _peak_mb(device), "optimizer": "AdamW",
+            "mixed_precision": "bf16 autocast" if device == "cuda" else "no", "gradient_checkpointing": False,
+            **extra}
+
+
 # ------------------------------------------------------------------ tiny model
 def _photo(work: Path) -> Path:
     from PIL import Image
@@ -108,7 +154,8 @@ def tiny_ours(args) -> dict:
 
     settings = _settings(args)
     trainer = LoraTrainer(settings, open_store(settings))
-    tset = trainer.prepare([_photo(Path(args.work))], DatasetOptions(demo=True, framings=("close-up",)))
+    tset = trainer.prepare([_photo(Path(args.work))],
+                           DatasetOptions(profile=settings.profile, framings=("close-up",)))
     res = trainer.train(tset, TrainConfig(name="bench", steps=args.warmup + args.steps, lr=1e-4,
                                           checkpoint_every=100_000, gradient_checkpointing=_checkpointing(args)),
                         progress=False)
@@ -121,9 +168,7 @@ def tiny_ours(args) -> dict:
 def tiny_plain(args) -> dict:
     import numpy as np
     import torch
-    import torch.nn.functional as F
     from diffusers import DDPMScheduler
-    from peft import LoraConfig
 
     from pipelines.lora.dataset import DatasetOptions
     from pipelines.lora.train import LoraTrainer, load_base
@@ -132,43 +177,32 @@ def tiny_plain(args) -> dict:
     settings = _settings(args)
     device = settings.resolve_device()
     trainer = LoraTrainer(settings, open_store(settings))
-    tset = trainer.prepare([_photo(Path(args.work))], DatasetOptions(demo=True, framings=("close-up",)))
+    tset = trainer.prepare([_photo(Path(args.work))],
+                           DatasetOptions(profile=settings.profile, framings=("close-up",)))
     sample = tset.samples[0]
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     pipe = load_base(trainer.store, "sdxl-base", torch.float32).to(device)
     unet, vae = pipe.unet, pipe.vae
     for m in (unet, vae, pipe.text_encoder, pipe.text_encoder_2):
         m.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=32, target_modules=["to_k", "to_q", "to_v", "to_out.0"],
-                                init_lora_weights="gaussian"))
-    params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = torch.optim.AdamW(_plain_lora(unet), lr=1e-4)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     pix = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1)[None].float().to(device) / 127.5 - 1
     w, h = sample.size
     time_ids = torch.tensor([[sample.original_size[0], sample.original_size[1], 0, 0, h, w]], device=device)
-    times = []
-    for _step in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
-        with torch.autocast(device_type=device, dtype=dtype, enabled=device == "cuda"):
-            with torch.no_grad():
-                latents = vae.encode(pix).latent_dist.sample() * vae.config.scaling_factor
-                emb, _, pooled, _ = pipe.encode_prompt(sample.caption, device=device, num_images_per_prompt=1,
-                                                       do_classifier_free_guidance=False)
-            noise = torch.randn_like(latents)
-            t = torch.randint(0, sched.config.num_train_timesteps, (1,), device=device)
-            pred = unet(sched.add_noise(latents, noise, t), t, encoder_hidden_states=emb,
-                        added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
-        loss = F.mse_loss(pred.float(), noise.float())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return {"s_per_step": _median(times, args.warmup), "peak_mem_mb": _peak_mb(device), "optimizer": "AdamW",
-            "mixed_precision": "bf16 autocast" if device == "cuda" else "no", "gradient_checkpointing": False,
-            "cached_latents_and_text": False, "resolution": [w, h]}
+
+    def step():  # the VAE and both text encoders run every step: nothing is cached
+        with torch.no_grad():
+            latents = vae.encode(pix).latent_dist.sample() * vae.config.scaling_factor
+            emb, _, pooled, _ = pipe.encode_prompt(sample.caption, device=device, num_images_per_prompt=1,
+                                                   do_classifier_free_guidance=False)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, sched.config.num_train_timesteps, (1,), device=device)
+        pred = unet(sched.add_noise(latents, noise, t), t, encoder_hidden_states=emb,
+                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        return pred, noise
+
+    times, _ = _plain_steps(args.warmup + args.steps, step, opt, device)
+    return _plain_result(times, args, device, cached_latents_and_text=False, resolution=[w, h])
 
 
 # ------------------------------------------------------------- full-size UNet
@@ -179,8 +213,7 @@ def _full_unet(device: str, smoke: bool):
     torch.manual_seed(0)
     with torch.device(device):
         unet = UNet2DConditionModel(**sdxl_unet_config(smoke))
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    unet = unet.to(dtype)
+    unet = unet.to(_train_dtype(device))
     if device == "cuda":  # the float32 build is not part of training
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -232,40 +265,28 @@ def full_ours(args) -> dict:
 
 def full_plain(args) -> dict:
     import torch
-    import torch.nn.functional as F
     from diffusers import DDPMScheduler
-    from peft import LoraConfig
 
     device = "cuda" if _cuda() else "cpu"
     unet = _full_unet(device, args.smoke)
     unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=32, target_modules=["to_k", "to_q", "to_v", "to_out.0"],
-                                init_lora_weights="gaussian"))
-    params = [p for p in unet.parameters() if p.requires_grad]
+    params = _plain_lora(unet)
     for p in params:
         p.data = p.data.float()
     opt = torch.optim.AdamW(params, lr=1e-4)
     sched = DDPMScheduler.from_config(_noise_config())
     latents, emb, pooled, time_ids = (t.to(device) for t in _full_inputs(device, args.smoke))
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    times = []
-    for _ in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
-        with torch.autocast(device_type=device, dtype=dtype, enabled=device == "cuda"):
-            noise = torch.randn_like(latents)
-            t = torch.randint(0, 1000, (1,), device=device)
-            pred = unet(sched.add_noise(latents, noise, t).to(dtype), t, encoder_hidden_states=emb.to(dtype),
-                        added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}).sample
-        loss = F.mse_loss(pred.float(), noise.float())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return {"s_per_step": _median(times, args.warmup), "peak_mem_mb": _peak_mb(device), "optimizer": "AdamW",
-            "mixed_precision": "bf16 autocast" if device == "cuda" else "no", "gradient_checkpointing": False,
-            "final_loss": float(loss), "resolution": [latents.shape[-1] * 8] * 2}
+    dtype = _train_dtype(device)
+
+    def step():  # from the cached tensors, as ours
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (1,), device=device)
+        pred = unet(sched.add_noise(latents, noise, t).to(dtype), t, encoder_hidden_states=emb.to(dtype),
+                    added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}).sample
+        return pred, noise
+
+    times, loss = _plain_steps(args.warmup + args.steps, step, opt, device)
+    return _plain_result(times, args, device, final_loss=loss, resolution=[latents.shape[-1] * 8] * 2)
 
 
 VARIANTS = {("tiny", "ours"): tiny_ours, ("tiny", "plain"): tiny_plain,

@@ -58,7 +58,7 @@ def render(photo: str, out_dir: Path, settings, only: list[str] | None = None, s
     for preset in list_presets():
         if only and preset.name not in only:
             continue
-        fields = load_preset(preset.name, demo=settings.demo)
+        fields = load_preset(preset.name, profile=settings.profile)
         fields.update(photos=[photo], seed=seed, count=1, out_dir=str(out_dir / ".renders"))
         result = engine.generate(validate_request(GenerateRequest, fields, f"preset {preset.name}"))
         card = compose_card(preset, result.images[0].image)
