@@ -13,8 +13,9 @@ Invariants:
   checkpoint and at the end (`acc.wait_for_everyone()`).
 - Mixed precision is used on CUDA only: `auto` is bf16 where the GPU supports
   it, else fp16; on a CPU every run is float32 (`mixed_precision`).
-- The demo packs and face models are built by the first process while the
-  others wait (`acc.main_process_first()`), never raced.
+- Models are fetched or built by the first process while the others wait,
+  never raced: the base model under `acc.main_process_first()`, the face models
+  (before the `Accelerator` exists) under `pipelines.processes.main_process_first`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def weight_dtype(mp: str):
 
 
 def start_accelerator(mp: str, device: str):
-    """The `Accelerator` of this process (CPU runs use gloo)."""
+    """The `Accelerator` of this process (`cpu=True` when training on the CPU)."""
     from accelerate import Accelerator
 
     return Accelerator(mixed_precision=mp, cpu=device == "cpu")

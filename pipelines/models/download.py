@@ -3,8 +3,9 @@ and pinned, then its published pickles converted to safetensors.
 
 The road of one file (`DownloadMixin.download`):
 1. already placed and pinned with the right size: skipped (a download resumes);
-2. found in the Hugging Face cache or another app's model folder with the
-   right hash: reused (`external.reuse_file`), never downloaded twice;
+2. a verified copy already on this machine (the Hugging Face cache, another
+   app's model folder): linked in and pinned (`external.reuse_file`), not
+   downloaded again;
 3. fetched: from the hub (`huggingface_hub`, into the store's private cache,
    `HF_CACHE_DIR`) or from a release URL (https only; a `.part` file resumed
    after a cut, `retry_delays` apart);
