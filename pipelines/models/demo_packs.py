@@ -44,7 +44,8 @@ class DemoPacks(Protocol):
 
 
 class DemoPackMixin:
-    """`ModelStore`'s demo-pack builds (see the module docstring)."""
+    """`ModelStore`'s demo-pack builds (see the module docstring). Uses the store's
+    `demo_packs`, `folder`, `status`, `_record`, `_convert_files` and `_write_pins`."""
 
     def _ensure_demo(self, entry: ModelEntry) -> Path:
         tiny = self.demo_packs

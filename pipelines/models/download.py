@@ -55,7 +55,10 @@ ALLOWED_PICKLE_GLOBALS: dict[str, tuple] = {"e4e": (argparse.Namespace,)}
 
 
 class DownloadMixin:
-    """`ModelStore`'s downloads and pickle conversion (see the module docstring)."""
+    """`ModelStore`'s downloads and pickle conversion (see the module docstring).
+    Uses the store's `settings`, `root`, `entry`, `folder`, `pins`, `pins_file`,
+    `_write_pins`, `_record`, `status`, `_raise_unusable`, `builds_models`,
+    `retry_delays` and, in demo mode, `_ensure_demo`."""
 
     # ---- download --------------------------------------------------------------------
     def check_license(self, entry: ModelEntry, accept_license: bool = False) -> None:

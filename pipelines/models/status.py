@@ -52,7 +52,9 @@ def download_hint(entry: ModelEntry) -> str:
 
 
 class StatusMixin:
-    """`ModelStore`'s status and verification (see the module docstring)."""
+    """`ModelStore`'s status and verification (see the module docstring). Uses the
+    store's `entry`, `folder`, `pins`, `_write_pins`, `_record`, `builds_models` and,
+    in demo mode, `_ensure_demo`."""
 
     # ---- status ----------------------------------------------------------------
     def status(self, name: str) -> ModelStatus:

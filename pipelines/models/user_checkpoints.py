@@ -33,7 +33,8 @@ USER_MODELS_FILE = "user_models.json"
 
 
 class UserCheckpointMixin:
-    """`ModelStore`'s registered user checkpoints (see the module docstring)."""
+    """`ModelStore`'s registered user checkpoints (see the module docstring). Uses
+    the store's `settings` and `catalog`."""
 
     @property
     def user_models_file(self) -> Path:
