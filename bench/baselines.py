@@ -68,31 +68,45 @@ def _ip_adapter_embeds(ctx: Ctx, id_pos):
     return [torch.cat([torch.zeros_like(id_pos), id_pos]).to(ctx.device)]
 
 
-class PlainSDXL:
-    label = "diffusers StableDiffusionXLPipeline.from_pretrained (same folder), one image per call"
+class Baseline:
+    """A hand-built diffusers pipeline for one method. `load` builds `pipe` (a speed
+    mode is applied to it afterwards, bench/speed_setup.py); a call makes one image
+    with the shared call settings updated by `conditioning()`, the per-image work
+    of the method."""
+
+    label = ""
 
     def __init__(self, ctx: Ctx):
         self.ctx = ctx
-        self.pipe = load_sdxl(ctx)
+        self.pipe = self.load(ctx)
+
+    def load(self, ctx: Ctx):
+        return load_sdxl(ctx)
+
+    def conditioning(self) -> dict:
+        return {}
 
     def __call__(self):
-        return self.pipe(**self.ctx.call_kwargs()).images[0]
+        return self.pipe(**{**self.ctx.call_kwargs(), **self.conditioning()}).images[0]
 
 
-class FaceIDBaseline:
+class PlainSDXL(Baseline):
+    label = "diffusers StableDiffusionXLPipeline.from_pretrained (same folder), one image per call"
+
+
+class FaceIDBaseline(Baseline):
     label = ("diffusers StableDiffusionXLPipeline + load_ip_adapter(FaceID Plus v2 SDXL, LoRA at 1.0, scale 0.8) "
              "+ CLIP ViT-H image encoder on a face crop per image (ip_adapter_image_embeds, clip_embeds, shortcut)")
 
-    def __init__(self, ctx: Ctx):
+    def load(self, ctx: Ctx):
         import numpy as np
         from PIL import Image
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-        self.ctx = ctx
         folder, weights = ctx.folders["faceid"], ctx.folders["faceid_weights"]
-        self.pipe = load_sdxl(ctx)
-        self.pipe.load_ip_adapter(str(folder), subfolder="", weight_name=weights.name, image_encoder_folder=None)
-        self.pipe.set_ip_adapter_scale(SCALE)
+        pipe = load_sdxl(ctx)
+        pipe.load_ip_adapter(str(folder), subfolder="", weight_name=weights.name, image_encoder_folder=None)
+        pipe.set_ip_adapter_scale(SCALE)
         self.encoder = CLIPVisionModelWithProjection.from_pretrained(
             ctx.folders["image_encoder"], torch_dtype=ctx.dtype, local_files_only=True).to(ctx.device).eval()
         size = self.encoder.config.image_size
@@ -102,8 +116,9 @@ class FaceIDBaseline:
         self.face = np.ascontiguousarray(arr[:s, (arr.shape[1] - s) // 2:(arr.shape[1] - s) // 2 + s])
         self.blank = np.zeros((size, size, 3), dtype=np.uint8)
         self.id_pos = id_embedding(ctx)
+        return pipe
 
-    def __call__(self):
+    def conditioning(self) -> dict:
         import torch
 
         ctx = self.ctx
@@ -114,28 +129,28 @@ class FaceIDBaseline:
         proj.clip_embeds = torch.cat([hs[1:], hs[:1]]).unsqueeze(1)  # [uncond, cond]
         proj.shortcut = True
         proj.shortcut_scale = 1.0
-        return self.pipe(**ctx.call_kwargs(), ip_adapter_image_embeds=_ip_adapter_embeds(ctx, self.id_pos)).images[0]
+        return {"ip_adapter_image_embeds": _ip_adapter_embeds(ctx, self.id_pos)}
 
 
-class InstantIDBaseline:
+class InstantIDBaseline(Baseline):
     label = ("diffusers StableDiffusionXLControlNetPipeline with the IdentityNet (scale 0.8) + "
              "load_ip_adapter(InstantID Resampler, scale 0.8); the 16 face tokens go to the IdentityNet "
              "through a forward pre-hook; a 5-keypoint control image")
 
-    def __init__(self, ctx: Ctx):
+    def load(self, ctx: Ctx):
         import diffusers
 
-        self.ctx = ctx
         folder = ctx.folders["instantid"]
         cn = from_folder(diffusers.ControlNetModel, folder / "ControlNetModel", ctx)
-        self.pipe = load_sdxl(ctx, cls=diffusers.StableDiffusionXLControlNetPipeline, controlnet=cn)
-        self.pipe.load_ip_adapter(str(folder), subfolder="", weight_name=ctx.folders["instantid_weights"].name,
-                                  image_encoder_folder=None)
-        self.pipe.set_ip_adapter_scale(SCALE)
+        pipe = load_sdxl(ctx, cls=diffusers.StableDiffusionXLControlNetPipeline, controlnet=cn)
+        pipe.load_ip_adapter(str(folder), subfolder="", weight_name=ctx.folders["instantid_weights"].name,
+                             image_encoder_folder=None)
+        pipe.set_ip_adapter_scale(SCALE)
         self.tokens = None
-        self.pipe.controlnet.register_forward_pre_hook(self._face_tokens, with_kwargs=True)
+        pipe.controlnet.register_forward_pre_hook(self._face_tokens, with_kwargs=True)
         self.kps = keypoint_image(ctx.width, ctx.height)
         self.id_pos = id_embedding(ctx)
+        return pipe
 
     def _face_tokens(self, module, args, kwargs):
         import torch
@@ -149,7 +164,7 @@ class InstantIDBaseline:
         kwargs["encoder_hidden_states"] = tokens.to(module.device, module.dtype)
         return args, kwargs
 
-    def __call__(self):
+    def conditioning(self) -> dict:
         import torch
 
         ctx = self.ctx
@@ -157,8 +172,8 @@ class InstantIDBaseline:
         emb = self.id_pos.to(ctx.device).reshape(1, 1, -1)
         with torch.no_grad():
             self.tokens = (proj(torch.zeros_like(emb)), proj(emb))
-        return self.pipe(**ctx.call_kwargs(), image=self.kps, controlnet_conditioning_scale=IDENTITYNET_SCALE,
-                         ip_adapter_image_embeds=_ip_adapter_embeds(ctx, self.id_pos)).images[0]
+        return {"image": self.kps, "controlnet_conditioning_scale": IDENTITYNET_SCALE,
+                "ip_adapter_image_embeds": _ip_adapter_embeds(ctx, self.id_pos)}
 
 
 def keypoint_image(width: int, height: int):
@@ -178,12 +193,12 @@ def keypoint_image(width: int, height: int):
     return img
 
 
-class PuLIDBaseline:
+class PuLIDBaseline(Baseline):
     label = ("diffusers StableDiffusionXLPipeline + PuLID v1.1's ID attention processors installed into its UNet "
              "(the reference's attention_processor, ported) + per image EVA02-CLIP-L-336 visual tower on a face "
              "image and the IDFormer, cross_attention_kwargs id_embedding (scale 0.8, the reference negative)")
 
-    def __init__(self, ctx: Ctx):
+    def load(self, ctx: Ctx):
         from safetensors.torch import load_file
 
         from pipelines.identity.pulid import REFERENCE_NEGATIVE
@@ -191,15 +206,16 @@ class PuLIDBaseline:
         from pipelines.pulid.encoders import id_encoder_from_state
         from pipelines.pulid.eva import load_eva_visual
 
-        self.ctx, self.negative = ctx, REFERENCE_NEGATIVE
+        self.negative = REFERENCE_NEGATIVE
         state = load_file(str(ctx.folders["pulid_weights"]))
-        self.pipe = load_sdxl(ctx)
-        install(self.pipe.unet, state)
+        pipe = load_sdxl(ctx)
+        install(pipe.unet, state)
         self.id_encoder = id_encoder_from_state(state).eval().to(ctx.device)  # float32, as the reference
         self.eva = load_eva_visual(load_file(str(ctx.folders["eva_weights"]))).to(ctx.device)
         self.id_pos = id_embedding(ctx).reshape(1, -1).float().to(ctx.device)
+        return pipe
 
-    def __call__(self):
+    def conditioning(self) -> dict:
         import torch
 
         from pipelines.pulid.eva import eva_features, eva_input
@@ -213,43 +229,40 @@ class PuLIDBaseline:
             cond = self.id_encoder(id_cond, hidden)
             uncond = self.id_encoder(torch.zeros_like(id_cond), [torch.zeros_like(t) for t in hidden])
         emb = (torch.cat([uncond, cond]) if ctx.cfg > 1.0 else cond).to(ctx.dtype)
-        kw = {**ctx.call_kwargs(), "negative_prompt": self.negative}
-        return self.pipe(**kw, cross_attention_kwargs={"id_embedding": emb, "id_scale": SCALE, "num_zero": 0,
-                                                       "ortho": "off"}).images[0]
+        return {"negative_prompt": self.negative,
+                "cross_attention_kwargs": {"id_embedding": emb, "id_scale": SCALE, "num_zero": 0, "ortho": "off"}}
 
 
-class Arc2FaceBaseline:
+class Arc2FaceBaseline(Baseline):
     label = ("diffusers StableDiffusionPipeline.from_pretrained(SD1.5 folder, unet=Arc2Face UNet, "
              "text_encoder=Arc2Face CLIPTextModel); per image the embedding in the 'id' token row of "
              "'photo of a id person' through the encoder (project_face_embs) as prompt_embeds")
 
-    def __init__(self, ctx: Ctx):
+    def load(self, ctx: Ctx):
         import diffusers
         from transformers import CLIPTextModel
 
         from pipelines.samplers import SAMPLERS, scheduler_class
 
-        self.ctx = ctx
         folder = ctx.folders["arc2face"]
         unet = from_folder(diffusers.UNet2DConditionModel, folder / "arc2face", ctx)
         encoder = CLIPTextModel.from_pretrained(folder / "encoder", dtype=ctx.dtype, local_files_only=True,
                                                 use_safetensors=True)
-        self.pipe = from_folder(diffusers.StableDiffusionPipeline, ctx.folders["sd15"], ctx, unet=unet,
-                                text_encoder=encoder, variant=ctx.sd15_variant, use_safetensors=True,
-                                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = from_folder(diffusers.StableDiffusionPipeline, ctx.folders["sd15"], ctx, unet=unet,
+                           text_encoder=encoder, variant=ctx.sd15_variant, use_safetensors=True,
+                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         cls_name, extra = SAMPLERS[SAMPLER]  # the engine's sampler in quality mode (a speed mode replaces it)
-        self.pipe.scheduler = scheduler_class(cls_name).from_config(self.pipe.scheduler.config, **extra)
-        self.pipe.set_progress_bar_config(disable=True)
-        self.pipe.to(ctx.device)
+        pipe.scheduler = scheduler_class(cls_name).from_config(pipe.scheduler.config, **extra)
+        pipe.set_progress_bar_config(disable=True)
         self.id_pos = id_embedding(ctx).reshape(1, -1).float()
+        return pipe.to(ctx.device)
 
-    def __call__(self):
+    def conditioning(self) -> dict:
         from pipelines.identity.arc2face import project_face_embs
 
-        kw = self.ctx.call_kwargs()
-        kw.pop("prompt")
-        embeds = project_face_embs(self.pipe.tokenizer, self.pipe.text_encoder, self.id_pos)
-        return self.pipe(prompt_embeds=embeds, **kw).images[0]
+        # the embedding is the whole prompt: no text prompt beside prompt_embeds
+        return {"prompt": None,
+                "prompt_embeds": project_face_embs(self.pipe.tokenizer, self.pipe.text_encoder, self.id_pos)}
 
 
 BASELINES = {"none": PlainSDXL, "faceid": FaceIDBaseline, "instantid": InstantIDBaseline, "pulid": PuLIDBaseline,

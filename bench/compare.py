@@ -38,7 +38,7 @@ class Sides:
     """Both sides, warm after their cold starts, and what timing them needs."""
 
     engine: object
-    plain: PlainSDXL
+    plain: PlainSDXL | None  # None once the speed tables are done
     ctx: Ctx
     store: object
     device: str

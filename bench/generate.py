@@ -205,7 +205,7 @@ def build_report(args, prep, cold, tables: dict, extra: dict) -> dict:
     for t in tables.values():
         labels.update(t.labels)
     q = results.get("quality") or results[args.speeds[0]]
-    report = {
+    return {
         "models": prep.label,
         "device": prep.device,
         "device_name": device_name(prep.device),
@@ -243,7 +243,6 @@ def build_report(args, prep, cold, tables: dict, extra: dict) -> dict:
         "build_seconds": round6(prep.build_seconds),
         "notes": list(NOTES) + ([] if args.full_size else [TINY_NOTE]),
     }
-    return report
 
 
 def dry_run() -> dict:
