@@ -169,6 +169,16 @@ def make_settings(tiny_models_dir, tmp_path_factory):
     return make
 
 
+def real_settings(folder: Path, **overrides):
+    """Settings of a fresh install in `folder` (models/, loras/, outputs/; nothing
+    downloaded), CPU, float32; `overrides` go to `load_settings`."""
+    from pipelines.settings import load_settings
+
+    kw = dict(models_dir=folder / "models", loras_dir=folder / "loras", outputs_dir=folder / "outputs",
+              device="cpu", dtype="float32")
+    return load_settings(**{**kw, **overrides})
+
+
 @pytest.fixture(scope="session")
 def make_engine(make_settings):
     """Engine factory: an `Engine` on `make_settings(name, **overrides)`; a test

@@ -14,23 +14,16 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import chromium_page, free_port
+from conftest import chromium_page, free_port, real_settings
 
 from cli.main import build_parser, run
 from pipelines import bundles
 from pipelines.models.catalog import Catalog, load_catalog
-from pipelines.settings import load_settings
 from pipelines.stores import open_store
 from tests.fakehub import FakeHub
 
 REPO = Path(__file__).resolve().parents[1]
 HINT = re.compile(r"`((?:python )?launch\.py [^`]+)`")
-
-
-def real_settings(tmp_path: Path, **kw):
-    base = dict(models_dir=tmp_path / "models", loras_dir=tmp_path / "loras", outputs_dir=tmp_path / "outputs",
-                device="cpu", dtype="float32")
-    return load_settings(**{**base, **kw})
 
 
 # ---- 1. global flags after the sub-command; every hint parses -------------------------------

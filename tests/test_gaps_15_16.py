@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BENCH_GENERATE_FAST, fast_request, run_bench
+from conftest import BENCH_GENERATE_FAST, fast_request, real_settings, run_bench
 
 from pipelines.models.catalog import load_catalog
 from pipelines.tiny import MARKER, build_pack
@@ -40,11 +40,9 @@ def test_inpainting_entry_pins_and_licence():
 def test_inpainting_is_not_a_text_to_image_base(tmp_path):
     from pipelines.errors import BadInput
     from pipelines.models.bases import base_family
-    from pipelines.settings import load_settings
     from pipelines.stores import open_store
 
-    store = open_store(load_settings(models_dir=tmp_path / "m", outputs_dir=tmp_path / "o", loras_dir=tmp_path / "l",
-                                     device="cpu", dtype="float32", demo=False))
+    store = open_store(real_settings(tmp_path, demo=False))
     with pytest.raises(BadInput, match="sdxl-inpainting"):
         base_family(store, "sdxl-inpainting")
 
@@ -79,13 +77,6 @@ def test_inpainting_pack_has_the_catalog_files_and_a_9_channel_unet(inpaint_pack
 
 
 # ---- upscalers in the bundles and the request's missing-models check ---------------------------------
-def _real_settings(tmp_path, **kw):
-    from pipelines.settings import load_settings
-
-    return load_settings(**{**dict(models_dir=tmp_path / "models", loras_dir=tmp_path / "loras",
-                                   outputs_dir=tmp_path / "outputs", device="cpu", dtype="float32"), **kw})
-
-
 def test_upscale_bundle_holds_every_upscaler_and_needs_acceptance(tmp_path):
     import shlex
 
@@ -95,7 +86,7 @@ def test_upscale_bundle_holds_every_upscaler_and_needs_acceptance(tmp_path):
     from pipelines.stores import open_store
     from pipelines.upscale import UPSCALERS
 
-    settings, cat = _real_settings(tmp_path), load_catalog()
+    settings, cat = real_settings(tmp_path), load_catalog()
     assert "upscale" in bundles.bundle_choices()
     assert bundles.choice_models(["upscale"], settings, cat) == [s.model for s in UPSCALERS.values()]
     assert set(bundles.choice_models(["all"], settings, cat)) >= {"realesrgan-x4plus", "4x-ultrasharp"}
@@ -110,7 +101,7 @@ def test_request_models_name_the_requested_upscaler(tmp_path):
     from pipelines.requests import GenerateRequest
     from pipelines.stores import open_store
 
-    settings = _real_settings(tmp_path)
+    settings = real_settings(tmp_path)
     store = open_store(settings)
     plain = bundles.request_models(GenerateRequest(prompt="p", method="none"), settings, store)
     assert not {"realesrgan-x4plus", "4x-ultrasharp"} & set(plain)
@@ -160,7 +151,7 @@ def test_arc2face_turbo_is_the_readme_lcm_mode_and_other_modes_are_refused(tmp_p
         check_speed(apply_speed_defaults(req.model_copy(update={"speed": "fast"})), "sd15")
     with pytest.raises(BadInput, match="field sampler: speed 'turbo'.*'lcm'"):
         check_speed(req.model_copy(update={"sampler": "euler_trailing"}), "sd15")
-    settings = _real_settings(tmp_path)
+    settings = real_settings(tmp_path)
     names = bundles.request_models(req, settings, open_store(settings))
     assert "lcm-lora-sdv1-5" in names and "sdxl-lightning-4step-lora" not in names
 

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, real_settings
 
 from pipelines.errors import BadInput, Cancelled
 from pipelines.requests import GenerateRequest
@@ -305,13 +305,10 @@ def test_models_tab_requires_licence_acceptance(tmp_path):
     import gradio as gr
 
     from app.models_tab import download_model
-    from pipelines.settings import load_settings
-
-    real = load_settings(models_dir=tmp_path / "m", loras_dir=tmp_path / "l", outputs_dir=tmp_path / "o",
-                         demo=False, accept_research_licenses=False)
+    real = real_settings(tmp_path, demo=False, accept_research_licenses=False)
     with pytest.raises(gr.Error, match="research / non-commercial"):
         download_model(real, "buffalo_l", accept=False)
-    assert not (tmp_path / "m" / "buffalo_l").exists()
+    assert not (real.models_dir / "buffalo_l").exists()
 
 
 # ------------------------------------------------------------------ the running server
