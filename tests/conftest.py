@@ -293,6 +293,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until(cond, timeout: float = 20.0, poll: float = 0.02) -> bool:
+    """Polls `cond()` every `poll` s until it is true (True) or `timeout` s pass (False)."""
+    import time
+
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(poll)
+    return True
+
+
 def stop_process(proc) -> None:
     """Terminates `proc` (a `subprocess.Popen`), killing it if it has not exited after 20 s."""
     import subprocess

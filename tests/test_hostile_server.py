@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_until
 
 from pipelines.errors import Cancelled
 
@@ -239,25 +239,16 @@ def slow_server(tmp_path):
 CALL = dict(photos=[], prompt="a portrait", preset="", method="none", seed=1, api_name="/generate")
 
 
-def _wait(cond, timeout=20.0):
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_client_cancel_stops_the_engine_within_a_step(slow_server):
     from gradio_client import Client
 
     engine = slow_server.engine
     client = Client(slow_server.url, verbose=False, download_files=False)
     job = client.submit(count=40, **CALL)  # 40 images x 30 steps: about 36 s uncancelled
-    assert _wait(lambda: engine.calls and engine.calls[0]["steps_done"] >= 3)
+    assert wait_until(lambda: engine.calls and engine.calls[0]["steps_done"] >= 3)
     job.cancel()
     at_cancel = engine.calls[0]["steps_done"]
-    assert _wait(lambda: engine.calls[0]["end"] == "cancelled", timeout=5), engine.calls[0]
+    assert wait_until(lambda: engine.calls[0]["end"] == "cancelled", timeout=5), engine.calls[0]
     assert engine.calls[0]["steps_done"] - at_cancel <= 3  # the step it was in, plus the ones in flight
     assert engine.calls[0]["images"] == 0 and not list(slow_server.settings.outputs_dir.glob("*.png"))
     t0 = time.monotonic()
@@ -274,7 +265,7 @@ def test_every_call_not_cancelled_gets_its_result(slow_server):
     engine.step_s = 0.005
     client = Client(slow_server.url, verbose=False, download_files=False)
     jobs = [client.submit(count=1, **CALL) for _ in range(12)]
-    assert _wait(lambda: len(engine.calls) >= 1)
+    assert wait_until(lambda: len(engine.calls) >= 1)
     cancelled = {0, 4, 9}  # the running one (or the first) and two queued ones
     for i in sorted(cancelled):
         jobs[i].cancel()
@@ -309,7 +300,7 @@ def test_dropped_connection_stops_the_engine(slow_server):
                 if "process_generating" in line:  # the engine is stepping
                     break
     # the connection is closed here, as when a tab closes
-    assert _wait(lambda: engine.calls and engine.calls[0]["end"] == "cancelled", timeout=15), engine.calls
+    assert wait_until(lambda: engine.calls and engine.calls[0]["end"] == "cancelled", timeout=15), engine.calls
     assert engine.calls[0]["images"] < 40
 
 
@@ -373,5 +364,5 @@ def test_batch_tab_cancel_stops_within_a_step(tmp_path):
     for _ in updates:  # a closed tab: the generator is closed after one step
         break
     updates.close()
-    assert _wait(lambda: engine.calls[-1]["end"] == "cancelled", timeout=5)
+    assert wait_until(lambda: engine.calls[-1]["end"] == "cancelled", timeout=5)
     assert len(engine.calls) == 3  # it resumed after the finished item and stopped there
