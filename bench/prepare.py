@@ -100,16 +100,20 @@ def baseline_folders(store, methods: list[str]) -> dict[str, Path]:
     return files
 
 
+def astronaut(work: Path) -> Path:
+    """skimage's astronaut (one face) as a PNG in `work`, written once."""
+    path = work / "astronaut.png"
+    if not path.exists():
+        from PIL import Image
+        from skimage import data
+
+        Image.fromarray(data.astronaut()).save(path)
+    return path
+
+
 def photo(args, work: Path) -> Path:
     """--photo, else skimage's astronaut written into the run's temp dir."""
-    if args.photo:
-        return args.photo
-    from PIL import Image
-    from skimage import data
-
-    path = work / "astronaut.png"
-    Image.fromarray(data.astronaut()).save(path)
-    return path
+    return args.photo or astronaut(work)
 
 
 def prepare_run(args, work: Path) -> Prepared:

@@ -137,24 +137,17 @@ def _plain_result(times: list[float], args, device: str, **extra) -> dict:
 
 
 # ------------------------------------------------------------------ tiny model
-def _photo(work: Path) -> Path:
-    from PIL import Image
-    from skimage import data
-
-    p = work / "astronaut.png"
-    if not p.exists():
-        Image.fromarray(data.astronaut()).save(p)
-    return p
 
 
 def tiny_ours(args) -> dict:
+    from bench.prepare import astronaut
     from pipelines.lora.dataset import DatasetOptions
     from pipelines.lora.train import LoraTrainer, TrainConfig
     from pipelines.stores import open_store
 
     settings = _settings(args)
     trainer = LoraTrainer(settings, open_store(settings))
-    tset = trainer.prepare([_photo(Path(args.work))],
+    tset = trainer.prepare([astronaut(Path(args.work))],
                            DatasetOptions(profile=settings.profile, framings=("close-up",)))
     res = trainer.train(tset, TrainConfig(name="bench", steps=args.warmup + args.steps, lr=1e-4,
                                           checkpoint_every=100_000, gradient_checkpointing=_checkpointing(args)),
@@ -170,6 +163,7 @@ def tiny_plain(args) -> dict:
     import torch
     from diffusers import DDPMScheduler
 
+    from bench.prepare import astronaut
     from pipelines.lora.dataset import DatasetOptions
     from pipelines.lora.train import LoraTrainer, load_base
     from pipelines.stores import open_store
@@ -177,7 +171,7 @@ def tiny_plain(args) -> dict:
     settings = _settings(args)
     device = settings.resolve_device()
     trainer = LoraTrainer(settings, open_store(settings))
-    tset = trainer.prepare([_photo(Path(args.work))],
+    tset = trainer.prepare([astronaut(Path(args.work))],
                            DatasetOptions(profile=settings.profile, framings=("close-up",)))
     sample = tset.samples[0]
     pipe = load_base(trainer.store, "sdxl-base", torch.float32).to(device)
