@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run demo lint test test-slow install install-test browser clean
+.PHONY: run demo lint typecheck test test-slow install install-test browser clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,15 +41,18 @@ run: install
 demo: install
 	$(BIN)/python launch.py --demo ui
 
-# lint first ([tool.ruff] in pyproject.toml), then the tests
+# lint and type checking first ([tool.ruff] and [tool.mypy] in pyproject.toml), then the tests
 lint: install-test
 	$(BIN)/ruff check .
 
-test: install-test lint
+typecheck: install-test
+	$(BIN)/mypy
+
+test: install-test lint typecheck
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 test-slow: install-test
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache

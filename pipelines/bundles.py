@@ -196,7 +196,9 @@ def request_models(req, settings, store) -> list[str]:
     if getattr(req, "speed", "quality") != "quality":  # fast/turbo: their distilled LoRA
         from .speed import mode_for
 
-        names.append(mode_for(req.speed, req.method).lora)
+        lora = mode_for(req.speed, req.method).lora
+        if lora is not None:  # every mode but quality has one
+            names.append(lora)
     if getattr(req, "upscale", 1) != 1:  # the spandrel upscaler the request names
         names += upscale_models([req.upscaler])
     if req.restore != "none":

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from .errors import BadInput
 
@@ -15,7 +16,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def parse_json_model(text: str | bytes, model: type[M], source: str, what: str, keys_hint: str,
-                     describe: Callable[[dict], str]) -> M:
+                     describe: Callable[[ErrorDetails], str]) -> M:
     """Parse `text` as a JSON object and validate it as `model`.
 
     `what` names the kind of file ("a preset"), `keys_hint` lists its keys for the

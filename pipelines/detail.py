@@ -36,7 +36,7 @@ neither module, and two people are scored through `ctx.people_likeness`.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,7 +57,7 @@ def face_mask(size: tuple[int, int], box) -> Image.Image:
 
     w, h = size
     x1, y1, x2, y2 = [int(round(v)) for v in box]
-    hard = np.zeros((h, w), np.uint8)
+    hard: np.ndarray = np.zeros((h, w), np.uint8)
     hard[max(0, y1):min(h, y2), max(0, x1):min(w, x2)] = 255
     hard = cv2.dilate(hard, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * MASK_DILATE + 1,) * 2))
     k = 2 * int(2.5 * MASK_BLUR + 0.5) + 1  # A1111's kernel size for a blur of sigma MASK_BLUR
@@ -76,7 +76,8 @@ def crop_box(mask, width: int, height: int) -> tuple[int, int, int, int]:
     A1111's get_crop_region + expand to the processing aspect)."""
     from diffusers.image_processor import VaeImageProcessor
 
-    return tuple(int(v) for v in VaeImageProcessor.get_crop_region(mask, width, height, pad=CROP_PADDING))
+    x1, y1, x2, y2 = (int(v) for v in VaeImageProcessor.get_crop_region(mask, width, height, pad=CROP_PADDING))
+    return x1, y1, x2, y2
 
 
 def inpaint_face(engine: EngineServices, ctx, image, mask, req, seed: int, kps=None, face_box=None, strength: float | None = None,
@@ -92,7 +93,8 @@ def inpaint_face(engine: EngineServices, ctx, image, mask, req, seed: int, kps=N
     run.scheduler = engine.scheduler(req.sampler)
     W, H = image.size
     kwargs = engine.call_kwargs(req, ctx.cond, ctx.units, ctx.width, ctx.height, seed, None, ctx.cancel, index)
-    region, saved = None, None
+    region: Any = None  # InstantID's face region (pipelines/identity/instantid.py), when a unit has one
+    saved: tuple | None = None
     if ctx.units:
         images = kwargs.pop("image")
         images = images if isinstance(images, list) else [images]

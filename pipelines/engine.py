@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BadInput, ModelError
 from .identity import get_method_class, method_family
@@ -30,6 +30,15 @@ from .samplers import SAMPLER_CALL_KWARGS, SD15_BUCKETS, SDXL_BUCKETS, make_sche
 from .settings import DEMO_BANNER, Settings
 from .speed import apply_speed_defaults, check_speed, speed_lora, speed_recipe
 from .types import GeneratedImage
+
+if TYPE_CHECKING:
+    from .finishing import FinishingSteps
+    from .lora.manager import LoraManager
+    from .pose.control import PoseControl
+    from .previews import PreviewDecoder
+    from .restore.stage import RestoreStage
+    from .scoring import LikenessScorer
+    from .vram import Placement
 
 StepCallback = Callable[[dict], None]
 SD15_FT_MSE_VAE = "sd-vae-ft-mse"
@@ -58,8 +67,8 @@ class Engine:
         self.dtype = settings.resolve_dtype(self.device)
         self._lock = threading.RLock()
         self._base_name: str | None = None
-        self._pipe = None
-        self._base_scheduler_config = None
+        self._pipe: Any = None  # the resident diffusers pipeline
+        self._base_scheduler_config: dict | None = None
         self._method: IdentityMethod | None = None
         self._methods: dict[str, IdentityMethod] = {}
         self._analyzers: dict[str, Any] = {}
@@ -67,17 +76,17 @@ class Engine:
         self._views: dict[tuple, Any] = {}
         self._resident: dict[str, dict] = {}  # kind -> key -> what a step keeps resident (see `resident`)
         self.load_count = 0  # how many times a base pipeline was loaded (tests/bench)
-        self._loras = None  # LoraManager, made on the first request with a LoRA
-        self._pose = None  # PoseControl, made on the first request with a pose
-        self._restore_stage = None  # RestoreStage, made on the first request with a face restore
-        self._scorer = None  # LikenessScorer, made on the first request with an identity
-        self._finishing = None  # the current request's finishing steps (pipelines/finishing.py)
+        self._loras: LoraManager | None = None  # made on the first request with a LoRA
+        self._pose: PoseControl | None = None  # made on the first request with a pose
+        self._restore_stage: RestoreStage | None = None  # made on the first request with a face restore
+        self._scorer: LikenessScorer | None = None  # made on the first request with an identity
+        self._finishing: FinishingSteps | None = None  # the current request's finishing steps (pipelines/finishing.py)
         # GPU path (pipelines/vram.py, pipelines/imageloop.py, pipelines/previews.py)
-        self.placement = None  # the offload/VAE-tiling choice of the resident pipeline
+        self.placement: Placement | None = None  # the offload/VAE-tiling choice of the resident pipeline
         self._offload_override: str | None = None  # "model" after an out-of-memory retry
         self.batch_images = "auto"  # -n as one batched call: auto | on | off
         self.last_batched = False
-        self._previews = None
+        self._previews: PreviewDecoder | None = None
 
     # ----------------------------------------------------------------- models
     def base_family(self, base_name: str) -> str:
@@ -234,7 +243,7 @@ class Engine:
     def _controlnet_pipe(self, pipe, units: list[ControlUnit]):
         return self.view(pipe, "txt2img", units)
 
-    def view(self, pipe, task: str, units: list[ControlUnit] = ()):
+    def view(self, pipe, task: str, units: Sequence[ControlUnit] = ()):
         """A diffusers pipeline for `task` ("txt2img", "img2img", "inpaint") over the
         resident components of `pipe`, with `units`' ControlNets when there are any.
         Views hold no weight copies; they are cached per (task, ControlNets) and
@@ -259,7 +268,8 @@ class Engine:
             return self._views[key]
 
     # ---------------------------------------------------------------- generate
-    def resolve_size(self, req: GenerateRequest, family: str, photo_size=None) -> tuple[int, int]:
+    def resolve_size(self, req: GenerateRequest, family: str,
+                     photo_size: tuple[int, int] | None = None) -> tuple[int, int]:
         """The request's width/height; a missing one comes from the default bucket,
         or, given `photo_size` (w, h), from the bucket nearest the photo's aspect."""
         buckets = SDXL_BUCKETS if family == "sdxl" else SD15_BUCKETS
@@ -311,6 +321,7 @@ class Engine:
             req = apply_method_defaults(apply_speed_defaults(req), method_cls)
             if req.base_model is None:
                 req = req.model_copy(update={"base_model": self.default_base(req.method)})
+            assert req.base_model is not None  # set just above when the request left it out
             family = self.base_family(req.base_model)
             check_family_options(req, family)
             check_speed(req, family, method_cls)
@@ -332,7 +343,8 @@ class Engine:
             # bucket nearest the photo's aspect, unless a pose places the face
             follows_photo = identity is not None and getattr(method, "follows_photo_aspect", False)
             posed = bool(req.pose) and req.pose_scale > 0
-            width, height = self.resolve_size(req, family, identity.image_size if follows_photo and not posed else None)
+            photo_size = identity.image_size if identity is not None and follows_photo and not posed else None
+            width, height = self.resolve_size(req, family, photo_size)
             template = None
             if req.template:  # "put me in this photo": only the template's face is re-generated
                 from .templates import load_template

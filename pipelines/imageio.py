@@ -42,7 +42,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -263,9 +263,10 @@ def _read_source(src: object, label: str) -> Path | bytes:
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
     elif hasattr(src, "read"):
+        stream = cast(IO[bytes], src)  # a file object; one without seek() is read from where it is
         with contextlib.suppress(AttributeError, OSError, ValueError):
-            src.seek(0)  # type: ignore[union-attr]
-        data = src.read()  # type: ignore[union-attr]
+            stream.seek(0)
+        data = stream.read()
         if not isinstance(data, (bytes, bytearray)):
             raise BadInput(f"{label} was opened in text mode; open it in binary mode ('rb').")
         data = bytes(data)
@@ -401,7 +402,7 @@ def _load_encoded(src: object, label: str, max_pixels: int, max_side: int | None
     _register_heif()
     with pil_decoding_limits(max_pixels) as cap:
         try:
-            img = Image.open(_open_arg(source), formats=list(_OPEN_ORDER))
+            img: Image.Image = Image.open(_open_arg(source), formats=list(_OPEN_ORDER))
         except _BOMB_ERRORS as exc:
             raise _too_large(label, _declared_size(source), cap) from exc
         except UnidentifiedImageError as exc:

@@ -70,7 +70,8 @@ def karras_sigmas(sigma_min: torch.Tensor, sigma_max: torch.Tensor, n: int, rho:
     return torch.cat([sigmas, sigmas.new_zeros([1])])
 
 
-class KDPMPP2MKarrasScheduler(SchedulerMixin, ConfigMixin):
+# diffusers' own schedulers combine these two mixins, whose `config_name` annotations differ
+class KDPMPP2MKarrasScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]
     """DPM++ 2M Karras as k-diffusion / ComfyUI / PuLID v1.1 run it (module docstring)."""
 
     # built from any base pipeline's scheduler config without warnings about its other keys
@@ -89,18 +90,18 @@ class KDPMPP2MKarrasScheduler(SchedulerMixin, ConfigMixin):
                            f"not {prediction_type!r}.")
         self.train_sigmas = training_sigmas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         self.log_train_sigmas = self.train_sigmas.log()
-        self.num_inference_steps = None
+        self.num_inference_steps: int | None = None
         self.sigmas = torch.cat([self.train_sigmas.flip(0), self.train_sigmas.new_zeros([1])])
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
-        self._step_index = None
-        self._begin_index = None
-        self._old_denoised = None
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._old_denoised: torch.Tensor | None = None
 
     # ----------------------------------------------------------- schedule
     @property
     def init_noise_sigma(self) -> torch.Tensor:
         # the reference: latents = noise * sigmas[0].to(noise), sigma in the latents' dtype
-        return self.sigmas[0].to(getattr(torch, self.config.model_dtype))
+        return self.sigmas[0].to(getattr(torch, self.config["model_dtype"]))
 
     @property
     def step_index(self):
@@ -122,10 +123,10 @@ class KDPMPP2MKarrasScheduler(SchedulerMixin, ConfigMixin):
         if num_inference_steps < 1:
             raise BadInput(f"steps must be at least 1 (got {num_inference_steps}).")
         self.num_inference_steps = num_inference_steps
-        sigmas = karras_sigmas(self.train_sigmas[0], self.train_sigmas[-1], num_inference_steps, self.config.rho)
+        sigmas = karras_sigmas(self.train_sigmas[0], self.train_sigmas[-1], num_inference_steps, self.config["rho"])
         # the reference maps `sigmas[i] * s_in`, which has the latents' dtype: fp16 latents round
         # sigma to fp16 first (which can move t by one, e.g. 890 -> 889)
-        rounded = sigmas[:-1].to(getattr(torch, self.config.model_dtype))
+        rounded = sigmas[:-1].to(getattr(torch, self.config["model_dtype"]))
         self.timesteps = self.sigma_to_t(rounded).to(device=device, dtype=torch.int64)
         self.sigmas = sigmas.to(device)
         self._step_index = None
@@ -157,7 +158,7 @@ class KDPMPP2MKarrasScheduler(SchedulerMixin, ConfigMixin):
 
     def _denoised(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = sigma.to(sample.device, sample.dtype)  # the reference's `sigmas[i] * s_in`, in x's dtype
-        if self.config.prediction_type == "epsilon":
+        if self.config["prediction_type"] == "epsilon":
             return sample - model_output * s
         # k-diffusion CompVisVDenoiser: c_skip = 1/(s^2+1), c_out = -s/sqrt(s^2+1)
         return model_output * (-s / (s ** 2 + 1.0) ** 0.5) + sample * (1.0 / (s ** 2 + 1.0))
@@ -169,6 +170,7 @@ class KDPMPP2MKarrasScheduler(SchedulerMixin, ConfigMixin):
         if self._step_index is None:
             self._init_step_index(timestep)
         i = self._step_index
+        assert i is not None  # set by _init_step_index
         sigma, sigma_next = self.sigmas[i].to(sample.device), self.sigmas[i + 1].to(sample.device)
         denoised = self._denoised(model_output, sample, sigma)
         if sigma_next == 0:
@@ -185,7 +187,7 @@ class KDPMPP2MKarrasScheduler(SchedulerMixin, ConfigMixin):
                 denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * self._old_denoised
                 x = ratio * sample - (-h).expm1() * denoised_d
         self._old_denoised = denoised
-        self._step_index += 1
+        self._step_index = i + 1
         if not return_dict:
             return (x, denoised)
         return KDiffusionSchedulerOutput(prev_sample=x, pred_original_sample=denoised)
@@ -206,4 +208,4 @@ class KDPMPP2MKarrasScheduler(SchedulerMixin, ConfigMixin):
         return original_samples + noise * sigma
 
     def __len__(self) -> int:
-        return self.config.num_train_timesteps
+        return self.config["num_train_timesteps"]

@@ -94,8 +94,8 @@ def a1111_parameters(
     seed: int,
     width: int,
     height: int,
-    model_name: str,
-    model_hash: str,
+    model_name: str | None,
+    model_hash: str | None,
     extra: Mapping[str, Any] | None = None,
 ) -> str:
     """The A1111 infotext:
@@ -104,7 +104,7 @@ def a1111_parameters(
         Negative prompt: <negative>          (omitted when empty)
         Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 5, Seed: 7, Size: 1024x1024, Model hash: ..., Model: ..., <extra>
 
-    `model_hash` is written as given; A1111 uses the first 10 hex digits of the
+    `model_hash` is written as given (left out when empty or None); A1111 uses the first 10 hex digits of the
     checkpoint's SHA-256. `extra` values of None are left out."""
     fields: dict[str, Any] = {
         "Steps": int(steps),
@@ -176,19 +176,16 @@ def save_png(
     parameters: str,
     recipe: Mapping[str, Any],
     notice: str | None = None,
-    demo: bool | None = None,
 ) -> Path:
     """Write `image` to `path` (atomically: the file appears whole or not at all)
     with the A1111 parameters, the JSON recipe and the AI-generated marker.
     With a `notice` (the run profile's, `settings.profile.notice`: demo models
     say "demo models: random weights") the recipe gains `"demo": notice` and a
-    Comment chunk says the same. `demo=True` is the old boolean for DEMO_NOTICE.
+    Comment chunk says the same.
     The caller confines `path` to the outputs folder."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise BadInput(f"output file {path} must end in .png.")
-    if demo and notice is None:
-        notice = DEMO_NOTICE
     stored = dict(recipe)
     if notice:
         stored["demo"] = notice
@@ -222,6 +219,7 @@ def read_recipe(path: Path | str) -> dict:
             if raw is None:
                 # Some tools move text chunks behind the pixel data; reaching them
                 # means decoding the image (bounded by the pixel cap above).
+                assert isinstance(img, PngImagePlugin.PngImageFile)  # opened with formats=["PNG"]
                 raw = img.text.get(RECIPE_KEY)
     except FileNotFoundError as exc:
         raise BadInput(f"{label} does not exist; check the path.") from exc
@@ -281,7 +279,9 @@ def parse_a1111(text: str) -> dict[str, Any]:
     params = ""
     if lines and re.match(r"\s*Steps:", lines[-1]):
         params = lines.pop()
-    prompt, negative, in_negative = [], [], False
+    prompt: list[str] = []
+    negative: list[str] = []
+    in_negative = False
     for line in lines:
         if line.startswith("Negative prompt:"):
             in_negative = True

@@ -41,6 +41,7 @@ from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import ErrorDetails
 
 from .errors import BadInput
 from .pose.templates import ASSETS_POSES, FaceKeypoints
@@ -112,7 +113,7 @@ def load_layout(name: str) -> Layout:
                             "with the keys name, title, aspect, people", _describe)
 
 
-def _describe(err: dict) -> str:
+def _describe(err: ErrorDetails) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()))
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     return f"key {loc}: {msg}" if loc else msg
@@ -269,6 +270,7 @@ def instantid_two_person(engine: EngineServices, pipe, method, cond, identity_a,
     units = []
     for k, (tokens, region) in enumerate(zip((tokens_a, tokens_b), layout.people[:2])):
         views.state[k] = {"tokens": tokens, "mask": torch.as_tensor(masks[k], device=engine.device)}
+        assert region.face is not None  # checked at the top
         kps = np.asarray(region.face.points(), np.float32) * np.array([width, height], np.float32)
         units.append(ControlUnit(f"identitynet-{k + 1}", views.views[k], render_face_keypoints(kps, width, height),
                                  scale=req.identitynet_scale))

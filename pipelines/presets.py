@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from .errors import BadInput, UnsafePath
 from .identity import methods_for_family
 from .paths import check_name
 from .profile import (
     DEMO_MAX_STEPS as DEMO_MAX_STEPS,  # the demo step cap, also read from here
+    REAL,
     RunProfile,
-    as_profile,
 )
 from .requests import LoraSpec
 from .samplers import SAMPLERS, SDXL_BUCKETS
@@ -165,14 +166,11 @@ class Preset(BaseModel):
             return self.prompt.replace(SUBJECT, subject)
         return f"{subject}, {self.prompt}"
 
-    def request_fields(self, subject: str | None = None, profile: RunProfile | None = None, *,
-                       demo: bool | None = None) -> dict:
+    def request_fields(self, subject: str | None = None, profile: RunProfile = REAL) -> dict:
         """The `GenerateRequest` fields this preset sets (the caller adds photos,
         seed, count and anything the user overrides). The run `profile` sizes the
         bucket and caps the steps (demo: 1/8 per side, at most DEMO_MAX_STEPS
-        steps, so a preset click takes seconds on the tiny models). `demo=` is
-        the old boolean, still accepted in the profile's place."""
-        profile = as_profile(profile, demo)
+        steps, so a preset click takes seconds on the tiny models)."""
         w, h = profile.size(*self.width_height)
         steps = profile.cap_steps(self.steps)
         fields: dict = {
@@ -207,7 +205,7 @@ def _pose_names() -> list[str]:
     return builtin_names()
 
 
-def _describe(err: dict) -> str:
+def _describe(err: ErrorDetails) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()))
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
     if err.get("type") == "extra_forbidden":
@@ -277,7 +275,7 @@ def get_preset(name: str, folder: Path | str | None = None, user_dir: Path | str
     raise BadInput(f"preset {name!r} does not exist; choose one of: {known}.")
 
 
-def apply_preset(preset: str | Preset, profile: RunProfile | None = None, *, subject: str | None = None,
+def apply_preset(preset: str | Preset, profile: RunProfile = REAL, *, subject: str | None = None,
                  overrides: dict | None = None, folder: Path | str | None = None,
                  user_dir: Path | str | None = None) -> dict:
     """The `GenerateRequest` fields of `preset` (a name, looked up in `folder`, the
@@ -309,7 +307,6 @@ def apply_preset(preset: str | Preset, profile: RunProfile | None = None, *, sub
       the template (a job file states whole prompts), over `defaults:` and the
       item's `overrides:`, speed included.
     """
-    profile = as_profile(profile)
     if not isinstance(preset, Preset):
         preset = get_preset(preset, folder, user_dir)
     fields = preset.request_fields(subject, profile)
@@ -324,13 +321,11 @@ def apply_preset(preset: str | Preset, profile: RunProfile | None = None, *, sub
     return fields
 
 
-def load_preset(name: str, subject: str | None = None, profile: RunProfile | None = None,
-                folder: Path | str | None = None, user_dir: Path | str | None = None, *,
-                demo: bool | None = None) -> dict:
+def load_preset(name: str, subject: str | None = None, profile: RunProfile = REAL,
+                folder: Path | str | None = None, user_dir: Path | str | None = None) -> dict:
     """`apply_preset` without overrides: the `GenerateRequest` fields of preset
-    `name`, `subject` filling its {subject}. `demo=` (or a bool as `profile`) is
-    the old boolean, accepted from callers not yet passing the profile."""
-    return apply_preset(name, as_profile(profile, demo), subject=subject, folder=folder, user_dir=user_dir)
+    `name`, `subject` filling its {subject}."""
+    return apply_preset(name, profile, subject=subject, folder=folder, user_dir=user_dir)
 
 
 # --------------------------------------------------------------------- the user's own presets
@@ -359,7 +354,7 @@ def _bucket_name(width: int | None, height: int | None) -> SizeName:
     return min(SIZE_BUCKETS, key=lambda k: abs(SIZE_BUCKETS[k][0] / SIZE_BUCKETS[k][1] - aspect))  # type: ignore
 
 
-def preset_from_request(name: str, title: str, fields: dict, profile: RunProfile | bool | None = None) -> Preset:
+def preset_from_request(name: str, title: str, fields: dict, profile: RunProfile | None = None) -> Preset:
     """A preset holding the settings of `fields` (a GenerateRequest's, as the UI
     or a recipe has them). The prompt is kept whole (no {subject}: a subject given
     later is put in front); the size becomes the nearest bucket by aspect, for

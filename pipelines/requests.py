@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from .errors import BadInput
 from .identity import DEFAULT_METHOD, method_names
@@ -187,7 +188,7 @@ class GenerateRequest(BaseModel):
         return self
 
 
-def _field_message(err: dict) -> str:
+def _field_message(err: ErrorDetails) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
     msg = err.get("msg", "invalid").removeprefix("Value error, ")
     if loc:

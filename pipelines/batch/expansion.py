@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from ..errors import BadInput, LikenessError
 from ..imageio import hash_user_file, read_user_file
-from ..profile import RunProfile, as_profile
+from ..profile import REAL, RunProfile
 from .jobread import JobErrors, contents_hash, local_path
 from .jobspec import MAX_ITEMS, MAX_JOB_BYTES, POSE_PHOTO_SUFFIXES, BatchItem, ItemSpec, Job, JobSpec
 
@@ -139,7 +139,8 @@ def _count_combinations(spec: JobSpec, job: Job, errors: JobErrors) -> None:
     for i, it in enumerate(spec.items):
         n = 1
         names = it.axis("identity")
-        for axis in (names if names is not None else (list(job.identities) or [None]),
+        every_identity: list[str | None] = list(job.identities) or [None]
+        for axis in (names if names is not None else every_identity,
                      it.axis("preset"), it.axis("prompt"), it.axis("method"), it.axis("seed"), it.poses, it.loras):
             n *= max(1, len(axis or ()))
         total += n
@@ -148,15 +149,14 @@ def _count_combinations(spec: JobSpec, job: Job, errors: JobErrors) -> None:
                                           f"(duplicates included); split it")
 
 
-def expand(spec: JobSpec, job: Job, errors: JobErrors, profile: RunProfile | bool | None = None,
+def expand(spec: JobSpec, job: Job, errors: JobErrors, profile: RunProfile = REAL,
            presets_dir=None) -> tuple[list[BatchItem], int]:
     """identities x presets x prompts x methods x seeds x poses x loras, each
     validated as a request. Returns (unique items, number of duplicates).
-    `profile`: the run profile presets are sized by (a bool is the old `demo`)."""
+    `profile`: the run profile presets are sized by."""
     from ..presets import apply_preset
     from ..requests import GenerateRequest
 
-    profile = as_profile(profile)
     model = GenerateRequest
     base = job.path.parent
     _count_combinations(spec, job, errors)
@@ -196,10 +196,10 @@ def expand(spec: JobSpec, job: Job, errors: JobErrors, profile: RunProfile | boo
             if preset is not None:
                 data = apply_preset(loaded[preset], profile, overrides=data)
             if pose_field is not None:
-                key = json.dumps(pose, sort_keys=True, default=str)
-                if key not in pose_values:  # each pose file is read and checked once
-                    pose_values[key] = _pose_value(pose, base, loc + ("poses",), errors)
-                pv = pose_values[key]
+                pose_key = json.dumps(pose, sort_keys=True, default=str)
+                if pose_key not in pose_values:  # each pose file is read and checked once
+                    pose_values[pose_key] = _pose_value(pose, base, loc + ("poses",), errors)
+                pv = pose_values[pose_key]
                 data[pose_field] = [pv] if pose_field == "poses" else pv
             if lora_field is not None:
                 data[lora_field] = _lora_value(lora, lora_field, loc + ("loras",), errors)

@@ -91,8 +91,9 @@ def confine_to_uploads(spec: JobSpec, uploads: Uploads, errors: JobErrors) -> No
                     _bare_name(v, ("items", i, "overrides", key), errors, "poses")
                     _no_file_suffix(v, ("items", i, "overrides", key), errors)
     # a template photo or a layout file would be read from the server: names only
-    for loc, options in [(("defaults",), spec.defaults)] + [(("items", i, "overrides"), it.overrides)
-                                                             for i, it in enumerate(spec.items)]:
+    places: list[tuple[tuple, dict]] = [(("defaults",), spec.defaults)]
+    places += [(("items", i, "overrides"), it.overrides) for i, it in enumerate(spec.items)]
+    for loc, options in places:
         for key in ("template", "layout"):
             v = options.get(key)
             if v is not None and (_bare_name(v, loc + (key,), errors, f"{key}s") != v

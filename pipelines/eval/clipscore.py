@@ -11,6 +11,7 @@ images; text embeddings are cached per prompt.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 CLIP_MODEL = "clip-vit-b-32-laion"
 
@@ -23,10 +24,11 @@ class ClipScorer:
         self.device = device
         self.dtype = dtype
         self.model_name = model
-        self._model = None
-        self._preprocess = None
-        self._tokenizer = None
-        self._texts: dict[str, object] = {}
+        # open_clip's model, image transform and tokenizer: None until `_load`
+        self._model: Any = None
+        self._preprocess: Any = None
+        self._tokenizer: Any = None
+        self._texts: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     @property
@@ -71,9 +73,9 @@ class ClipScorer:
         import torch
 
         if prompt not in self._texts:
-            tokens = self._tokenizer([prompt]).to(self.device)  # type: ignore[misc]
+            tokens = self._tokenizer([prompt]).to(self.device)
             with torch.inference_mode():
-                t = self._model.encode_text(tokens).float()  # type: ignore[union-attr]
+                t = self._model.encode_text(tokens).float()
             self._texts[prompt] = torch.nn.functional.normalize(t, dim=-1)[0]
         return self._texts[prompt]
 
@@ -84,10 +86,10 @@ class ClipScorer:
         with self._lock:
             self._load()
             text = self._text_embedding(prompt)
-            pixels = self._preprocess(image.convert("RGB")).unsqueeze(0)  # type: ignore[misc]
-            pixels = pixels.to(self.device, dtype=next(self._model.parameters()).dtype)  # type: ignore[union-attr]
+            pixels = self._preprocess(image.convert("RGB")).unsqueeze(0)
+            pixels = pixels.to(self.device, dtype=next(self._model.parameters()).dtype)
             with torch.inference_mode():
-                v = self._model.encode_image(pixels).float()  # type: ignore[union-attr]
+                v = self._model.encode_image(pixels).float()
             v = torch.nn.functional.normalize(v, dim=-1)[0]
             cos = float((v @ text).clamp(-1.0, 1.0))
         return round(100.0 * cos, 3)

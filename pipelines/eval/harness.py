@@ -21,9 +21,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import BadInput
 from ..identity import methods_for_family
@@ -165,7 +166,7 @@ def _generate_request(req: EvalRequest, ident: EvalIdentity, prompt: str, index:
                       base: str | None, out: Path):
     from ..requests import GenerateRequest
 
-    data = dict(photos=list(ident.photos), prompt=prompt, method=method, count=req.seeds, seed=req.seed,
+    data: dict[str, Any] = dict(photos=list(ident.photos), prompt=prompt, method=method, count=req.seeds, seed=req.seed,
                 out_dir=str(out), name_prefix=f"p{index:03d}")
     if base is not None:
         data["base_model"] = base
@@ -175,7 +176,7 @@ def _generate_request(req: EvalRequest, ident: EvalIdentity, prompt: str, index:
             data[f] = v
     try:
         return GenerateRequest(**data)
-    except ValueError as exc:  # pydantic ValidationError: name the field
+    except ValidationError as exc:  # name the field
         from ..requests import _field_message
 
         raise BadInput(f"eval: {_field_message(exc.errors()[0])}.") from exc

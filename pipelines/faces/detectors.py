@@ -30,6 +30,8 @@ class BoxGeometry:
     """Geometry of a face box `bbox` = (x1, y1, x2, y2), shared by detections and
     analysed faces."""
 
+    bbox: np.ndarray  # each subclass's own field
+
     @property
     def width(self) -> float:
         return float(self.bbox[2] - self.bbox[0])

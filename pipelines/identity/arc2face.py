@@ -151,7 +151,9 @@ class Arc2Face(IdentityMethod):
         encoder.eval().requires_grad_(False)
         self._base = (pipe.unet, pipe.text_encoder)
         device = pipe.unet.device if not _offloaded(pipe) else torch.device("cpu")
-        self._own = (unet.to(device), encoder.to(device))
+        # transformers decorates PreTrainedModel.to with functools.wraps, whose type makes mypy want
+        # the model as the first argument
+        self._own = (unet.to(device), encoder.to(device))  # type: ignore[arg-type]
         _install(pipe, *self._own)
         self.loaded = True
 

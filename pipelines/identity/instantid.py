@@ -45,10 +45,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .base import Conditioning, ControlUnit, IdentityMethod
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL = "instantid"
 ADAPTER = "ip-adapter.bin"
@@ -252,6 +256,7 @@ class FacePlacement:
         out: dict = {"from": self.source, "box": [round(float(v), 1) for v in self.box]}
         if self.scale is not None:
             out["scale"] = round(float(self.scale), 5)
+            assert self.offset is not None  # set together with scale
             out["offset"] = [round(float(v), 2) for v in self.offset]
         if self.shrunk:
             out["shrunk_to_fit"] = True
@@ -334,7 +339,7 @@ class FaceRegion:
     Owned by the InstantID method; read by its hooks and attention processors."""
 
     def __init__(self) -> None:
-        self.mask = None  # torch (H, W) or None
+        self.mask: torch.Tensor | None = None  # (H, W)
         self._cache: dict = {}
 
     @property
@@ -371,8 +376,10 @@ class FaceRegion:
 
         key = ("attn", n_queries, dtype, device)
         if key not in self._cache:
-            h, w = self.mask.shape
-            m = self.mask[None, None].to(device=device, dtype=dtype)
+            mask = self.mask
+            assert mask is not None  # read only while the region is active
+            h, w = mask.shape
+            m = mask[None, None].to(device=device, dtype=dtype)
             ratio = (h * w / n_queries) ** 0.5
             grid = F.interpolate(m, scale_factor=1 / ratio, mode="nearest")
             if grid.numel() != n_queries:  # a canvas whose grid rounds differently

@@ -43,6 +43,8 @@ Licence: Apache-2.0 code and weights; insightface antelopev2 makes it research-o
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from ..errors import BadInput, ModelError
 from .base import Conditioning, IdentityMethod
 
@@ -65,7 +67,7 @@ class PuLID(IdentityMethod):
     label, title = "PuLID v1.1", "PuLID v1.1 (SDXL)"
     help = "ID encoder from ArcFace + EVA-CLIP face features, ID attention with orthogonal mixing (SDXL)"
     base = "sdxl"
-    required_models = (WEIGHTS, EVA, PARSER, DETECTOR)
+    required_models: ClassVar[tuple[str, ...]] = (WEIGHTS, EVA, PARSER, DETECTOR)
     recognizer = "antelopev2"
     default_scale = 0.8
     # app_v1_1.py, its full-step base (Juggernaut-XL-v9): k-diffusion's DPM++ 2M Karras (pulid/utils.py),

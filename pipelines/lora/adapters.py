@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable
+from typing import Any
 
 # UNet -> (loaded adapters per component, (adapter, weight) pairs, the config
 # objects) as last applied by `set_adapter_weights`; the configs are held so their
@@ -82,8 +83,9 @@ def adapter_weight(model, adapter: str) -> float:
 
     for module in model.modules():
         if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "scaling", {}):
-            base = module.lora_alpha[adapter] / module.r[adapter]
-            return float(module.scaling[adapter] / base) if base else 1.0
+            lora: Any = module  # a LoRA layer: peft's LoraLayer keeps lora_alpha, r and scaling per adapter
+            base = lora.lora_alpha[adapter] / lora.r[adapter]
+            return float(lora.scaling[adapter] / base) if base else 1.0
     return 1.0
 
 
@@ -104,7 +106,8 @@ def deactivate_all(models: Iterable) -> None:
 def _loaded(pipe) -> tuple[tuple, list]:
     """The adapters loaded into each component, as (component, ((adapter, id of its
     config), ...)), and the config objects themselves."""
-    keys, configs = [], []
+    keys: list[tuple] = []
+    configs: list = []
     for name in _COMPONENTS:
         cfg = getattr(getattr(pipe, name, None), "peft_config", None) or {}
         keys.append((name, tuple(sorted((a, id(c)) for a, c in cfg.items()))))

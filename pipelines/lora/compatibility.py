@@ -75,6 +75,7 @@ def split_lora(pipe, state: dict) -> SplitLora:
                     break
         if comp is None:
             raise ValueError(f"key {key!r} belongs to no part of an SDXL pipeline")
+        assert rest is not None  # set together with comp
         if comp not in comps:
             raise ValueError(f"key {key!r} is for {comp}, which this pipeline does not have")
         m = _TE_SUFFIX.match(rest)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
-from ..profile import RunProfile, as_profile
+from ..profile import REAL, RunProfile
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MAX_PHOTOS = 200
@@ -52,13 +52,9 @@ class DatasetOptions:
     group_ratio: float = 0.33
     flip: bool = False
     framings: tuple[str, ...] = ("close-up", "head-and-shoulders")
-    profile: RunProfile | None = None  # the settings' run profile (sizes the buckets); None: real models
-    # the old boolean: accepted in the profile's place (DatasetOptions(demo=True)), then the profile's
-    demo: bool | None = None
+    profile: RunProfile = REAL  # the settings' run profile (sizes the buckets)
 
     def __post_init__(self):
-        self.profile = as_profile(self.profile, self.demo)
-        self.demo = self.profile.demo
         if not self.trigger or any(c in self.trigger for c in ",\n\x00") or len(self.trigger) > 40:
             raise BadInput(f"trigger {self.trigger!r} must be one short word without commas (e.g. lkns).")
         if len(self.class_word) > 60 or any(c in self.class_word for c in "\n\x00"):

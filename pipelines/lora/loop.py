@@ -89,7 +89,9 @@ def add_lora(model, rank: int, alpha: float, targets: list[str], seed: int) -> N
     import torch
     from peft import LoraConfig, inject_adapter_in_model
 
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights="gaussian")
+    # peft annotates lora_alpha as int; it only divides it by r, so a fractional alpha works
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets,  # type: ignore[arg-type]
+                        init_lora_weights="gaussian")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if hasattr(model, "set_adapters"):  # diffusers ModelMixin
@@ -184,8 +186,8 @@ def fit_lora(unet, encoders, fit_data: FitData, acc, options: FitOptions) -> Fit
     if resume is not None:
         weights, state = resume
         with torch.no_grad():
-            for n, p in named.items():
-                p.copy_(weights[n].to(p.device, p.dtype))
+            for pname, p in named.items():
+                p.copy_(weights[pname].to(p.device, p.dtype))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler") is not None and acc.scaler is not None:

@@ -113,7 +113,8 @@ def _load_text_lora(model, modules: dict, adapter: str) -> None:
     r0 = Counter(ranks.values()).most_common(1)[0][0]
     a0 = Counter(alphas.values()).most_common(1)[0][0]
     config = LoraConfig(
-        r=r0, lora_alpha=a0,
+        # peft annotates lora_alpha as int; it only divides it by r, and kohya files store fractional alphas
+        r=r0, lora_alpha=a0,  # type: ignore[arg-type]
         target_modules="^(" + "|".join(re.escape(m) for m in modules) + ")$",
         rank_pattern={re.escape(m): r for m, r in ranks.items() if r != r0},
         alpha_pattern={re.escape(m): a for m, a in alphas.items() if a != a0},
@@ -127,8 +128,9 @@ def _load_text_lora(model, modules: dict, adapter: str) -> None:
         sd[f"{m}.lora_A.weight"] = t["A"].to(dtype)
         sd[f"{m}.lora_B.weight"] = t["B"].to(dtype)
     result = set_peft_model_state_dict(model, sd, adapter_name=adapter)
-    if getattr(result, "unexpected_keys", None):
-        raise ValueError(f"unexpected keys {result.unexpected_keys[:2]}")
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"unexpected keys {unexpected[:2]}")
 
 
 _peft_adapters = peft_adapters

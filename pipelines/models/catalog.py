@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from ..errors import BadInput
 
@@ -177,7 +178,7 @@ class Catalog(BaseModel):
         return iter(self.model)
 
 
-def _describe(err: dict, data: dict) -> str:
+def _describe(err: ErrorDetails, data: dict) -> str:
     loc = list(err.get("loc", ()))
     where = ""
     if len(loc) >= 2 and loc[0] == "model" and isinstance(loc[1], int):

@@ -22,11 +22,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import ModelError, ModelMissing
 from ..paths import confine
 from .catalog import ModelEntry
+
+if TYPE_CHECKING:
+    from .store_core import StoreCore
+else:
+    StoreCore = object
 
 
 class DemoPacks(Protocol):
@@ -43,9 +48,11 @@ class DemoPacks(Protocol):
         """Write pack `name` into `dest` and return the folder written."""
 
 
-class DemoPackMixin:
+class DemoPackMixin(StoreCore):
     """`ModelStore`'s demo-pack builds (see the module docstring). Uses the store's
     `demo_packs`, `folder`, `status`, `_record`, `_convert_files` and `_write_pins`."""
+
+    demo_packs: DemoPacks | None  # set by ModelStore.__init__
 
     def _ensure_demo(self, entry: ModelEntry) -> Path:
         tiny = self.demo_packs
@@ -59,11 +66,11 @@ class DemoPackMixin:
             )
         try:
             tiny.get(entry.demo_pack)
-        except KeyError:
+        except KeyError as exc:
             raise ModelMissing(
                 f"no demo pack exists yet for model {entry.name} (pack {entry.demo_pack!r}); "
                 "it cannot be used with --demo."
-            ) from None
+            ) from exc
         if tiny.is_built(entry.demo_pack, folder):
             st = self.status(entry.name)
             if st.ok and st.verified:

@@ -36,6 +36,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import Cancelled, DownloadError, LicenseNotAccepted, ModelError
 from ..paths import atomic_path, confine
@@ -43,8 +44,14 @@ from .catalog import ModelEntry, ModelFile, is_allowed_url
 from .convert import convert_pickle_to_safetensors
 from .external import files_by_size, reuse_file
 from .hashing import file_problem, sha256_file
-from .status import ModelStatus, download_hint
+from .status import download_hint
+from .store_core import ModelStatus
 from .transfer import _fetch_to_part, _hub_error, _SilentTqdm, _Transient
+
+if TYPE_CHECKING:
+    from .store_core import StoreCore
+else:
+    StoreCore = object
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 ALLOWED_PICKLE_GLOBALS: dict[str, tuple] = {"e4e": (argparse.Namespace,)}
 
 
-class DownloadMixin:
+class DownloadMixin(StoreCore):
     """`ModelStore`'s downloads and pickle conversion (see the module docstring).
     Uses the store's `settings`, `root`, `entry`, `folder`, `pins`, `pins_file`,
     `_write_pins`, `_record`, `status`, `_raise_unusable`, `builds_models`,
@@ -143,6 +150,7 @@ class DownloadMixin:
     def _download_hf(self, entry: ModelEntry, f: ModelFile, folder: Path, progress: bool) -> None:
         from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
+        assert entry.repo is not None  # the catalog requires `repo` for source "hf" (ModelEntry._check_source)
         endpoint = os.environ.get("HF_ENDPOINT") or None
         hub_path = f.source or f.path
         dest = confine(folder, f.path)

@@ -1,4 +1,4 @@
-"""What state a catalog model is in on disk (`ModelStatus`), checked cheaply
+"""What state a catalog model is in on disk (`ModelStatus`, from store_core.py), checked cheaply
 (`status`) or fully (`verify`), and the one-line error that says how to fix it.
 
 Invariants:
@@ -19,29 +19,19 @@ Invariants:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ModelError, ModelMissing
 from ..paths import confine
 from .catalog import ModelEntry
 from .hashing import file_problem, sha256_file
+from .store_core import ModelStatus
 
-
-@dataclass
-class ModelStatus:
-    name: str
-    kind: str
-    present: bool
-    verified: bool
-    missing: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    size_on_disk: int = 0
-    folder: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.present and not self.problems
+if TYPE_CHECKING:
+    from .store_core import StoreCore
+else:
+    StoreCore = object
 
 
 def download_hint(entry: ModelEntry) -> str:
@@ -51,7 +41,7 @@ def download_hint(entry: ModelEntry) -> str:
     return f"run `{download_command([entry.name], accept_license=entry.research_only)}`"
 
 
-class StatusMixin:
+class StatusMixin(StoreCore):
     """`ModelStore`'s status and verification (see the module docstring). Uses the
     store's `entry`, `folder`, `pins`, `_write_pins`, `_record`, `builds_models` and,
     in demo mode, `_ensure_demo`."""

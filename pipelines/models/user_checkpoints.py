@@ -23,16 +23,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import BadInput, ModelError, ModelMissing
 from ..paths import check_name, sanitize_name
 from .hashing import file_problem, sha256_file
 from .records import RECORD_LOCK, read_json, write_json
 
+if TYPE_CHECKING:
+    from .store_core import StoreCore
+else:
+    StoreCore = object
+
 USER_MODELS_FILE = "user_models.json"
 
 
-class UserCheckpointMixin:
+class UserCheckpointMixin(StoreCore):
     """`ModelStore`'s registered user checkpoints (see the module docstring). Uses
     the store's `settings` and `catalog`."""
 

@@ -176,6 +176,7 @@ def face5_from_body(body: Sequence[Pt | None], aspect: float) -> list[Pt] | None
         seen = re if re is not None else le
         hidden = seen + 0.2 * (n - seen)
         re, le = (seen, hidden) if re is not None else (hidden, seen)
+    assert re is not None and le is not None  # each eye was seen or placed above
     eye_mid = (re + le) / 2
     across = le - re  # the subject's right eye to left eye
     drop = n - eye_mid

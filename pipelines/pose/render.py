@@ -209,7 +209,8 @@ def render_face_keypoints(kps5, width: int, height: int) -> Image.Image:
         angle = math.degrees(math.atan2(ys[0] - ys[1], xs[0] - xs[1]))
         centre = (int(np.mean(xs)), int(np.mean(ys)))
         polygon = cv2.ellipse2Poly(centre, (int(length / 2), FACE_STROKE), int(angle), 0, 360, 1)
-        cv2.fillConvexPoly(canvas, polygon, FACE_COLORS[i])
+        # opencv's stubs type ellipse2Poly's result as nested sequences; it is an int32 array
+        cv2.fillConvexPoly(canvas, polygon, FACE_COLORS[i])  # type: ignore[call-overload]
     out = np.ascontiguousarray((canvas * FACE_LIMB_DIM).astype(np.uint8))
     for (x, y), color in zip(kps, FACE_COLORS):
         cv2.circle(out, (int(x), int(y)), FACE_DISC, color, -1)

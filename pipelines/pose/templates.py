@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from ..errors import BadInput, UnsafePath
 from ..paths import atomic_write_text, check_name, confine
@@ -160,7 +161,7 @@ def _num(x: float) -> str:
 
 
 # ---- parsing -----------------------------------------------------------------------------
-def _describe(err: dict) -> str:
+def _describe(err: ErrorDetails) -> str:
     parts = list(err.get("loc", ()))
     if len(parts) == 3 and parts[0] in ("body", "face") and parts[2] in (0, 1):
         parts[2] = "xy"[parts[2]]  # a point's coordinate: body.nose.x

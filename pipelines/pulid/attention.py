@@ -111,7 +111,8 @@ def install(unet, state: dict[str, torch.Tensor], source: str = "PuLID weights")
     processors, for `remove`. Missing, extra or misshapen keys are errors."""
     saved = dict(unet.attn_processors)
     cross = int(unet.config.cross_attention_dim)
-    procs, used = {}, set()
+    procs: dict[str, SelfAttnProcessor | IDAttnProcessor] = {}
+    used: set[str] = set()
     for i, name in enumerate(saved):
         if name.endswith("attn1.processor"):
             procs[name] = SelfAttnProcessor()

@@ -14,6 +14,7 @@ the first 32 latents times `proj_out` are the output.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -91,7 +92,8 @@ class IDFormer(nn.Module):
         latents = torch.cat((latents, x), dim=1)
         for i in range(N_VIT_SCALES):
             context = torch.cat((x, getattr(self, f"mapping_{i}")(vit_hidden[i])), dim=1)
-            for attn, ff in self.layers[i * self.per_scale:(i + 1) * self.per_scale]:
+            for layer in self.layers[i * self.per_scale:(i + 1) * self.per_scale]:
+                attn, ff = cast(nn.ModuleList, layer)  # ModuleList([attn, ff]); torch types its items as Module
                 latents = attn(context, latents) + latents
                 latents = ff(latents) + latents
         return latents[:, :self.num_queries] @ self.proj_out
@@ -144,6 +146,7 @@ def id_encoder_from_state(state: dict[str, torch.Tensor], prefix: str = "id_adap
     """The checkpoint's ID encoder (IDFormer for v1.1, IDEncoder for v1), sized from
     its shapes and loaded strictly."""
     own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    net: nn.Module
     if "latents" in own:
         cfg = idformer_config_from_state(state, prefix)
         net = IDFormer(**cfg)

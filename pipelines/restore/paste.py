@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import BadInput
 from .base import FACE_SIZE, FaceRestorer, check_fidelity
@@ -72,9 +73,9 @@ def _scale_of(m: np.ndarray) -> float:
     return float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
 
 
-def _transform_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    pts = np.asarray(pts, np.float64).reshape(-1, 2)
-    return pts @ m[:, :2].T + m[:, 2]
+def _transform_points(m: np.ndarray, pts: ArrayLike) -> np.ndarray:
+    xy = np.asarray(pts, np.float64).reshape(-1, 2)
+    return xy @ m[:, :2].T + m[:, 2]
 
 
 def _warp(src: np.ndarray, m: np.ndarray, out_w: int, out_h: int, *, mask: bool = False, border: int | None = None):

@@ -61,6 +61,7 @@ def tiny_parsenet_state() -> dict:
         w = state["out_mask_conv.conv2d.weight"]
         w *= 20.0  # spatial differences dominate the class choice
         net.out_mask_conv.conv2d.weight.copy_(w)
+        assert net.out_mask_conv.conv2d.bias is not None  # the output conv has a bias (no norm after it)
         net.out_mask_conv.conv2d.bias.zero_()
         logits, _ = net(x)
         bias = torch.full((w.shape[0],), -1e4)

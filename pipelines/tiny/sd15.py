@@ -104,7 +104,8 @@ def build_vae(seed: int = SEED_VAE):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(**tiny_vae_config()).eval()
+    # a torch Module; mypy does not resolve the bases of diffusers' autoencoder classes
+    return AutoencoderKL(**tiny_vae_config()).eval()  # type: ignore[attr-defined]
 
 
 def build_text_encoder():

@@ -131,7 +131,8 @@ def build_vae(seed: int = SEED_VAE, force_upcast: bool = True):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(**tiny_vae_config(), force_upcast=force_upcast).eval()
+    # a torch Module; mypy does not resolve the bases of diffusers' autoencoder classes
+    return AutoencoderKL(**tiny_vae_config(), force_upcast=force_upcast).eval()  # type: ignore[attr-defined]
 
 
 def build_text_encoders():

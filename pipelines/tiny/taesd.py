@@ -40,7 +40,8 @@ def build_taesd(seed: int):
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(seed)
-    return AutoencoderTiny(**tiny_taesd_config()).eval()
+    # a torch Module; mypy does not resolve the bases of diffusers' autoencoder classes
+    return AutoencoderTiny(**tiny_taesd_config()).eval()  # type: ignore[attr-defined]
 
 
 @pack("taesdxl", version=1)

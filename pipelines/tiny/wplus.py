@@ -150,8 +150,8 @@ def build_directions(dest: Path) -> None:
         torch.save(d / d.norm(), dest / "interfacegan_directions" / f"{name}.pt")
     (dest / "latent_directions").mkdir(parents=True, exist_ok=True)
     for name in LATENT_DIRECTIONS:
-        d = (torch.randn(18, 512, generator=gen) * 0.1).numpy().astype(np.float64)
-        np.save(dest / "latent_directions" / f"{name}.npy", d)
+        arr = (torch.randn(18, 512, generator=gen) * 0.1).numpy().astype(np.float64)
+        np.save(dest / "latent_directions" / f"{name}.npy", arr)
     (dest / "gan_space").mkdir(parents=True, exist_ok=True)
     comp = torch.randn(PCA_COMPONENTS, 1, 512, generator=gen)
     pca = {"mean": torch.randn(1, 512, generator=gen), "comp": comp / comp.norm(dim=-1, keepdim=True),

@@ -32,6 +32,7 @@ there before, so the UNet is exactly as before `install_wplus`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,7 +140,7 @@ def split_state_dict(state_dict: dict, source: str = "W+ adapter") -> tuple[dict
     return proj, layers
 
 
-def flat_state_dict(w_proj: nn.Module, processors: dict[int, nn.Module]) -> dict[str, torch.Tensor]:
+def flat_state_dict(w_proj: nn.Module, processors: Mapping[int, nn.Module]) -> dict[str, torch.Tensor]:
     """The published key layout, flattened for safetensors."""
     out = {f"w_proj.{k}": v for k, v in w_proj.state_dict().items()}
     for i, proc in sorted(processors.items()):

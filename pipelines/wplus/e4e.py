@@ -54,6 +54,7 @@ class BottleneckIRSE(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
+        self.shortcut_layer: nn.Module
         if c_in == c_out:
             # a 1x1 max-pool with a stride is plain subsampling (no weights)
             self.shortcut_layer = nn.MaxPool2d(1, stride)
@@ -109,6 +110,8 @@ class GradualStyleBlock(nn.Module):
 
 
 class Encoder4Editing(nn.Module):
+    latent_avg: torch.Tensor  # a buffer (register_buffer below)
+
     def __init__(self, width: float = 1.0):
         super().__init__()
         ch = lambda c: max(1, int(round(c * width)))  # noqa: E731

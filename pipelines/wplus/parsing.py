@@ -57,6 +57,7 @@ class _ConvLayer(nn.Module):
         self.scale = scale
         self.pad = nn.ReflectionPad2d(1)
         self.conv2d = nn.Conv2d(c_in, c_out, 3, 2 if scale == "down" else 1, bias=not norm)
+        self.norm: nn.Module | None
         if norm:
             self.norm = nn.Module()
             self.norm.norm = nn.BatchNorm2d(c_out)  # published key: <layer>.norm.norm.*
@@ -201,7 +202,7 @@ def whitening_mask(labels: np.ndarray) -> np.ndarray:
 
     hard = np.where(np.isin(labels, WHITENED), 255, 0).astype(np.uint8)
     soft = cv2.GaussianBlur(hard, (BLUR_KERNEL, BLUR_KERNEL), 0)
-    small = Image.fromarray(soft).resize((E4E_SIZE, E4E_SIZE), Image.BICUBIC)
+    small = Image.fromarray(soft).resize((E4E_SIZE, E4E_SIZE), Image.Resampling.BICUBIC)
     return np.asarray(small).astype(np.float32) / 255.0
 
 
@@ -213,7 +214,7 @@ def prepare_face(face512: np.ndarray, net: ParseNet | None) -> PreparedFace:
     arr = np.asarray(face512)
     if arr.shape != (PARSE_SIZE, PARSE_SIZE, 3) or arr.dtype != np.uint8:
         raise BadInput(f"aligned face has shape {arr.shape} and dtype {arr.dtype}; expected (512, 512, 3) uint8.")
-    small = np.asarray(Image.fromarray(arr).resize((E4E_SIZE, E4E_SIZE), Image.BICUBIC))
+    small = np.asarray(Image.fromarray(arr).resize((E4E_SIZE, E4E_SIZE), Image.Resampling.BICUBIC))
     plain = _to_unit_range(small)
     if net is None:
         zeros = np.zeros((E4E_SIZE, E4E_SIZE), np.float32)

@@ -29,6 +29,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,7 +92,7 @@ def collect_faces(faces_dir: Path | str, settings, analyzer=None, aligned: bool 
             from PIL import Image
 
             size = (PARSE_SIZE, PARSE_SIZE)
-            used.append((src, np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))))
+            used.append((src, np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))))
             continue
         faces = analyzer.detect(rgb, src)
         if not faces:
@@ -274,7 +275,7 @@ def train_wplus(faces_dir: Path | str, base: str, steps: int, out_path: Path | s
             noise = torch.randn_like(z0)
             t = torch.randint(0, t_max, (batch_size,), device=device)
             noisy = scheduler.add_noise(z0, noise, t)
-            added = {"image_embeds": [w[:, None]]}
+            added: dict[str, Any] = {"image_embeds": [w[:, None]]}
             if time_ids is not None:
                 added["text_embeds"] = torch.cat([e["text_embeds"] for e in extras])
                 added["time_ids"] = time_ids.repeat(batch_size, 1)
