@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from .errors import BadInput
-from .profile import demo_bucket
 
 # name -> (scheduler class name, extra config); created from the base scheduler's config
 SAMPLERS: dict[str, tuple[str, dict]] = {
@@ -104,11 +103,3 @@ def make_scheduler(name: str, base_config, dtype=None):
 def nearest_bucket(width: int, height: int, buckets=SDXL_BUCKETS) -> tuple[int, int]:
     aspect = width / max(height, 1)
     return min(buckets, key=lambda b: abs(b[0] / b[1] - aspect))
-
-
-def demo_size(width: int, height: int) -> tuple[int, int]:
-    """The demo-mode stand-in for a bucket: 1/8 of each side (tiny models on CPU).
-    The rule lives in `pipelines.profile` (`RunProfile.size`), which every caller in
-    pipelines/, app/ and cli/ asks through the settings' profile; only tests still
-    call this name."""
-    return demo_bucket(width, height)

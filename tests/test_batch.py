@@ -35,6 +35,7 @@ from pipelines.batch.manifest import (
 )
 from pipelines.batch.runner import run_job
 from pipelines.errors import BadInput, UnreadableImage
+from pipelines.profile import DEMO
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -632,5 +633,5 @@ def test_real_presets_shrink_to_demo_sizes_in_demo_mode(job_dir):
           - identity: alice
             preset: {name}
     """)
-    full, demo = jf.load_job(p).items[0].request, jf.load_job(p, demo=True).items[0].request
+    full, demo = jf.load_job(p).items[0].request, jf.load_job(p, DEMO).items[0].request
     assert demo.width * 8 == full.width and demo.height * 8 == full.height

@@ -175,8 +175,9 @@ def test_history_lists_only_likeness_portraits_with_captions(demo_settings):
     recipe = {"app": "likeness", "prompt": "a knight in shining armour on a white horse at dawn, oil painting",
               "seed": 3, "method": "faceid", "likeness": {"face_found": True, "mean": 0.61},
               "request": {"prompt": "a knight", "seed": 3}}
-    ours = save_png(Image.new("RGB", (8, 8)), out / "likeness-1.png", parameters="p", recipe=recipe, demo=True)
-    save_png(Image.new("RGB", (8, 8)), out / "rejects" / "likeness-2.png", parameters="p", recipe=recipe, demo=True)
+    notice = demo_settings.profile.notice
+    ours = save_png(Image.new("RGB", (8, 8)), out / "likeness-1.png", parameters="p", recipe=recipe, notice=notice)
+    save_png(Image.new("RGB", (8, 8)), out / "rejects" / "likeness-2.png", parameters="p", recipe=recipe, notice=notice)
     Image.new("RGB", (8, 8)).save(out / "screenshot.png")  # not ours
     (out / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
     items = list_outputs(demo_settings.outputs_dir)
@@ -208,7 +209,7 @@ def test_dropped_png_fills_settings_from_likeness_or_a1111_and_names_the_upload(
 
     ours = tmp_path / "gradio" / "77aa" / "mine.png"
     ours.parent.mkdir(parents=True)
-    save_png(Image.new("RGB", (8, 8)), ours, parameters="p", demo=True,
+    save_png(Image.new("RGB", (8, 8)), ours, parameters="p", notice=demo_settings.profile.notice,
              recipe={"prompt": "a knight", "request": {"prompt": "a knight", "seed": 9, "steps": 7}})
     by_key = {tab.w.fields[c]: v for c, v in history.dropped(str(ours)).items() if c in tab.w.fields}
     assert by_key["prompt"] == "a knight" and by_key["seed"] == 9 and by_key["steps"] == 7
@@ -335,7 +336,7 @@ def test_user_preset_saved_listed_and_used_by_cli_and_batch(demo_settings, tmp_p
 
     job = tmp_path / "job.yaml"
     job.write_text("items:\n  - preset: my-look\n    method: none\n")
-    loaded = load_job(job, demo=True, presets_dir=user_dir)
+    loaded = load_job(job, demo_settings.profile, presets_dir=user_dir)
     req = loaded.items[0].request
     assert req.steps == 8 and req.sampler == "euler_a" and "oil portrait" in req.prompt  # demo caps steps at 8
 

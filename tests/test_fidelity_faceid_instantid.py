@@ -243,19 +243,19 @@ def test_a_size_that_would_cut_the_face_shrinks_it_and_says_so():
 
 
 def test_without_a_size_instantid_uses_the_bucket_nearest_the_photo(engine, tall_photo):
-    from pipelines.samplers import demo_size, nearest_bucket
+    from pipelines.samplers import nearest_bucket
 
     _, _, identity, _, res = method_ready(engine, "instantid", tall_photo)
     assert identity.image_size == (512, 910)
     recipe = res.images[0].recipe
-    w, h = demo_size(*nearest_bucket(512, 910))
+    w, h = engine.settings.profile.size(*nearest_bucket(512, 910))
     assert (recipe["width"], recipe["height"]) == (w, h) == (96, 168)
     placement = recipe["method_details"]["face_placement"]
     x1, y1, x2, y2 = placement["box"]
     assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
     # FaceID draws no keypoints: its default size stays the square bucket
     res = engine.generate(GenerateRequest(photos=[str(tall_photo)], method="faceid", **FAST))
-    assert (res.images[0].recipe["width"], res.images[0].recipe["height"]) == demo_size(1024, 1024)
+    assert (res.images[0].recipe["width"], res.images[0].recipe["height"]) == engine.settings.profile.size(1024, 1024)
 
 
 def test_cut_face_warning_reaches_the_recipe_and_the_command_line(engine, photos_dir, cli_generate):

@@ -388,7 +388,7 @@ def _recipe_png(path: Path, recipe: dict) -> Path:
 
     from pipelines.metadata import save_png
 
-    save_png(Image.new("RGB", (8, 8)), path, parameters="p", recipe=recipe, demo=False)
+    save_png(Image.new("RGB", (8, 8)), path, parameters="p", recipe=recipe)
     return path
 
 

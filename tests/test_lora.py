@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fast_request
 
 from pipelines.errors import BadInput, Cancelled, UnsafePath
 from pipelines.profile import DEMO, REAL
 from pipelines.stores import open_store
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = dict(steps=2, width=64, height=64, cfg=5.0, sampler="euler", seed=3)
 TRAIN_ARGS = ["--steps", "4", "--lr", "0.01", "--checkpoint-every", "2"]
 
 
@@ -82,7 +82,7 @@ def tensors(path):
 def generate(engine, **kw):
     from pipelines.requests import GenerateRequest
 
-    data = dict(prompt="photo of lkns person", method="none", **FAST)
+    data = fast_request(prompt="photo of lkns person", method="none")
     data.update(kw)
     res = engine.generate(GenerateRequest(**data))
     return np.asarray(res.images[0].image).astype(np.int16), res.images[0].recipe

@@ -21,6 +21,7 @@ from pipelines.metadata import (
     read_recipe,
     save_png,
 )
+from pipelines.profile import DEMO
 
 RECIPE = {
     "method": "faceid",
@@ -158,7 +159,7 @@ def test_png_round_trip(tmp_path):
     params = a1111_parameters("a portrait", "blurry", 30, "Euler", 5, 7, 32, 24, "sdxl-base", "abcd", {})
     img = _image()
 
-    out = save_png(img, tmp_path / "out.png", parameters=params, recipe=RECIPE, demo=False)
+    out = save_png(img, tmp_path / "out.png", parameters=params, recipe=RECIPE)
 
     assert out == tmp_path / "out.png"
     assert read_recipe(out) == RECIPE
@@ -174,7 +175,7 @@ def test_png_round_trip(tmp_path):
 
 def test_xmp_marks_the_image_as_ai_generated(tmp_path):
     out = save_png(_image(), tmp_path / "x.png", parameters="p\nSteps: 1, Seed: 1, Size: 8x8",
-                   recipe={}, demo=False)
+                   recipe={})
     ctype, xmp = _text_chunks(out)["XML:com.adobe.xmp"]
     assert ctype == b"iTXt"
     root = ElementTree.fromstring(xmp[xmp.index("<x:xmpmeta") : xmp.index("</x:xmpmeta>") + 12])
@@ -188,7 +189,7 @@ def test_xmp_marks_the_image_as_ai_generated(tmp_path):
 
 def test_demo_images_say_so(tmp_path):
     out = save_png(_image(), tmp_path / "d.png", parameters="p\nSteps: 1, Seed: 1, Size: 8x8",
-                   recipe=RECIPE, demo=True)
+                   recipe=RECIPE, notice=DEMO.notice)
     assert _text_chunks(out)["Comment"] == (b"tEXt", DEMO_NOTICE)
     recipe = read_recipe(out)
     assert recipe["demo"] == DEMO_NOTICE == "demo models: random weights"
@@ -198,7 +199,7 @@ def test_demo_images_say_so(tmp_path):
 
 def test_non_latin_parameters_go_to_itxt(tmp_path):
     params = a1111_parameters("肖像, 柔光", "", 2, "Euler", 1, 0, 8, 8, "m", "h", {})
-    out = save_png(_image(), tmp_path / "u.png", parameters=params, recipe={}, demo=False)
+    out = save_png(_image(), tmp_path / "u.png", parameters=params, recipe={})
     assert _text_chunks(out)["parameters"] == (b"iTXt", params)
     with Image.open(out) as back:
         assert back.info["parameters"] == params
@@ -214,9 +215,9 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch
 
     monkeypatch.setattr(Image.Image, "save", disk_full)
     with pytest.raises(OSError, match="No space"):
-        save_png(_image(), dest, parameters="p", recipe=RECIPE, demo=False)
+        save_png(_image(), dest, parameters="p", recipe=RECIPE)
     with pytest.raises(OSError, match="No space"):
-        save_png(_image(), tmp_path / "new.png", parameters="p", recipe=RECIPE, demo=False)
+        save_png(_image(), tmp_path / "new.png", parameters="p", recipe=RECIPE)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.png"]
     assert dest.read_bytes() == b"previous image"
@@ -224,18 +225,18 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch
 
 def test_unserialisable_recipe_fails_before_touching_disk(tmp_path):
     with pytest.raises(TypeError):
-        save_png(_image(), tmp_path / "r.png", parameters="p", recipe={"x": object()}, demo=False)
+        save_png(_image(), tmp_path / "r.png", parameters="p", recipe={"x": object()})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_output_must_be_png(tmp_path):
     with pytest.raises(BadInput, match=r"out\.jpg must end in \.png"):
-        save_png(_image(), tmp_path / "out.jpg", parameters="p", recipe={}, demo=False)
+        save_png(_image(), tmp_path / "out.jpg", parameters="p", recipe={})
 
 
 def test_recipe_behind_the_pixel_data_is_found(tmp_path):
     # Some editors re-save text chunks after IDAT; move ours there by hand.
-    src = save_png(_image(), tmp_path / "a.png", parameters="p", recipe=RECIPE, demo=False)
+    src = save_png(_image(), tmp_path / "a.png", parameters="p", recipe=RECIPE)
     data = src.read_bytes()
     chunks = _chunks(src)
     recipe_chunk = next(d for t, d in chunks if t == b"iTXt" and d.startswith(b"likeness\0"))

@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.presets import SIZE_BUCKETS, apply_preset, get_preset, load_preset
 from pipelines.profile import DEMO, DEMO_NOTICE, REAL, RunProfile, as_profile, profile_of
-from pipelines.samplers import SDXL_BUCKETS, demo_size
+from pipelines.samplers import SDXL_BUCKETS
 
 PRESET = "studio-headshot"  # portrait bucket 896x1152, 30 steps, quality speed
 
@@ -33,8 +33,8 @@ def test_profile_sizes_caps_and_train_steps():
     assert DEMO.size(1024, 1024) == (128, 128)
     assert DEMO.size(256, 200) == (64, 64)  # never under 64 px
     assert DEMO.size(1000, 1000) == (120, 120)  # a multiple of 8
-    for w, h in SDXL_BUCKETS:  # the engine's old name gives the same sizes
-        assert demo_size(w, h) == DEMO.size(w, h)
+    for w, h in SDXL_BUCKETS:  # every bucket: 1/8 per side, a multiple of 8, at least 64 px
+        assert DEMO.size(w, h) == (max(64, w // 64 * 8), max(64, h // 64 * 8))
     assert (REAL.cap_steps(30), DEMO.cap_steps(30), DEMO.cap_steps(4)) == (30, 8, 4)
     assert [REAL.train_steps(n) for n in (1, 3, 10)] == [200, 600, 800]
     assert [DEMO.train_steps(n) for n in (1, 3, 10)] == [10, 30, 40]
@@ -59,23 +59,42 @@ def test_settings_resolve_the_profile_once(tmp_path, monkeypatch):
     assert profile_of(SimpleNamespace(demo=True)) is DEMO and profile_of(SimpleNamespace()) is REAL
 
 
-def test_old_demo_flag_is_accepted_where_the_profile_goes():
-    from pipelines.lora.dataset import DatasetOptions
-    from pipelines.lora.train import TrainConfig, default_steps, make_plan
-
+def test_as_profile_reads_the_web_forms_flag():
     assert as_profile(True) is DEMO and as_profile(False) is REAL and as_profile(None) is REAL
     assert as_profile(None, demo=True) is DEMO and as_profile(DEMO) is DEMO
     with pytest.raises(ValueError, match="contradicts"):
         as_profile(DEMO, demo=False)
     with pytest.raises(TypeError, match="RunProfile"):
         as_profile("demo")  # type: ignore[arg-type]
-    assert load_preset(PRESET, demo=True) == load_preset(PRESET, profile=DEMO) == apply_preset(PRESET, DEMO)
-    old, new = DatasetOptions(demo=True), DatasetOptions(profile=DEMO)
-    assert old.profile is DEMO and old.demo is True and new.demo is True
-    assert old.bucket("close-up") == new.bucket("close-up") == (128, 128)
+
+
+def test_engine_functions_take_the_profile_and_no_demo_keyword(tmp_path):
+    from PIL import Image
+
+    from pipelines.batch.jobfile import load_job
+    from pipelines.lora.dataset import DatasetOptions
+    from pipelines.lora.train import TrainConfig, default_steps, make_plan
+    from pipelines.metadata import save_png
+
+    assert load_preset(PRESET, profile=DEMO) == apply_preset(PRESET, DEMO) != load_preset(PRESET)
+    assert DatasetOptions(profile=DEMO).bucket("close-up") == (128, 128)
     assert DatasetOptions().bucket("close-up") == (1024, 1024)
-    assert default_steps(3, demo=True) == default_steps(3, DEMO) == 30
-    assert make_plan(TrainConfig(name="x"), photos=2, demo=True).steps == make_plan(TrainConfig(name="x"), 2, DEMO).steps == 20
+    assert default_steps(3, DEMO) == 30 and default_steps(3) == 600
+    assert make_plan(TrainConfig(name="x"), 2, DEMO).steps == 20
+    job = tmp_path / "job.yaml"
+    job.write_text("items:\n  - {preset: studio-headshot, method: none}\n")
+    with pytest.raises(TypeError, match="demo"):
+        load_preset(PRESET, demo=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="demo"):
+        DatasetOptions(demo=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="demo"):
+        default_steps(3, demo=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="demo"):
+        make_plan(TrainConfig(name="x"), photos=2, demo=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="demo"):
+        load_job(job, demo=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="demo"):
+        save_png(Image.new("RGB", (8, 8)), tmp_path / "a.png", parameters="p", recipe={}, demo=True)  # type: ignore[call-arg]
 
 
 def test_restore_stage_and_metadata_take_the_profile(tmp_path):
@@ -89,7 +108,6 @@ def test_restore_stage_and_metadata_take_the_profile(tmp_path):
             return SimpleNamespace(present=False)
 
     assert RestoreStage(NoPacks(), "cpu", None, DEMO, lambda p: None).detector_pack() == DETECTOR_PACKS[0]
-    assert RestoreStage(NoPacks(), "cpu", None, True, lambda p: None).profile is DEMO  # the engine's old call
     png = save_png(Image.new("RGB", (8, 8)), tmp_path / "a.png", parameters="p", recipe={"x": 1}, notice=DEMO.notice)
     assert read_recipe(png)["demo"] == DEMO_NOTICE
     plain = save_png(Image.new("RGB", (8, 8)), tmp_path / "b.png", parameters="p", recipe={"x": 1}, notice=REAL.notice)

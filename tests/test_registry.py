@@ -10,6 +10,7 @@ import pytest
 from pipelines import identity
 from pipelines.errors import BadInput
 from pipelines.identity.base import Conditioning, IdentityMethod
+from pipelines.profile import REAL
 
 
 class FakeSD15Method(IdentityMethod):
@@ -59,9 +60,9 @@ def test_fake_method_is_in_the_ui_choices_and_maps_to_its_base(registered):
 
     choices = method_choices()
     assert ("Fake ID (SD1.5)", "fakeid") in choices and choices[-1][1] == "none"
-    req = request_from_ui({"photos": ["me.jpg"], "prompt": "a portrait", "method": "fakeid"}, demo=False)
+    req = request_from_ui({"photos": ["me.jpg"], "prompt": "a portrait", "method": "fakeid"}, REAL)
     assert req.method == "fakeid" and req.base_model == "sd15-base"  # its family's base, from the registry
-    req = request_from_ui({"photos": ["me.jpg"], "prompt": "a portrait", "method": "fakexl"}, demo=False)
+    req = request_from_ui({"photos": ["me.jpg"], "prompt": "a portrait", "method": "fakexl"}, REAL)
     assert req.base_model is None  # SDXL: the engine's default base
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from pipelines.profile import DEMO
 from pipelines.scoring import LikenessScorer, describe, keep_best, scorer_pack, sort_key
 
 
@@ -180,7 +181,7 @@ def test_recipe_replay_of_a_best_of_n_image_makes_one_image(tmp_path):
     req = GenerateRequest(prompt="p", method="none", count=4, keep=2, rejects=True)
     recipe = {"request": {**req.model_dump(exclude={"out_dir", "photos", "identity_card"}), "count": 1}}
     png = tmp_path / "r.png"
-    save_png(Image.new("RGB", (8, 8)), png, parameters="p", recipe=recipe, demo=True)
+    save_png(Image.new("RGB", (8, 8)), png, parameters="p", recipe=recipe, notice=DEMO.notice)
     args = SimpleNamespace(recipe=str(png), photo=[], identity=None, out=None, keep=None, rejects=False)
     data = request_from_args(args, None)
     replay = validate_request(GenerateRequest, data, "generate")

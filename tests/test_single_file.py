@@ -126,7 +126,7 @@ def test_lora_trains_on_a_registered_checkpoint_without_the_sdxl_base(make_setti
 
     store.ensure = recording_ensure
     trainer = LoraTrainer(settings, store)
-    tset = trainer.prepare([photos_dir / "astronaut.png"], DatasetOptions(demo=True, framings=("close-up",)))
+    tset = trainer.prepare([photos_dir / "astronaut.png"], DatasetOptions(profile=settings.profile, framings=("close-up",)))
     result = trainer.train(tset, TrainConfig(name="mine", steps=2, lr=0.01, base_model=name), progress=False)
 
     assert "sdxl-base" not in asked and "sdxl-base-config" in asked

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from conftest import BENCH_GENERATE_FAST, fast_request, run_bench
 
+from pipelines.profile import DEMO
+
 # the speed mode fills in the steps, sampler and cfg a request leaves unset
 FAST = fast_request(without=("steps", "cfg", "sampler", "prompt"))
 
@@ -252,7 +254,7 @@ def test_ui_performance_choice_maps_to_the_request():
     from app.requests_map import request_from_ui, speed_widget_values, ui_from_fields
 
     values = {"prompt": "a portrait", "method": "none", "speed": "turbo", **speed_widget_values("turbo")}
-    req = request_from_ui(values, demo=True)
+    req = request_from_ui(values, DEMO)
     assert (req.speed, req.steps, req.sampler, req.cfg) == ("turbo", 4, "euler_trailing", 1.0)
     assert speed_widget_values("quality") == {"sampler": "dpmpp_2m_karras", "steps": 30, "cfg": 5.0}
     # a method with its own few-step mode (Arc2Face: LCM-LoRA SD1.5, 2 steps, cfg 1) fills its values
@@ -261,7 +263,7 @@ def test_ui_performance_choice_maps_to_the_request():
     own = mode_for("turbo", "arc2face")
     assert speed_widget_values("turbo", "arc2face") == {"sampler": own.sampler, "steps": own.steps, "cfg": own.cfg}
     assert own.sampler == "lcm" and own.steps == 2
-    assert ui_from_fields({"speed": "fast"}, demo=True)["speed"] == "fast"  # recipe reuse sets the radio
+    assert ui_from_fields({"speed": "fast"}, DEMO)["speed"] == "fast"  # recipe reuse sets the radio
 
 
 def test_every_sdxl_feature_runs_in_turbo_and_fast(engine, photos_dir, settings):

@@ -13,6 +13,7 @@ from conftest import fast_request
 from PIL import Image
 
 from pipelines.errors import BadInput
+from pipelines.profile import DEMO
 from pipelines.requests import GenerateRequest
 
 FAST = fast_request(steps=3, width=128, height=128, seed=9)
@@ -135,7 +136,7 @@ def test_a_web_job_file_names_templates_and_layouts_by_name_only(tmp_path, photo
         job.write_text(f"identities:\n  ann: {{photos: [a.png]}}\nitems:\n"
                        f"  - {{identity: ann, method: faceid, prompt: p, overrides: {{{key}: '{value}'}}}}\n")
         with pytest.raises(BadInput, match=f"names {key}s by"):
-            load_job(job, demo=True, uploads=uploads)
+            load_job(job, DEMO, uploads=uploads)
     job.write_text("identities:\n  ann: {photos: [a.png]}\nitems:\n"
                    "  - {identity: ann, method: faceid, prompt: p, overrides: {template: astronaut}}\n")
-    assert load_job(job, demo=True, uploads=uploads).items[0].request.template == "astronaut"
+    assert load_job(job, DEMO, uploads=uploads).items[0].request.template == "astronaut"

@@ -12,6 +12,7 @@ from conftest import fast_request
 from PIL import Image
 
 from pipelines.errors import BadInput
+from pipelines.profile import DEMO
 from pipelines.requests import GenerateRequest
 
 FAST = fast_request(width=128, height=96, prompt="two friends", seed=4, method="faceid")
@@ -130,7 +131,7 @@ def test_a_batch_item_names_two_identities(tmp_path, photos_dir):
     job.write_text("identities:\n  ann: {photos: [astronaut.png]}\n  bob: {photos: [{photo: t1.jpg, face: 2}]}\n"
                    "items:\n  - {identity: ann, second: bob, method: faceid, prompt: two friends, seed: 1}\n"
                    "  - {identity: ann, method: faceid, prompt: two friends, seed: 1}\n")
-    items = load_job(job, demo=True).items
+    items = load_job(job, DEMO).items
     two, one = items
     assert two.request.photos_2 == [str(tmp_path / "t1.jpg")]
     assert two.request.face_index_2 == {str(tmp_path / "t1.jpg"): 2}
@@ -138,7 +139,7 @@ def test_a_batch_item_names_two_identities(tmp_path, photos_dir):
     job.write_text("identities:\n  ann: {photos: [astronaut.png]}\n"
                    "items:\n  - {identity: ann, second: zed, method: faceid, prompt: p}\n")
     with pytest.raises(BadInput, match=r"line 4: items\[0\].second: identity 'zed' is not defined"):
-        load_job(job, demo=True)
+        load_job(job, DEMO)
 
 
 def test_instantid_two_identitynet_views_share_weights_and_each_gets_its_person(engine, photos_dir):

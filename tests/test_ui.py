@@ -19,8 +19,8 @@ import pytest
 from conftest import free_port, real_settings
 
 from pipelines.errors import BadInput, Cancelled
+from pipelines.profile import DEMO, REAL
 from pipelines.requests import GenerateRequest
-from pipelines.samplers import demo_size
 from pipelines.settings import DEMO_BANNER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def test_request_from_ui_maps_by_name(tmp_path):
         "photos": [photo], "prompt": "a man in a suit", "method": "instantid", "size": "portrait",
         "seed": -1, "steps": 12, "cfg": 4.0, "count": 2, "keep": 1, "scale": 0.6, "pose": "head-tilt",
         "restore": "gfpgan", "restore_strength": 0.4, "loras": [["ink", 0.5], ["off", 0], ["", 1.0]],
-    }, demo=False)
+    }, REAL)
     assert isinstance(req, GenerateRequest)
     assert req.photos == [photo] and req.prompt == "a man in a suit" and req.method == "instantid"
     assert (req.width, req.height) == (896, 1152) and req.seed is None and req.steps == 12 and req.cfg == 4.0
@@ -43,12 +43,12 @@ def test_request_from_ui_maps_by_name(tmp_path):
     assert req.restore == "gfpgan" and req.restore_strength == 0.4
     assert [(lo.name, lo.weight) for lo in req.loras] == [("ink", 0.5)]  # weight 0 = off, blank rows ignored
     # demo mode shrinks the bucket like the engine; "auto" leaves the engine's default; WxH is taken as is
-    assert (request_from_ui({"photos": [photo], "prompt": "p", "size": "portrait"}, demo=True).width,
-            ) == (demo_size(896, 1152)[0],)
-    assert request_from_ui({"photos": [photo], "prompt": "p", "size": "auto"}, demo=True).width is None
-    assert request_from_ui({"photos": [photo], "prompt": "p", "size": "640x832"}, demo=False).height == 832
+    assert (request_from_ui({"photos": [photo], "prompt": "p", "size": "portrait"}, DEMO).width,
+            ) == (DEMO.size(896, 1152)[0],)
+    assert request_from_ui({"photos": [photo], "prompt": "p", "size": "auto"}, DEMO).width is None
+    assert request_from_ui({"photos": [photo], "prompt": "p", "size": "640x832"}, REAL).height == 832
     # a preset turns the prompt box into the subject
-    with_preset = request_from_ui({"photos": [photo], "prompt": "a woman", "preset": "studio-headshot"}, demo=False)
+    with_preset = request_from_ui({"photos": [photo], "prompt": "a woman", "preset": "studio-headshot"}, REAL)
     assert with_preset.prompt.startswith("professional studio headshot of a woman,")
 
 
@@ -66,7 +66,7 @@ def test_request_from_ui_errors_name_the_field(values, match):
     from app.requests_map import request_from_ui
 
     with pytest.raises(BadInput, match=match):
-        request_from_ui(values, demo=False)
+        request_from_ui(values, REAL)
 
 
 def test_recipe_round_trips_through_the_widgets(tmp_path):
@@ -75,10 +75,10 @@ def test_recipe_round_trips_through_the_widgets(tmp_path):
     req = GenerateRequest(photos=["a.jpg"], prompt="x", method="instantid", seed=42, steps=9, cfg=3.5, scale=0.9,
                           width=112, height=144, pose="head-tilt", loras=[{"name": "ink", "weight": 0.7}])
     fields = req.model_dump(exclude={"photos", "identity_card", "out_dir"})
-    ui = ui_from_fields(fields, demo=True, lora_on_disk=["ink", "other"])
+    ui = ui_from_fields(fields, DEMO, lora_on_disk=["ink", "other"])
     assert ui["size"] == "portrait" and ui["seed"] == 42 and ui["preset"] == "(none)"
     assert ui["loras"] == [["ink", 0.7], ["other", 0.0]]
-    again = request_from_ui({**ui, "photos": ["a.jpg"]}, demo=True)
+    again = request_from_ui({**ui, "photos": ["a.jpg"]}, DEMO)
     assert again.model_dump() == req.model_dump()
 
 
@@ -226,7 +226,7 @@ def test_train_tab_reports_progress_and_result(demo_settings, tmp_path, monkeypa
     seen = {}
 
     def fake_train_lora(settings, photos, config, options, *, store=None, callback=None, cancel=None, progress=True):
-        seen.update(photos=photos, name=config.name, steps=config.steps, trigger=options.trigger, demo=options.demo)
+        seen.update(photos=photos, name=config.name, steps=config.steps, trigger=options.trigger, demo=options.profile.demo)
         callback({"phase": "dataset", "used": photos[:1], "warnings": [],
                   "excluded": [{"file": photos[1], "reason": "2 faces: a group photo"}]})
         for step in (1, 2):
@@ -268,7 +268,7 @@ def test_history_reuses_a_recipe_in_the_portrait_tab(demo_settings):
               "request": {"prompt": "a knight", "method": "faceid", "seed": 3, "steps": 6, "width": 128,
                           "height": 128, "loras": []}}
     png = save_png(Image.new("RGB", (64, 64)), out / "likeness-faceid-3-000.png", parameters="p",
-                   recipe=recipe, demo=True)
+                   recipe=recipe, notice=demo_settings.profile.notice)
     (out / ".likeness-x.png.part").write_bytes(b"partial")  # temp files are not history
     assert [p for p, _ in list_outputs(demo_settings.outputs_dir)] == [png]
     tab = _portrait_tab(demo_settings, None)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fast_request
+from conftest import fast_request, wait_until
 
 from pipelines.errors import Cancelled, ModelMissing
 from pipelines.requests import GenerateRequest
@@ -146,22 +146,13 @@ def test_http_job_reports_the_same_steps_and_results(demo_settings, tmp_path):
     job = Job(GenerateRequest(prompt="a portrait", method="none", seed=7, count=2, steps=3), tmp_path / "job")
     (tmp_path / "job").mkdir()
     store.submit(job)
-    _wait(lambda: job.state in ("done", "failed", "cancelled"))
+    wait_until(lambda: job.state in ("done", "failed", "cancelled"), timeout=10)
     assert job.state == "done", job.error
     p = job.progress
     assert (p.image, p.count, p.step, p.steps) == (2, 2, 2, 2)  # the engine's own 2 steps, as in the tab
     assert p.eta_seconds == 0.0
     assert [im.seed for im in job.images] == [7, 8] and [im.likeness for im in job.images] == [0.5, 0.5]
     assert not (tmp_path / "job").exists()  # the job's private upload folder is gone
-
-
-def _wait(cond, timeout=10.0) -> bool:
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_each_front_door_cancels_its_own_way(demo_settings, tmp_path):
@@ -184,7 +175,7 @@ def test_each_front_door_cancels_its_own_way(demo_settings, tmp_path):
     assert tab.cancels.running("anonymous")
     call.close()
     assert not tab.cancels.running("anonymous")
-    assert _wait(lambda: len(engine.calls) == 2 and engine.calls[1]["end"] == "cancelled", timeout=5)
+    assert wait_until(lambda: len(engine.calls) == 2 and engine.calls[1]["end"] == "cancelled", timeout=5)
     assert engine.calls[1]["steps_done"] < 150
 
     # HTTP API: cancel by job id (its event), the job ends "cancelled" with no images
@@ -195,10 +186,10 @@ def test_each_front_door_cancels_its_own_way(demo_settings, tmp_path):
     job = Job(req, tmp_path / "job")
     (tmp_path / "job").mkdir()
     store.submit(job)
-    assert _wait(lambda: job.progress.step >= 1)
+    assert wait_until(lambda: job.progress.step >= 1, timeout=10)
     assert job.state == "running"
     job.cancel.set()
-    assert _wait(lambda: job.state == "cancelled", timeout=5), job.state
+    assert wait_until(lambda: job.state == "cancelled", timeout=5), job.state
     assert job.images == [] and engine.calls[2]["end"] == "cancelled" and engine.calls[2]["steps_done"] < 150
 
 

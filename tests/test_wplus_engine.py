@@ -162,7 +162,8 @@ def test_a_recipe_written_before_a_field_existed_replays_with_its_default(engine
     assert recipe["request"]["freeu"] is False
     old = dict(recipe, request={k: v for k, v in recipe["request"].items() if k != "freeu"})
     png = res.images[0].path.parent / "old-recipe.png"
-    save_png(Image.open(res.images[0].path), png, parameters="x", recipe=old, demo=True)
+    save_png(Image.open(res.images[0].path), png, parameters="x", recipe=old,
+             notice=engine.settings.profile.notice)
     data = recipe_request(png, engine.settings, need_identity=False)
     assert data["freeu"] is False and data["vae"] == recipe["request"]["vae"]
     # a current recipe keeps every value it recorded

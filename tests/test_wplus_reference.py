@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import aligned_astronaut
 
+from pipelines.profile import DEMO
+
 
 @pytest.fixture(scope="module")
 def parser(demo_store):
@@ -270,11 +272,11 @@ def test_ui_edit_table_and_recipe_widgets():
     assert rows == [["age", 0.0], ["lipstick", 1.5], ["ganspace.smile", 0.0]]
     rows[2][1] = -2
     assert edits_from_rows(rows) == ["lipstick=+1.5", "ganspace.smile=-2"]
-    data = request_data({"prompt": "p", "method": "wplus", "photos": ["a.png"], "edits": rows}, demo=True)
+    data = request_data({"prompt": "p", "method": "wplus", "photos": ["a.png"], "edits": rows}, DEMO)
     assert data["edits"] == ["lipstick=+1.5", "ganspace.smile=-2"]
-    data = request_data({"prompt": "p", "method": "faceid", "photos": ["a.png"], "edits": rows}, demo=True)
+    data = request_data({"prompt": "p", "method": "faceid", "photos": ["a.png"], "edits": rows}, DEMO)
     assert "edits" not in data  # edits belong to W+ only
-    back = ui_from_fields({"edits": ["lipstick=+1.5"]}, demo=True, edit_names=names)
+    back = ui_from_fields({"edits": ["lipstick=+1.5"]}, DEMO, edit_names=names)
     assert back["edits"] == [["age", 0.0], ["lipstick", 1.5], ["ganspace.smile", 0.0]]
 
     wplus = method_recipe("wplus")

@@ -56,7 +56,7 @@ from pydantic import ValidationError
 
 from ..errors import BadInput
 from ..paths import check_name
-from ..profile import RunProfile, as_profile
+from ..profile import REAL, RunProfile
 from .expansion import expand, item_id
 from .jobread import JobErrors, contents_hash, local_path, parse_job_file, reject_duplicate_keys
 from .jobspec import (
@@ -83,15 +83,13 @@ __all__ = [
 ]
 
 
-def load_job(path: Path | str, profile: RunProfile | None = None, uploads: Uploads | None = None,
-             presets_dir: Path | str | None = None, *, demo: bool | None = None) -> Job:
+def load_job(path: Path | str, profile: RunProfile = REAL, uploads: Uploads | None = None,
+             presets_dir: Path | str | None = None) -> Job:
     """Read, validate and expand a job file; `BadInput` naming the key and line.
     `profile` is the settings' run profile (`settings.profile`): presets are sized
     by it. With `uploads` (a job sent through the web UI or the API) the file may
     name only what came with it, never a path on the server: see `Uploads`.
-    `presets_dir` is the user's own presets folder (`presets.user_presets_dir`).
-    `demo=` is the old boolean, accepted in the profile's place."""
-    profile = as_profile(profile, demo)
+    `presets_dir` is the user's own presets folder (`presets.user_presets_dir`)."""
     path = Path(path).expanduser().resolve()
     data, lines = parse_job_file(path)
     errors = JobErrors(path, lines)

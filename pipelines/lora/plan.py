@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..profile import RunProfile, as_profile
+from ..profile import REAL, RunProfile
 from .files import normalize_name
 
 DEFAULT_RANK = 4
@@ -31,11 +31,10 @@ DEFAULT_ALPHA = 32.0
 DEFAULT_LR = 1.5e-4
 
 
-def default_steps(photos: int, profile: RunProfile | bool | None = None, *, demo: bool | None = None) -> int:
+def default_steps(photos: int, profile: RunProfile = REAL) -> int:
     """FaceChain: 200 steps per photo, at most 800 (demo: 10 per photo, at most 40):
-    the run profile's `train_steps`. `demo` (a bool, in the profile's place or as
-    `demo=`) is the old boolean."""
-    return as_profile(profile, demo).train_steps(photos)
+    the run profile's `train_steps`."""
+    return profile.train_steps(photos)
 
 
 class TrainConfig(BaseModel):
@@ -82,11 +81,10 @@ class Plan:
                                                  "text_encoder", "base_model")}
 
 
-def make_plan(config: TrainConfig, photos: int, profile: RunProfile | bool | None = None, *,
-              demo: bool | None = None) -> Plan:
+def make_plan(config: TrainConfig, photos: int, profile: RunProfile = REAL) -> Plan:
     """`config` with every default resolved for `photos` photos under the run
-    `profile` (`demo=`, or a bool in its place, is the old boolean)."""
-    steps = config.steps or as_profile(profile, demo).train_steps(photos)
+    `profile`."""
+    steps = config.steps or profile.train_steps(photos)
     every = config.checkpoint_every or min(100, max(1, steps // 4))
     warmup = config.warmup_steps if config.warmup_steps is not None else min(50, steps // 20)
     return Plan(

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..profile import RunProfile, as_profile
+from ..profile import RunProfile
 from .factory import get_restorer
 from .paste import restore_faces
 
@@ -18,12 +18,12 @@ DETECTOR_PACKS = ("buffalo_l", "antelopev2")  # either has an SCRFD detector
 
 
 class RestoreStage:
-    def __init__(self, store, device: str, dtype, profile: RunProfile | bool, analyzer: Callable[[str], Any]):
-        """`profile`: the settings' run profile (a bool is the old `demo` flag)."""
+    def __init__(self, store, device: str, dtype, profile: RunProfile, analyzer: Callable[[str], Any]):
+        """`profile`: the settings' run profile."""
         self.store = store
         self.device = device
         self.dtype = dtype
-        self.profile = as_profile(profile)
+        self.profile = profile
         self.analyzer = analyzer  # pack name -> FaceAnalyzer (the engine's, shared)
         self._restorers: dict[str, Any] = {}
 
