@@ -371,8 +371,8 @@ def test_save_preset_from_the_portrait_tab(demo_settings):
     assert any(caption.startswith("sketchy (yours)") for _, caption in out[w.preset_gallery]["value"])
     picked = {tab.w.fields[c]: v for c, v in tab.preset_fields("sketchy").items()}
     assert picked["steps"] == 8 and picked["method"] == "instantid"  # demo caps steps at 8
-    req = request_from_ui({"preset": "sketchy", "prompt": "a woman", "method": "none"}, True,
-                          user_presets_dir(demo_settings))
+    req = request_from_ui({"preset": "sketchy", "prompt": "a woman", "method": "none"},
+                          demo_settings.profile, user_presets_dir(demo_settings))
     assert req.prompt.startswith("a woman") and "charcoal portrait" in req.prompt
     with pytest.raises(gr.Error, match="preset name is empty"):
         tab.save_preset({**values, w.extra["save_name"]: " "})
@@ -430,9 +430,9 @@ def test_reference_pose_photo_takes_the_place_of_a_template(demo_settings, photo
         w = build_portrait(demo_settings)
     assert isinstance(w.by_key["pose_photo"], gr.File)  # the UI offers the upload
     ref = str(photos_dir / "astronaut.png")
-    data = request_data({"prompt": "p", "method": "none", "pose": "chin-up", "pose_photo": ref}, True)
+    data = request_data({"prompt": "p", "method": "none", "pose": "chin-up", "pose_photo": ref}, demo_settings.profile)
     assert data["pose"] == ref
-    assert request_data({"prompt": "p", "method": "none", "pose": "chin-up"}, True)["pose"] == "chin-up"
+    assert request_data({"prompt": "p", "method": "none", "pose": "chin-up"}, demo_settings.profile)["pose"] == "chin-up"
 
 
 def test_render_cards_script_draws_a_generated_card_with_its_title_band(demo_settings, photos_dir, tmp_path):

@@ -648,7 +648,8 @@ def test_portrait_tab_shows_every_face_of_a_group_photo_and_a_click_picks_one(en
     back = tab.pick_face([astro, t1], "faceid", chosen, SimpleNamespace(index=1))
     assert back[w.by_key["face_index"]] == {}  # face 1 is the default
     # the choice goes into the request, for photos still uploaded only
-    req = request_from_ui({"photos": [astro, t1], "prompt": "x", "face_index": {**chosen, "/gone.jpg": 2}}, True)
+    req = request_from_ui({"photos": [astro, t1], "prompt": "x", "face_index": {**chosen, "/gone.jpg": 2}},
+                          engine.settings.profile)
     assert req.face_index == {t1: 3}
 
 
