@@ -95,7 +95,7 @@ class RunnerSide:
         from pipelines.batch import load_job
         from pipelines.engine import Engine
 
-        self.job = load_job(job_path)
+        self.job = load_job(job_path, settings.profile)
         self.work = work
         self.settings = settings
         t0 = time.perf_counter()
