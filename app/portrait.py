@@ -162,7 +162,7 @@ class PortraitTab:
             fields = request_data({**by_key, "photos": None, "identity_card": None, "method": "none"},
                                   self.settings.profile, user_dir)
             fields["method"] = by_key.get("method") or DEFAULT_METHOD
-            path = save_user_preset(user_dir, preset_from_request(name, name, fields, self.settings.profile))
+            path = save_user_preset(user_dir, preset_from_request(name, name, fields))
         except LikenessError as exc:
             raise user_error(exc) from exc
         cards = preset_cards(self.settings)

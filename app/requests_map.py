@@ -11,7 +11,7 @@ keys that stand for several fields or need converting:
 - `photos`: the uploaded files.
 
 The functions that size things take the settings' run profile
-(`settings.profile`); a bool in its place, or `demo=`, is the old flag.
+(`settings.profile`; real models when none is given).
 
 No positional lists anywhere, and no gradio here (testable alone)."""
 
@@ -26,7 +26,7 @@ from pipelines.errors import BadInput
 from pipelines.identity import DEFAULT_METHOD, method_family, method_info
 from pipelines.models.bases import DEFAULT_BASE
 from pipelines.presets import SIZE_BUCKETS, apply_preset
-from pipelines.profile import RunProfile, as_profile
+from pipelines.profile import REAL, RunProfile
 from pipelines.requests import MAX_PHOTOS, GenerateRequest, validate_request
 
 NONE = "(none)"
@@ -107,8 +107,7 @@ def speed_widget_values(speed: str, method: str | None = None) -> dict[str, Any]
 
 
 # ------------------------------------------------------------------------ sizes
-def size_choices(profile: RunProfile | bool | None = None, *, demo: bool | None = None) -> list[tuple[str, str]]:
-    profile = as_profile(profile, demo)
+def size_choices(profile: RunProfile = REAL) -> list[tuple[str, str]]:
     out = [("auto (model default)", SIZE_AUTO)]
     for name, (w, h) in SIZE_BUCKETS.items():
         label = f"{name} {w}×{h}"
@@ -119,10 +118,8 @@ def size_choices(profile: RunProfile | bool | None = None, *, demo: bool | None 
     return out
 
 
-def parse_size(value: str | None, profile: RunProfile | bool | None = None, *,
-               demo: bool | None = None) -> tuple[int | None, int | None]:
+def parse_size(value: str | None, profile: RunProfile = REAL) -> tuple[int | None, int | None]:
     """A size widget value -> (width, height); (None, None) = the engine's default."""
-    profile = as_profile(profile, demo)
     value = (value or SIZE_AUTO).strip()
     if value == SIZE_AUTO:
         return None, None
@@ -134,11 +131,9 @@ def parse_size(value: str | None, profile: RunProfile | bool | None = None, *,
     return int(m.group(1)), int(m.group(2))
 
 
-def size_value(width: int | None, height: int | None, profile: RunProfile | bool | None = None, *,
-               demo: bool | None = None) -> str:
+def size_value(width: int | None, height: int | None, profile: RunProfile = REAL) -> str:
     """The size widget value for a request's width/height (a bucket name when it is
     one, at full size or at the profile's size)."""
-    profile = as_profile(profile, demo)
     if width is None or height is None:
         return SIZE_AUTO
     for name, (w, h) in SIZE_BUCKETS.items():
@@ -264,13 +259,12 @@ def _seed(value) -> int | None:
     return None if seed < 0 else seed
 
 
-def request_data(values: dict[str, Any], profile: RunProfile | bool | None = None,
-                 presets_dir: Path | str | None = None, *, demo: bool | None = None) -> dict:
+def request_data(values: dict[str, Any], profile: RunProfile = REAL,
+                 presets_dir: Path | str | None = None) -> dict:
     """Widget values by key -> `GenerateRequest` fields (unvalidated). A preset
     is looked up among the shipped ones, then the user's in `presets_dir`; its
     other fields are in the widgets already (a preset click filled them), so
     only its prompt template is taken, with the prompt box as the subject."""
-    profile = as_profile(profile, demo)
     v = {**UI_DEFAULTS, **{k: x for k, x in values.items() if x is not None}}
     data: dict[str, Any] = {k: (int(v[k]) if k in _INTS else v[k]) for k in _PLAIN}
     prompt = str(v.get("prompt") or "").strip()
@@ -319,19 +313,17 @@ def request_data(values: dict[str, Any], profile: RunProfile | bool | None = Non
     return data
 
 
-def request_from_ui(values: dict[str, Any], profile: RunProfile | bool | None = None,
-                    presets_dir: Path | str | None = None, *, demo: bool | None = None) -> GenerateRequest:
+def request_from_ui(values: dict[str, Any], profile: RunProfile = REAL,
+                    presets_dir: Path | str | None = None) -> GenerateRequest:
     """Widget values by key -> a validated request (BadInput names the field)."""
-    return validate_request(GenerateRequest, request_data(values, as_profile(profile, demo), presets_dir), "request")
+    return validate_request(GenerateRequest, request_data(values, profile, presets_dir), "request")
 
 
 # ------------------------------------------------------------------ request -> UI
-def ui_from_fields(fields: dict[str, Any], profile: RunProfile | bool | None = None, lora_on_disk: Iterable[str] = (),
-                   include_prompt: bool = True, edit_names: Iterable[str] | None = None, *,
-                   demo: bool | None = None) -> dict[str, Any]:
+def ui_from_fields(fields: dict[str, Any], profile: RunProfile = REAL, lora_on_disk: Iterable[str] = (),
+                   include_prompt: bool = True, edit_names: Iterable[str] | None = None) -> dict[str, Any]:
     """`GenerateRequest` fields (a preset's, or a recipe's `request`) -> widget
     values by key. Keys the fields do not mention are left out (unchanged)."""
-    profile = as_profile(profile, demo)
     out: dict[str, Any] = {}
     for k in _PLAIN:
         if k in fields and fields[k] is not None:

@@ -354,12 +354,11 @@ def _bucket_name(width: int | None, height: int | None) -> SizeName:
     return min(SIZE_BUCKETS, key=lambda k: abs(SIZE_BUCKETS[k][0] / SIZE_BUCKETS[k][1] - aspect))  # type: ignore
 
 
-def preset_from_request(name: str, title: str, fields: dict, profile: RunProfile | None = None) -> Preset:
+def preset_from_request(name: str, title: str, fields: dict) -> Preset:
     """A preset holding the settings of `fields` (a GenerateRequest's, as the UI
     or a recipe has them). The prompt is kept whole (no {subject}: a subject given
     later is put in front); the size becomes the nearest bucket by aspect, for
-    real and demo sizes alike, so `profile` changes nothing (it is accepted for
-    callers that still pass it)."""
+    real and demo sizes alike."""
     from .requests import GenerateRequest
 
     d = {k: f.get_default(call_default_factory=True) for k, f in GenerateRequest.model_fields.items()

@@ -94,17 +94,3 @@ def profile_of(settings) -> RunProfile:
         return found
     return profile_for(bool(getattr(settings, "demo", False)))
 
-
-def as_profile(value: RunProfile | bool | None = None, demo: bool | None = None) -> RunProfile:
-    """`value` as a profile. Callers not yet switched to the profile still pass the
-    old `demo` boolean, in the profile's place or as `demo=`: True is `DEMO`,
-    False or None `REAL`. A profile and a contradicting `demo=` is an error."""
-    if value is None:
-        return profile_for(bool(demo))
-    if isinstance(value, bool):
-        value = profile_for(value)
-    if not isinstance(value, RunProfile):
-        raise TypeError(f"expected a RunProfile (settings.profile), got {type(value).__name__}")
-    if demo is not None and bool(demo) != value.demo:
-        raise ValueError(f"demo={demo!r} contradicts the profile given ({value})")
-    return value

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from pipelines.presets import SIZE_BUCKETS, apply_preset, get_preset, load_preset
-from pipelines.profile import DEMO, DEMO_NOTICE, REAL, RunProfile, as_profile, profile_of
+from pipelines.profile import DEMO, DEMO_NOTICE, REAL, RunProfile, profile_of
 from pipelines.samplers import SDXL_BUCKETS
 
 PRESET = "studio-headshot"  # portrait bucket 896x1152, 30 steps, quality speed
@@ -59,13 +59,15 @@ def test_settings_resolve_the_profile_once(tmp_path, monkeypatch):
     assert profile_of(SimpleNamespace(demo=True)) is DEMO and profile_of(SimpleNamespace()) is REAL
 
 
-def test_as_profile_reads_the_web_forms_flag():
-    assert as_profile(True) is DEMO and as_profile(False) is REAL and as_profile(None) is REAL
-    assert as_profile(None, demo=True) is DEMO and as_profile(DEMO) is DEMO
-    with pytest.raises(ValueError, match="contradicts"):
-        as_profile(DEMO, demo=False)
-    with pytest.raises(TypeError, match="RunProfile"):
-        as_profile("demo")  # type: ignore[arg-type]
+def test_web_form_mapping_takes_the_profile_and_no_demo_flag():
+    from app.requests_map import parse_size, request_from_ui, size_choices
+
+    assert parse_size("portrait", DEMO) == DEMO.size(*parse_size("portrait", REAL))
+    assert parse_size("portrait") == parse_size("portrait", REAL)  # real models unless told
+    assert any("(demo:" in label for label, _ in size_choices(DEMO))
+    assert not any("demo" in label for label, _ in size_choices())
+    with pytest.raises(TypeError):
+        request_from_ui({"prompt": "p", "method": "none"}, demo=True)  # type: ignore[call-arg]
 
 
 def test_engine_functions_take_the_profile_and_no_demo_keyword(tmp_path):
