@@ -39,6 +39,10 @@ COMMENT_KEY = "Comment"
 SOFTWARE_KEY = "Software"
 AI_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 _IPTC_EXT_NS = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
+# zlib level of the pixel data: ComfyUI's SaveImage default (comfyanonymous/ComfyUI
+# nodes.py). Pillow's default, 6, took 0.59 s for a 1024² photo where 4 took 0.13 s,
+# for a file 1% larger; the pixels are the same (PNG is lossless).
+PNG_COMPRESS_LEVEL = 4
 
 # Keys in the A1111 parameter line must match what its parser accepts
 # (a word character, then words, spaces, '-' or '/'), and never contain ':' or ','.
@@ -201,7 +205,7 @@ def save_png(
     if notice:
         info.add_text(COMMENT_KEY, notice)
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", pnginfo=info)
+        image.save(tmp, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
     return path
 
 

@@ -285,3 +285,24 @@ def test_damaged_recipe_is_named(tmp_path):
     _image().save(path, pnginfo=info)
     with pytest.raises(BadInput, match="not a JSON object"):
         read_recipe(path)
+
+
+def test_pixels_are_written_at_the_fast_zlib_level(tmp_path):
+    """The image data is deflated at level 4 (ComfyUI's SaveImage level), not
+    Pillow's slower default 6: zlib records the level class in the stream header
+    (FLEVEL 1 = levels 2-5, 2 = level 6), and the pixels still read back exactly."""
+    import struct
+    import zlib
+
+    img = _image()
+    out = save_png(img, tmp_path / "fast.png", parameters="p", recipe=RECIPE)
+    data, pos, idat = out.read_bytes(), 8, b""
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    assert idat[1] >> 6 == 1  # FLEVEL of the zlib header
+    assert len(zlib.decompress(idat)) > 0
+    with Image.open(out) as back:
+        np.testing.assert_array_equal(np.asarray(back.convert("RGB")), np.asarray(img))
