@@ -9,7 +9,9 @@ parts, one module each:
 - `download.py`: fetch, check, place atomically, pin, convert pickles;
 - `demo_packs.py`: demo mode builds a model's demo pack instead of downloading it;
 - `user_checkpoints.py`: a user's single-file SDXL checkpoints, registered by path;
-- `records.py`: the JSON records (pins, user models), read and written whole.
+- `records.py`: the JSON records (pins, user models), read and written whole;
+- `store_core.py`: what the parts share: `ModelStatus`, and `StoreCore`, what
+  they use of `ModelStore` (for the type checker only).
 
 Invariants:
 - A file appears at its final path only after its size and sha256 were checked
