@@ -149,6 +149,17 @@ def _count_combinations(spec: JobSpec, job: Job, errors: JobErrors) -> None:
                                           f"(duplicates included); split it")
 
 
+def _identity_fields(source, suffix: str = "") -> dict:
+    """The request fields naming an identity's files: its card, or its photos and
+    the chosen face (`suffix` "_2" for the second person)."""
+    if source.card is not None:
+        return {f"identity_card{suffix}": str(source.card)}
+    fields: dict = {f"photos{suffix}": [str(p) for p in source.photos]}
+    if source.face_index():
+        fields[f"face_index{suffix}"] = source.face_index()
+    return fields
+
+
 def expand(spec: JobSpec, job: Job, errors: JobErrors, profile: RunProfile = REAL,
            presets_dir=None) -> tuple[list[BatchItem], int]:
     """identities x presets x prompts x methods x seeds x poses x loras, each
@@ -205,12 +216,7 @@ def expand(spec: JobSpec, job: Job, errors: JobErrors, profile: RunProfile = REA
                 data[lora_field] = _lora_value(lora, lora_field, loc + ("loras",), errors)
             source = job.identities.get(name) if name else None
             if source is not None:
-                if source.card is not None:
-                    data["identity_card"] = str(source.card)
-                else:
-                    data["photos"] = [str(p) for p in source.photos]
-                    if source.face_index():
-                        data["face_index"] = source.face_index()
+                data.update(_identity_fields(source))
             ident_hash = source.content_hash if source else None
             if it.second is not None:  # two people: the second identity's files and content hash
                 other = job.identities.get(it.second)
@@ -218,12 +224,7 @@ def expand(spec: JobSpec, job: Job, errors: JobErrors, profile: RunProfile = REA
                     known = ", ".join(job.identities) or "none defined"
                     raise errors.at(loc + ("second",), f"identity {it.second!r} is not defined under identities: "
                                     f"({known})")
-                if other.card is not None:
-                    data["identity_card_2"] = str(other.card)
-                else:
-                    data["photos_2"] = [str(p) for p in other.photos]
-                    if other.face_index():
-                        data["face_index_2"] = other.face_index()
+                data.update(_identity_fields(other, "_2"))
                 ident_hash = f"{ident_hash}+{other.content_hash}"
             for seed in seeds:
                 req = _validate(model, data, seed, ident_hash, loc, it, preset, spec.defaults, errors)
