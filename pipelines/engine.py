@@ -8,6 +8,11 @@ Invariants:
 - ControlNet pipelines are views over the resident components (no copies).
 - Each image has its own seed and a CPU generator, so pixels are reproducible
   from the recipe alone.
+
+Its parts: loading, placing and viewing the base pipeline are in
+pipelines/base_pipeline.py; completing and checking a request, its size and one
+call's keyword arguments are in pipelines/request_call.py. This module keeps what
+is resident and the order of a `generate` call.
 """
 
 from __future__ import annotations
@@ -20,13 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .base_pipeline import COMPILED_VARIANTS, build_view, load_base, place
 from .errors import BadInput, ModelError
 from .identity import get_method_class, method_family
 from .identity.base import Conditioning, ControlUnit, IdentityMethod
 from .memory import free_memory
-from .models.bases import DEFAULT_BASE, base_family, dtype_kwargs, load_base_pipeline
+from .models.bases import DEFAULT_BASE, base_family
+from .request_call import (
+    apply_method_defaults,
+    call_kwargs as build_call_kwargs,
+    check_family_options,
+    resolve_size as size_for_request,
+    set_freeu,
+)
 from .requests import GenerateRequest
-from .samplers import SAMPLER_CALL_KWARGS, SD15_BUCKETS, SDXL_BUCKETS, make_scheduler, nearest_bucket
+from .samplers import make_scheduler
 from .settings import DEMO_BANNER, Settings
 from .speed import apply_speed_defaults, check_speed, speed_lora, speed_recipe
 from .types import GeneratedImage
@@ -41,9 +54,6 @@ if TYPE_CHECKING:
     from .vram import Placement
 
 StepCallback = Callable[[dict], None]
-SD15_FT_MSE_VAE = "sd-vae-ft-mse"
-# csxmli2016/w-plus-adapter w_plus_adapter.py generate_idnoise(use_freeu=True)
-FREEU_SD15 = {"s1": 0.6, "s2": 0.4, "b1": 1.1, "b2": 1.2}
 
 
 @dataclass
@@ -106,51 +116,13 @@ class Engine:
             return self._pipe
 
     def _load_base(self, base_name: str, vae: str):
-        import diffusers
-        import torch
-
-        family = self.base_family(base_name)
-        pipe = load_base_pipeline(self.store, base_name, self.dtype)
-        if vae == "ft-mse":  # stabilityai/sd-vae-ft-mse, the W+ adapter demo's VAE (SD1.5)
-            ft = diffusers.AutoencoderKL.from_pretrained(
-                self.store.ensure(SD15_FT_MSE_VAE), local_files_only=True, **dtype_kwargs(self.dtype)
-            )
-            pipe.register_modules(vae=ft)
-        use_fix = vae == "fp16-fix" or (vae == "auto" and family == "sdxl" and self.dtype == torch.float16)
-        if use_fix:
-            fix = diffusers.AutoencoderKL.from_pretrained(
-                self.store.ensure("sdxl-vae-fp16-fix"), local_files_only=True, **dtype_kwargs(self.dtype)
-            )
-            pipe.register_modules(vae=fix)
+        """Base `base_name` with its VAE, placed (pipelines/base_pipeline.py)."""
+        pipe = load_base(self.store, base_name, vae, self.dtype)
         self._place(pipe)
         return pipe
 
     def _place(self, pipe) -> None:
-        from .vram import Placement, choose_placement
-
-        s = self.settings
-        on_accel = self.device in ("cuda", "mps")
-        family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd15"
-        placement = choose_placement(s, self.device, family)  # from the free VRAM now, unless set
-        if self._offload_override is not None:
-            placement = Placement(self._offload_override, True, placement.free_gb, "retry after out of memory")
-        self.placement = placement
-        if placement.offload == "model" and on_accel:
-            pipe.enable_model_cpu_offload(device=self.device)
-        elif placement.offload == "sequential" and on_accel:
-            pipe.enable_sequential_cpu_offload(device=self.device)
-        else:
-            pipe.to(self.device)
-        if placement.vae_tiling:
-            pipe.vae.enable_tiling()
-        if s.attention == "xformers" and self.device == "cuda":
-            try:
-                pipe.enable_xformers_memory_efficient_attention()
-            except Exception as exc:  # optional: SDPA stays the default
-                raise ModelError(f"xformers could not be enabled ({exc}); unset LIKENESS_ATTENTION.") from exc
-        if s.compile:
-            _allow_compiled_variants()
-            pipe.unet.compile()
+        self.placement = place(pipe, self.settings, self.device, self._offload_override)
 
     def release_base(self) -> None:
         with self._lock:
@@ -249,22 +221,12 @@ class Engine:
         Views hold no weight copies; they are cached per (task, ControlNets) and
         dropped whenever the base or the identity method changes, so a view never
         outlives the components it was built from."""
-        import diffusers
-
         if task == "txt2img" and not units:
             return pipe
         key = (task, *(id(u.model) for u in units))
         with self._lock:
             if key not in self._views:
-                sdxl = isinstance(pipe, diffusers.StableDiffusionXLPipeline)
-                cls = getattr(diffusers, _VIEW_CLASSES[task, sdxl, bool(units)])
-                comps = {k: v for k, v in pipe.components.items() if k in _init_params(cls)}
-                if units:
-                    models = [u.model for u in units]
-                    comps["controlnet"] = models[0] if len(models) == 1 else models  # a list: MultiControlNetModel
-                view = cls(**comps)
-                view.set_progress_bar_config(disable=True)
-                self._views[key] = view
+                self._views[key] = build_view(pipe, task, units)
             return self._views[key]
 
     # ---------------------------------------------------------------- generate
@@ -272,13 +234,7 @@ class Engine:
                      photo_size: tuple[int, int] | None = None) -> tuple[int, int]:
         """The request's width/height; a missing one comes from the default bucket,
         or, given `photo_size` (w, h), from the bucket nearest the photo's aspect."""
-        buckets = SDXL_BUCKETS if family == "sdxl" else SD15_BUCKETS
-        w, h = req.width, req.height
-        if w is None or h is None:
-            bw, bh = nearest_bucket(*photo_size, buckets) if photo_size else buckets[0]
-            bw, bh = self.settings.profile.size(bw, bh)
-            w, h = w or bw, h or bh
-        return w, h
+        return size_for_request(req, family, self.settings.profile, photo_size)
 
     def generate(self, req: GenerateRequest, on_step: StepCallback | None = None,
                  cancel: threading.Event | None = None) -> GenerateResult:
@@ -520,124 +476,8 @@ class Engine:
         return self._call_kwargs(req, cond, units, width, height, seed, on_step, cancel, index)
 
     def _call_kwargs(self, req, cond: Conditioning, units, width, height, seed, on_step, cancel, index):
-        import torch
-
-        from .prompts import pipeline_prompt
-
-        kwargs: dict[str, Any] = dict(
-            prompt=pipeline_prompt(req, cond),
-            negative_prompt=req.negative or None,
-            num_inference_steps=req.steps,
-            guidance_scale=req.cfg,
-            width=width,
-            height=height,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            output_type="pil",
-        )
-        kwargs.update(SAMPLER_CALL_KWARGS.get(req.sampler, {}))
-        kwargs.update(cond.call_kwargs)
-        if cond.prompt_embeds is not None:  # the method's conditioning is the whole prompt
-            del kwargs["prompt"]
-            kwargs.update(prompt_embeds=cond.prompt_embeds, negative_prompt=None)
-        elif "prompt_embeds" in kwargs:  # a weighted or long prompt, encoded by pipelines/prompts.py
-            kwargs.pop("prompt")
-            kwargs.pop("negative_prompt")
-        if cond.cross_attention_kwargs:
-            kwargs["cross_attention_kwargs"] = dict(cond.cross_attention_kwargs)
-        if units:
-            if len(units) == 1:
-                u = units[0]
-                kwargs.update(image=u.image, controlnet_conditioning_scale=u.scale,
-                              control_guidance_start=u.start, control_guidance_end=u.end)
-            else:
-                kwargs.update(image=[u.image for u in units],
-                              controlnet_conditioning_scale=[u.scale for u in units],
-                              control_guidance_start=[u.start for u in units],
-                              control_guidance_end=[u.end for u in units])
-        steps = req.steps
-
-        chain = list(cond.callbacks)
-
-        def _on_step_end(pipe, step, timestep, cb_kwargs):
-            for cb in chain:
-                cb_kwargs = cb(pipe, step, timestep, cb_kwargs)
-            if on_step is not None:
-                latents = cb_kwargs.get("latents")
-                on_step({"image_index": index, "step": step + 1, "steps": steps, "latents": latents,
-                         "decode_preview": self._preview_decoder(latents)})
-            if cancel is not None and cancel.is_set():
-                pipe._interrupt = True
-            return cb_kwargs
-
-        kwargs["callback_on_step_end"] = _on_step_end
-        kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
-        return kwargs
-
-
-def apply_method_defaults(req: GenerateRequest, method_cls) -> GenerateRequest:
-    """The method's reference recipe (`recipe_defaults`) for each field the
-    request did not set itself (pydantic's `model_fields_set`: the CLI, the batch
-    runner and replayed recipes set only what they were given). The returned
-    request is what runs and what the recipe records, so a replay is exact."""
-    defaults = getattr(method_cls, "recipe_defaults", None) or {}
-    unset = {k: v for k, v in defaults.items() if k not in req.model_fields_set}
-    return req.model_copy(update=unset) if unset else req
-
-
-def check_family_options(req: GenerateRequest, family: str) -> None:
-    """Options that exist for one base family only, checked before any loading."""
-    if req.vae == "ft-mse" and family != "sd15":
-        raise BadInput(f"vae 'ft-mse' (sd-vae-ft-mse) is an SD1.5 VAE; base_model {req.base_model!r} is "
-                       f"{family.upper()}: use vae 'auto'.")
-    if req.freeu and family != "sd15":
-        raise BadInput(f"freeu has SD1.5 values only (the W+ demo's); base_model {req.base_model!r} is "
-                       f"{family.upper()}: set freeu off.")
-
-
-def set_freeu(pipe, req: GenerateRequest, cond: Conditioning) -> None:
-    """FreeU on or off for this call (the UNet is shared, so it is set every time)."""
-    if req.freeu:
-        pipe.enable_freeu(**FREEU_SD15)
-        cond.recipe["freeu"] = dict(FREEU_SD15)
-    else:
-        pipe.disable_freeu()
-
-
-COMPILED_VARIANTS = 64
-
-
-def _allow_compiled_variants() -> None:
-    """Dynamo compiles one UNet graph per configuration it sees (each identity
-    method's attention processors, each set of resident LoRA adapters) and reuses
-    it when the configuration comes back; past its default limit of 8 it would
-    run the UNet uncompiled without a word. The limit is raised so that every
-    method x speed combination keeps its graph."""
-    import torch._dynamo
-
-    cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    setattr(cfg, name, max(getattr(cfg, name), COMPILED_VARIANTS))
-
-
-# (task, SDXL?, with ControlNets?) -> the diffusers pipeline class of a view
-_VIEW_CLASSES = {
-    ("txt2img", True, True): "StableDiffusionXLControlNetPipeline",
-    ("txt2img", False, True): "StableDiffusionControlNetPipeline",
-    ("img2img", True, False): "StableDiffusionXLImg2ImgPipeline",
-    ("img2img", False, False): "StableDiffusionImg2ImgPipeline",
-    ("img2img", True, True): "StableDiffusionXLControlNetImg2ImgPipeline",
-    ("img2img", False, True): "StableDiffusionControlNetImg2ImgPipeline",
-    ("inpaint", True, False): "StableDiffusionXLInpaintPipeline",
-    ("inpaint", False, False): "StableDiffusionInpaintPipeline",
-    ("inpaint", True, True): "StableDiffusionXLControlNetInpaintPipeline",
-    ("inpaint", False, True): "StableDiffusionControlNetInpaintPipeline",
-}
-
-
-def _init_params(cls) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(cls.__init__).parameters) - {"self"}
+        return build_call_kwargs(req, cond, units, width, height, seed, on_step, cancel, index,
+                                 self._preview_decoder)
 
 
 def _file_digest(path) -> str:
@@ -647,4 +487,5 @@ def _file_digest(path) -> str:
     return hash_user_file(path, f"photo {path}")
 
 
-__all__ = ["Engine", "GenerateResult", "GeneratedImage", "DEMO_BANNER"]
+__all__ = ["Engine", "GenerateResult", "GeneratedImage", "DEMO_BANNER", "COMPILED_VARIANTS", "apply_method_defaults",
+           "check_family_options"]
