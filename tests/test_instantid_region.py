@@ -197,10 +197,10 @@ def test_the_installed_processors_take_one_pass(make_engine, photos_dir, monkeyp
     UNet goes through the one-pass path, none through the two-call fallback."""
     from conftest import fast_request, generate_on_astronaut
 
-    from pipelines.identity import instantid
+    from pipelines.instantid import region
 
     calls = {"one": 0}
-    one_pass = instantid._region_one_pass
+    one_pass = region._region_one_pass
 
     def counted(*args, **kwargs):
         calls["one"] += 1
@@ -209,8 +209,8 @@ def test_the_installed_processors_take_one_pass(make_engine, photos_dir, monkeyp
     def refused(*args, **kwargs):
         raise AssertionError("the two-call fallback ran on the SDXL UNet")
 
-    monkeypatch.setattr(instantid, "_region_one_pass", counted)
-    monkeypatch.setattr(instantid, "_region_two_calls", refused)
+    monkeypatch.setattr(region, "_region_one_pass", counted)
+    monkeypatch.setattr(region, "_region_two_calls", refused)
     engine = make_engine("instantid-region-out")
     res = generate_on_astronaut(engine, photos_dir, fast_request(method="instantid", steps=1, width=128, height=128))
     assert res.images[0].recipe["method_details"]["enhance_face_region"] is True

@@ -1,0 +1,2 @@
+"""InstantID's parts below its method: the face region in the UNet's attention
+(`region`). The method itself is `pipelines/identity/instantid.py`."""
