@@ -42,6 +42,7 @@ from torch import nn
 
 from ..attention import output, text_attention
 from ..errors import ModelError
+from .weights import load_strict
 
 W_ROWS, W_DIM = 18, 512
 GROUPS = ((0, 4), (4, 8), (8, 12), (12, 18))  # W+ rows per token (coarse -> fine)
@@ -235,7 +236,7 @@ def install_wplus(unet, state_dict: dict | None, scale: float = 1.0, source: str
                 f"{source} was made for a different base ({got}); this UNet has cross-attention dim {cad} "
                 "(SD1.5: 768, SDXL: 2048)."
             )
-        _load_strict(w_proj, proj_sd, f"{source} w_proj")
+        load_strict(w_proj, proj_sd, f"{source} w_proj")
         wanted = {str(i) for i in procs}
         present = {k.split(".", 1)[0] for k in layer_sd}
         if present != wanted:
@@ -245,7 +246,7 @@ def install_wplus(unet, state_dict: dict | None, scale: float = 1.0, source: str
             )
         for i, proc in procs.items():
             sub = {k.split(".", 1)[1]: v for k, v in layer_sd.items() if k.split(".", 1)[0] == str(i)}
-            _load_strict(proc, sub, f"{source} layer {i}")
+            load_strict(proc, sub, f"{source} layer {i}")
     elif init_from_unet:
         with torch.no_grad():
             for i, _name, attn in layers:
@@ -296,19 +297,6 @@ def remove_wplus(unet, handle: WPlusHandle) -> None:
 
 def set_scale(handle: WPlusHandle, scale: float) -> None:
     handle.set_scale(scale)
-
-
-def _load_strict(module: nn.Module, sd: dict, what: str) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    if missing or unexpected:
-        detail = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise ModelError(f"{what} does not match the published layout ({detail}).")
-    for k, v in sd.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise ModelError(f"{what}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}.")
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
 
 
 def _span(indices) -> str:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import BadInput, ModelError
+from .weights import load_strict
 
 PARSE_SIZE = 512
 E4E_SIZE = 256
@@ -153,14 +154,7 @@ def load_parsenet(path: Path | str, device="cpu") -> ParseNet:
     for k in own:
         if k.endswith("num_batches_tracked") and k not in state:
             state[k] = own[k]
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise ModelError(f"{path} does not match the ParseNet layout ({what}).")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise ModelError(f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}.")
-    net.load_state_dict(state)
+    load_strict(net, state, str(path), "the ParseNet layout")
     return net.eval().to(device)
 
 
