@@ -1,11 +1,11 @@
 """The base pipeline's set-up, as the engine keeps it resident: loaded with its
-VAE (`load_base`), placed on the device (`place`: offload, VAE tiling,
+VAE (`load_base`), placed on the device (`placement_for`, `place`: offload, VAE tiling,
 attention backend, compile) and seen per task through views (`build_view`).
 
 Invariants:
 - `load_base` returns a pipeline that is not yet placed; `place` is the only
-  code that moves it to the device or installs offload hooks, and it returns the
-  `Placement` it applied.
+  code that moves it to the device or installs offload hooks, as the `Placement`
+  from `placement_for` says.
 - A view holds no weight copies: it is a diffusers pipeline of the task's class
   built over the resident pipeline's own components (and the ControlNets given).
   Caching views, and dropping them when the base or the identity method changes,
@@ -67,19 +67,24 @@ def load_base(store, base_name: str, vae: str, dtype):
     return pipe
 
 
-def place(pipe, settings: Settings, device: str, offload_override: str | None = None) -> Placement:
-    """Put `pipe` on `device` as the settings and the free VRAM choose
-    (pipelines/vram.py): whole, or under model or sequential CPU offload, with VAE
-    tiling when chosen; then xformers attention and `torch.compile` of the UNet
-    when the settings ask. `offload_override` ("model" after an out-of-memory
-    retry) wins over the choice. Returns the placement applied."""
+def placement_for(pipe, settings: Settings, device: str, offload_override: str | None = None) -> Placement:
+    """Where `pipe` goes, as the settings and the free VRAM now choose
+    (pipelines/vram.py); `offload_override` ("model" after an out-of-memory
+    retry) wins over the choice."""
     from .vram import Placement, choose_placement
 
-    on_accel = device in ("cuda", "mps")
     family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd15"
     placement = choose_placement(settings, device, family)  # from the free VRAM now, unless set
     if offload_override is not None:
         placement = Placement(offload_override, True, placement.free_gb, "retry after out of memory")
+    return placement
+
+
+def place(pipe, placement: Placement, settings: Settings, device: str) -> None:
+    """Put `pipe` on `device` as `placement` says: whole, or under model or
+    sequential CPU offload, with VAE tiling when chosen; then xformers attention
+    and `torch.compile` of the UNet when the settings ask."""
+    on_accel = device in ("cuda", "mps")
     if placement.offload == "model" and on_accel:
         pipe.enable_model_cpu_offload(device=device)
     elif placement.offload == "sequential" and on_accel:
@@ -96,7 +101,6 @@ def place(pipe, settings: Settings, device: str, offload_override: str | None = 
     if settings.compile:
         allow_compiled_variants()
         pipe.unet.compile()
-    return placement
 
 
 def allow_compiled_variants() -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base_pipeline import COMPILED_VARIANTS, build_view, load_base, place
+from .base_pipeline import COMPILED_VARIANTS, build_view, load_base, place, placement_for
 from .errors import BadInput, ModelError
 from .identity import get_method_class, method_family
 from .identity.base import Conditioning, ControlUnit, IdentityMethod
@@ -122,7 +122,9 @@ class Engine:
         return pipe
 
     def _place(self, pipe) -> None:
-        self.placement = place(pipe, self.settings, self.device, self._offload_override)
+        # set before placing, so an out-of-memory error while placing is judged by it (see generate)
+        self.placement = placement_for(pipe, self.settings, self.device, self._offload_override)
+        place(pipe, self.placement, self.settings, self.device)
 
     def release_base(self) -> None:
         with self._lock:
