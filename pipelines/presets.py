@@ -404,10 +404,32 @@ def _rgb(hex_colour: str) -> tuple[int, int, int]:
     return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
 
 
+
+def draw_card_title(d, preset: Preset, width: int, accent, *, sizes: tuple[int, int], rows: tuple[int, int],
+                    margin: int):
+    """A preset card's two centred lines: the title (shortened with "…" to fit
+    `width - margin`) and "method · size · steps [· speed]", at font sizes `sizes`
+    and heights `rows`. Returns the small font, for lines below."""
+    from PIL import ImageFont
+
+    try:
+        title_font, small = ImageFont.load_default(size=sizes[0]), ImageFont.load_default(size=sizes[1])
+    except TypeError:  # Pillow without FreeType sizes
+        title_font = small = ImageFont.load_default()
+    title = preset.title
+    while d.textlength(title, font=title_font) > width - margin and len(title) > 4:
+        title = title[:-2].rstrip() + "…"
+    d.text((width // 2, rows[0]), title, fill=accent, font=title_font, anchor="mm")
+    info = f"{preset.method} · {preset.size} · {preset.steps} steps"
+    if preset.speed != "quality":
+        info += f" · {preset.speed}"
+    d.text((width // 2, rows[1]), info, fill=accent, font=small, anchor="mm")
+    return small
+
 def draw_card(preset: Preset, size: tuple[int, int] = (240, 300)):
     """A preview card: a vertical gradient in the preset's colours, a portrait
     silhouette in a frame of the preset's aspect ratio, title and settings."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     W, H = size
     bg, accent = _rgb(preset.colors[0]), _rgb(preset.colors[1])
@@ -432,19 +454,7 @@ def draw_card(preset: Preset, size: tuple[int, int] = (240, 300)):
     m.pieslice([cx - 2 * r, base - 1.6 * r, cx + 2 * r, base + 2.4 * r], 180, 360, fill=255)
     img.paste(Image.new("RGB", (box_w, box_h), accent), (x0, y0), mask)
     d.rectangle([x0, y0, x0 + box_w, y0 + box_h], outline=accent, width=3)
-    try:
-        title_font = ImageFont.load_default(size=22)
-        small = ImageFont.load_default(size=13)
-    except TypeError:  # Pillow without FreeType sizes
-        title_font = small = ImageFont.load_default()
-    title = preset.title
-    while d.textlength(title, font=title_font) > W - 20 and len(title) > 4:
-        title = title[:-2].rstrip() + "…"
-    d.text((W // 2, 20), title, fill=accent, font=title_font, anchor="mm")
-    info = f"{preset.method} · {preset.size} · {preset.steps} steps"
-    if preset.speed != "quality":
-        info += f" · {preset.speed}"
-    d.text((W // 2, 44), info, fill=accent, font=small, anchor="mm")
+    small = draw_card_title(d, preset, W, accent, sizes=(22, 13), rows=(20, 44), margin=20)
     extra = ", ".join(filter(None, [f"pose {preset.pose}" if preset.pose else "",
                                     preset.restore if preset.restore != "none" else ""]))
     if extra:

@@ -23,26 +23,15 @@ BAND = 64  # px of title band at the top
 
 def compose_card(preset, portrait, size: tuple[int, int] = CARD):
     """The portrait (cropped to fill) under a band with the title and settings."""
-    from PIL import Image, ImageDraw, ImageFont, ImageOps
+    from PIL import Image, ImageDraw, ImageOps
 
-    from pipelines.presets import _rgb
+    from pipelines.presets import _rgb, draw_card_title
 
     W, H = size
     bg, accent = _rgb(preset.colors[0]), _rgb(preset.colors[1])
     card = Image.new("RGB", size, bg)
     card.paste(ImageOps.fit(portrait.convert("RGB"), (W, H - BAND)), (0, BAND))
-    d = ImageDraw.Draw(card)
-    try:
-        title_font, small = ImageFont.load_default(size=20), ImageFont.load_default(size=12)
-    except TypeError:  # Pillow without FreeType sizes
-        title_font = small = ImageFont.load_default()
-    title = preset.title
-    while d.textlength(title, font=title_font) > W - 16 and len(title) > 4:
-        title = title[:-2].rstrip() + "…"
-    d.text((W // 2, 22), title, fill=accent, font=title_font, anchor="mm")
-    info = f"{preset.method} · {preset.size} · {preset.steps} steps" + (
-        f" · {preset.speed}" if preset.speed != "quality" else "")
-    d.text((W // 2, 48), info, fill=accent, font=small, anchor="mm")
+    draw_card_title(ImageDraw.Draw(card), preset, W, accent, sizes=(20, 12), rows=(22, 48), margin=16)
     return card
 
 
